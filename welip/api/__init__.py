@@ -1,0 +1,19 @@
+"""The OpenAI-compatible API surface: request checks, error bodies, SSE framing."""
+
+from welip.api._errors import OpenAIError, from_engine_error, invalid_request, model_not_found
+from welip.api._requests import CHAT_ROLES, parse_chat, parse_completion
+from welip.api._sse import DONE, engine_error, frame, sse_events
+
+__all__ = [
+    "CHAT_ROLES",
+    "DONE",
+    "OpenAIError",
+    "engine_error",
+    "frame",
+    "from_engine_error",
+    "invalid_request",
+    "model_not_found",
+    "parse_chat",
+    "parse_completion",
+    "sse_events",
+]

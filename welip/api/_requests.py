@@ -1,0 +1,132 @@
+"""Parse and check OpenAI requests before they reach an engine.
+
+The request models are vLLM's own (re-exported by ``ray.serve.llm``), so the
+engine sees exactly what ``vllm serve`` would. WeLIP adds the checks vLLM leaves to
+the engine or skips: unknown roles, non-positive token counts, wrong JSON types, all
+answered with a 400 before any streamed byte.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from ray.serve.llm.openai_api_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+
+from welip.api._errors import OpenAIError, invalid_request
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+
+_Request = TypeVar("_Request", bound=BaseModel)
+
+__all__ = ["CHAT_ROLES", "ChatCompletionRequest", "CompletionRequest", "parse_chat", "parse_completion"]
+
+
+def parse_chat(raw: bytes) -> ChatCompletionRequest:
+    """Validate a ``/v1/chat/completions`` body.
+
+    Raises:
+        OpenAIError: 400 ``invalid_request_error`` naming the offending field.
+    """
+    payload = _load_object(raw)
+    _require_model(payload)
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid_request(
+            "`messages` must be a non-empty array of message objects.",
+            param="messages",
+            code="invalid_type" if messages is not None else "missing_required_parameter",
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid_request(
+                f"messages[{i}] must be an object.", param=f"messages[{i}]", code="invalid_type"
+            )
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            allowed = ", ".join(sorted(CHAT_ROLES))
+            raise invalid_request(
+                f"messages[{i}].role {role!r} is not one of: {allowed}.",
+                param=f"messages[{i}].role",
+            )
+    _check_positive_ints(payload)
+    request = _validate(ChatCompletionRequest, payload)
+    # Pydantic turns `Iterable[...]` message fields into one-shot iterators that
+    # cannot be pickled across the Ray handle; the checked JSON lists can.
+    request.messages = messages
+    return request
+
+
+def parse_completion(raw: bytes) -> CompletionRequest:
+    """Validate a ``/v1/completions`` body.
+
+    Raises:
+        OpenAIError: 400 ``invalid_request_error`` naming the offending field.
+    """
+    payload = _load_object(raw)
+    _require_model(payload)
+    prompt = payload.get("prompt")
+    if prompt is None or prompt == "" or prompt == []:
+        raise invalid_request(
+            "`prompt` is required and must not be empty.",
+            param="prompt",
+            code="missing_required_parameter",
+        )
+    _check_positive_ints(payload)
+    return _validate(CompletionRequest, payload)
+
+
+def _load_object(raw: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid_request(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_type")
+    return payload
+
+
+def _require_model(payload: dict[str, Any]) -> None:
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request(
+            "`model` is required and must be a string.",
+            param="model",
+            code="missing_required_parameter" if model is None else "invalid_type",
+        )
+
+
+def _check_positive_ints(payload: dict[str, Any]) -> None:
+    for field in _POSITIVE_INT_FIELDS:
+        value = payload.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid_request(f"`{field}` must be an integer.", param=field, code="invalid_type")
+        if value < 1:
+            raise invalid_request(f"`{field}` must be at least 1, got {value}.", param=field)
+
+
+def _validate(model: type[_Request], payload: dict[str, Any]) -> _Request:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise _from_validation_error(exc) from None
+    except ValueError as exc:  # vLLM's model validators raise plain ValueError
+        raise invalid_request(str(exc)) from None
+
+
+def _from_validation_error(exc: ValidationError) -> OpenAIError:
+    first = exc.errors(include_url=False)[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    kind = first["type"]
+    code = "invalid_type" if kind.endswith("_type") or "parsing" in kind else "invalid_value"
+    if kind == "missing":
+        code = "missing_required_parameter"
+    message = first["msg"] if not param else f"{param}: {first['msg']}"
+    return invalid_request(message, param=param, code=code)

@@ -1,0 +1,78 @@
+"""Engine deployments: WeLIP model configs turned into ``ray.serve.llm`` objects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+
+from welip.models import resolve_model_path
+from welip.serving._config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+class PreparedLLMServer(LLMServer):
+    """``LLMServer`` that first resolves the model source on the replica's node.
+
+    A packaged model is converted into the node's cache, an ``s3://`` URI copied,
+    before vLLM starts; the engine then loads a plain local directory.
+    """
+
+    async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:
+        source = llm_config.model_loading_config.model_source
+        if isinstance(source, str):
+            path = await asyncio.to_thread(resolve_model_path, source)
+            llm_config.model_loading_config.model_source = path
+            # The engine config was derived (and cached) from the unresolved
+            # source when the app was built; point it at the local copy.
+            llm_config.get_engine_config().hf_model_id = path
+            logger.info("model %s: %s -> %s", llm_config.model_id, source, path)
+        await super().__init__(llm_config, **kwargs)
+
+
+def build_llm_config(model: ModelConfig) -> LLMConfig:
+    """Translate one :class:`ModelConfig` into a ``ray.serve.llm.LLMConfig``.
+
+    Placement follows ``accelerator``: one CPU bundle on a CPU cluster, GPU bundles
+    on a GPU cluster. vLLM options pass through untouched.
+    """
+    engine_kwargs = dict(model.engine_kwargs)
+    env_vars = dict(model.env_vars)
+    if model.accelerator == "cpu":
+        bundles: list[dict[str, float]] = [{"CPU": model.cpus_per_replica}]
+        if model.kv_cache_space_gib is not None:
+            env_vars.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{model.kv_cache_space_gib:g}")
+    else:
+        bundles = [{"GPU": 1, "CPU": 1} for _ in range(model.gpus_per_replica)]
+    deployment_config: dict[str, Any] = {
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": model.replica_actor_cpus},
+    }
+    if model.autoscaling is not None:
+        deployment_config["autoscaling_config"] = model.autoscaling.model_dump()
+    else:
+        deployment_config["num_replicas"] = model.num_replicas
+    experimental: dict[str, Any] = {}
+    if model.stream_batching_interval_ms is not None:
+        experimental["stream_batching_interval_ms"] = model.stream_batching_interval_ms
+    return LLMConfig(
+        model_loading_config={"model_id": model.model_id, "model_source": model.source},
+        engine_kwargs=engine_kwargs,
+        placement_group_config={"bundles": bundles, "strategy": "PACK"},
+        deployment_config=deployment_config,
+        runtime_env={"env_vars": env_vars} if env_vars else None,
+        experimental_configs=experimental,
+        server_cls=PreparedLLMServer,
+    )
+
+
+def build_engine_deployment(model: ModelConfig) -> Application:
+    """A bound ``LLMServer`` deployment for one model, named after it."""
+    llm_config = build_llm_config(model)
+    return build_llm_deployment(llm_config)
+
+
