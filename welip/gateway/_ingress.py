@@ -64,9 +64,11 @@ async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    errors = exc.errors()
+    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = ".".join(str(p) for p in first["loc"]) or None
-    return invalid_request(f"{param}: {first['msg']}" if param else first["msg"], param=param).to_response()
+    message = str(first["msg"])
+    return invalid_request(f"{param}: {message}" if param else message, param=param).to_response()
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -79,7 +81,9 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 @app.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s", request.url.path)
-    return OpenAIError(500, "The gateway failed to handle the request.", type="server_error", code="internal_error").to_response()
+    return OpenAIError(
+        500, "The gateway failed to handle the request.", type="server_error", code="internal_error"
+    ).to_response()
 
 
 def _openapi() -> dict[str, Any]:
@@ -145,7 +149,9 @@ class Gateway:
         results = await asyncio.gather(*(check(h) for h in self._engines.values()))
         models = dict(zip(self._engines, results, strict=True))
         ok = all(r == "ok" for r in results)
-        return JSONResponse({"status": "ok" if ok else "unavailable", "models": models}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "models": models}, status_code=200 if ok else 503
+        )
 
     @app.get("/v1/models", summary="List served models")
     async def list_models(self) -> dict[str, Any]:
@@ -158,12 +164,18 @@ class Gateway:
                 return card
         raise model_not_found(model_id)
 
-    @app.post("/v1/chat/completions", summary="Chat completion", openapi_extra=_request_body_schema("ChatCompletionRequest"))
+    @app.post(
+        "/v1/chat/completions",
+        summary="Chat completion",
+        openapi_extra=_request_body_schema("ChatCompletionRequest"),
+    )
     async def chat_completions(self, request: Request) -> Response:
         body = parse_chat(await request.body())
         return await self._generate(body, "chat", request)
 
-    @app.post("/v1/completions", summary="Text completion", openapi_extra=_request_body_schema("CompletionRequest"))
+    @app.post(
+        "/v1/completions", summary="Text completion", openapi_extra=_request_body_schema("CompletionRequest")
+    )
     async def completions(self, request: Request) -> Response:
         body = parse_completion(await request.body())
         return await self._generate(body, "completions", request)
@@ -177,10 +189,14 @@ class Gateway:
         try:
             first = await asyncio.wait_for(stream.__anext__(), self._config.first_response_timeout_s)
         except StopAsyncIteration:
-            raise OpenAIError(502, "The engine returned no response.", type="server_error", code="engine_error") from None
+            raise OpenAIError(
+                502, "The engine returned no response.", type="server_error", code="engine_error"
+            ) from None
         except TimeoutError:
             stream.cancel()
-            raise OpenAIError(504, "The engine did not answer in time.", type="server_error", code="timeout") from None
+            raise OpenAIError(
+                504, "The engine did not answer in time.", type="server_error", code="timeout"
+            ) from None
         except BaseException:
             stream.cancel()
             raise

@@ -138,12 +138,10 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, dtype: str) -> None:
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=getattr(torch, dtype)
-    )
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
     # The GGUF loader dequantizes to plain tensors but still tags the model as
     # quantized, which blocks saving; the tensors themselves are dense.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -186,6 +184,7 @@ def _exclusive(target: Path) -> Iterator[Path | None]:
             yield None
             return
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; other users on the node read models too
         try:
             yield tmp
             (tmp / _COMPLETE_MARKER).write_text("")

@@ -36,9 +36,7 @@ class ModelConfig(_Strict):
     ``engine_kwargs``; requests are routed by their ``model`` field.
     """
 
-    model_id: str = Field(
-        pattern=_MODEL_ID_PATTERN, description="Name clients send as `model`."
-    )
+    model_id: str = Field(pattern=_MODEL_ID_PATTERN, description="Name clients send as `model`.")
     source: str = Field(
         min_length=1,
         description=(
@@ -50,7 +48,10 @@ class ModelConfig(_Strict):
         "cpu", description="Where the engine runs; decides the placement bundles."
     )
     gpus_per_replica: int = Field(
-        1, ge=1, le=64, description="GPUs per replica when accelerator is gpu (set tensor_parallel_size to match)."
+        1,
+        ge=1,
+        le=64,
+        description="GPUs per replica when accelerator is gpu (set tensor_parallel_size to match).",
     )
     cpus_per_replica: float = Field(
         1.0, gt=0, le=256, description="CPUs reserved for the engine's placement bundle."
@@ -64,11 +65,11 @@ class ModelConfig(_Strict):
             "small so an engine and the gateway fit on a 2-core laptop."
         ),
     )
-    kv_cache_space_gib: float | None = Field(
+    kv_cache_space_gib: int | None = Field(
         None,
-        gt=0,
+        ge=1,
         le=1024,
-        description="CPU engines only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).",
+        description="CPU engines only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE).",
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,

