@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RAY_CPUS ?= 8
+# Ray's default GCS port is Redis's 6379; keep them apart.
+RAY_PORT ?= 6390
 
 .PHONY: install run test unit integration lint bench clean
 
@@ -19,7 +21,7 @@ install: $(BIN)/python
 
 # Local Ray with more logical CPUs than cores, so the engine and the gateway both schedule.
 run: install
-	$(BIN)/ray start --head --num-cpus $(RAY_CPUS) --disable-usage-stats >/dev/null || true
+	$(BIN)/ray start --head --port $(RAY_PORT) --num-cpus $(RAY_CPUS) --disable-usage-stats >/dev/null || true
 	$(BIN)/serve run configs/serve/local.yaml
 
 test: install lint

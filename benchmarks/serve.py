@@ -279,8 +279,11 @@ def _flags(options: dict[str, str]) -> list[str]:
 def welip_server(config_path: Path, base_url: str, extra_env: dict[str, str]) -> Server:
     """A fresh local Ray cluster running ``serve run <config>``."""
     config = str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path)
-    # More logical CPUs than cores (as `make run`), so the engine and the gateway both schedule.
-    ray_start = Command(["ray", "start", "--head", "--num-cpus", "8", "--disable-usage-stats"], extra_env)
+    # As `make run`: more logical CPUs than cores, so the engine and the gateway both
+    # schedule; a GCS port off 6379, which a local Redis usually holds.
+    ray_start = Command(
+        ["ray", "start", "--head", "--port", "6390", "--num-cpus", "8", "--disable-usage-stats"], extra_env
+    )
     teardown = [Command(["serve", "shutdown", "-y"]), Command(["ray", "stop", "--force"])]
     return Server(
         "welip",
