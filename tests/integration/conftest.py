@@ -6,6 +6,11 @@ a second id with a short context, so routing by `model` is observable.
 
 from __future__ import annotations
 
+import os
+
+# The mode WeLIP ships (Makefile, KubeRay): Ray's processes read it when they start.
+os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+
 import socket
 import time
 from collections.abc import Iterator
