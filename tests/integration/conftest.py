@@ -6,14 +6,17 @@ a second id with a short context, so routing by `model` is observable.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 # The mode WeLIP ships (Makefile, KubeRay): Ray's processes read it when they start.
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -26,6 +29,7 @@ MODEL = "smollm2-135m-instruct"
 SHORT_MODEL = "smollm2-135m-instruct-short"
 SHORT_CONTEXT = 512
 APP_NAME = "welip"
+T = TypeVar("T")
 READY_TIMEOUT_S = 600
 
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "bfloat16"}
@@ -95,6 +99,25 @@ def http(base_url: str) -> Iterator[httpx.Client]:
         yield session
 
 
-def engine_handle(model_id: str):
-    """The LLMServer deployment serving ``model_id`` (named by ray.serve.llm)."""
-    return serve.get_deployment_handle(f"PreparedLLMServer:{model_id}", app_name=APP_NAME)
+_handle_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _on_handle_loop(coro: Coroutine[Any, Any, T]) -> T:
+    # In throughput mode Serve's handles run their router on the caller's event
+    # loop, which must outlive them: one loop in a thread for the whole session.
+    global _handle_loop
+    if _handle_loop is None:
+        _handle_loop = asyncio.new_event_loop()
+        threading.Thread(target=_handle_loop.run_forever, daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, _handle_loop).result(timeout=30)
+
+
+def unfinished_requests(model_id: str) -> int:
+    """Requests the engine serving ``model_id`` still holds."""
+
+    async def ask() -> int:
+        # The LLMServer deployment name is ray.serve.llm's: "<server class>:<model id>".
+        handle = serve.get_deployment_handle(f"PreparedLLMServer:{model_id}", app_name=APP_NAME)
+        return int(await handle.num_unfinished_requests.remote())
+
+    return _on_handle_loop(ask())

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import MODEL, SHORT_CONTEXT, SHORT_MODEL, engine_handle
+from tests.integration.conftest import MODEL, SHORT_CONTEXT, SHORT_MODEL, unfinished_requests
 
 pytestmark = pytest.mark.integration
 
@@ -179,8 +179,7 @@ def test_health_ready_and_openapi(http: httpx.Client) -> None:
 
 
 def test_client_disconnect_aborts_the_generation(base_url: str) -> None:
-    engine = engine_handle(MODEL)
-    assert engine.num_unfinished_requests.remote().result() == 0
+    assert unfinished_requests(MODEL) == 0
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Count to a thousand."}],
@@ -198,10 +197,10 @@ def test_client_disconnect_aborts_the_generation(base_url: str) -> None:
         lines = r.iter_lines()
         seen = [line for _, line in zip(range(3), lines, strict=False)]
         assert seen
-        assert engine.num_unfinished_requests.remote().result() == 1
+        assert unfinished_requests(MODEL) == 1
     # Leaving the block closes the connection mid-stream. 1500 tokens take this
     # engine far longer than the wait below, so 0 means the engine aborted it.
     deadline = time.monotonic() + 10
-    while engine.num_unfinished_requests.remote().result() and time.monotonic() < deadline:
+    while unfinished_requests(MODEL) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert engine.num_unfinished_requests.remote().result() == 0
+    assert unfinished_requests(MODEL) == 0
