@@ -392,6 +392,7 @@ def running(server: Server, work_dir: Path) -> Iterator[None]:
     started = time.monotonic()
     proc: subprocess.Popen[bytes] | None = None
     with open(log_path, "ab") as log:
+        engines_before = _vllm_engine_pids()
         try:
             for command in server.setup:
                 if _call(command, log, COMMAND_TIMEOUT_S) != 0:
@@ -412,7 +413,27 @@ def running(server: Server, work_dir: Path) -> Iterator[None]:
                 _stop(proc)
             for command in server.teardown:
                 _call(command, log, COMMAND_TIMEOUT_S)
+            _kill_orphaned_engines(engines_before)
             print(f"{server.name}: stopped")
+
+
+def _vllm_engine_pids() -> set[int]:
+    """PIDs of vLLM engine processes (they retitle themselves ``VLLM::EngineCore`` etc.)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes().startswith(b"VLLM::"):
+                    pids.add(int(entry.name))
+    return pids
+
+
+def _kill_orphaned_engines(before: set[int]) -> None:
+    # `ray stop --force` kills the replica actors but not the engine processes they
+    # spawned; left running, they hold GBs of memory and skew the next measurement.
+    for pid in _vllm_engine_pids() - before:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _wait_ready(server: Server, proc: subprocess.Popen[bytes], log_path: Path) -> None:

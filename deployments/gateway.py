@@ -1,4 +1,4 @@
-"""Serve app builder: WeLIP gateway + one ``ray.serve.llm`` engine per model.
+"""Serve app builder: the WeLIP gateway + one ``ray.serve.llm`` engine per model.
 
 Referenced from Serve YAML and the KubeRay RayService as
 ``import_path: deployments.gateway:build_app``.
@@ -11,9 +11,10 @@ from typing import Any
 
 from ray import serve
 from ray.serve.deployment import Application
+from ray.serve.llm import build_llm_deployment
 
-from welip.gateway import Gateway
-from welip.serving import ModelConfig, ServingConfig, build_engine_deployment
+from welip.gateway import EngineGateway, Gateway
+from welip.serving import ModelConfig, ServingConfig, build_engine_deployment, build_llm_config
 
 
 def model_card(model: ModelConfig, created: int) -> dict[str, Any]:
@@ -32,16 +33,24 @@ def build_app(args: dict[str, Any]) -> Application:
     """Build the serving app from ``args`` (validated as :class:`ServingConfig`)."""
     config = ServingConfig.model_validate(args)
     created = int(time.time())
-    engines = {m.model_id: build_engine_deployment(m) for m in config.models}
-    gateway = serve.deployment(
-        Gateway,
-        name="WelipGateway",
-        num_replicas=config.gateway.num_replicas,
-        max_ongoing_requests=config.gateway.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.gateway.num_cpus},
-    )
-    return gateway.bind(
-        engines=engines,
-        model_cards=[model_card(m, created) for m in config.models],
-        config=config.gateway,
+    cards = [model_card(m, created) for m in config.models]
+    if config.gateway.placement == "standalone":
+        gateway = serve.deployment(
+            Gateway,
+            name="WelipGateway",
+            num_replicas=config.gateway.num_replicas,
+            max_ongoing_requests=config.gateway.max_ongoing_requests,
+            ray_actor_options={"num_cpus": config.gateway.num_cpus},
+        )
+        engines = {m.model_id: build_engine_deployment(m) for m in config.models}
+        return gateway.bind(engines=engines, model_cards=cards, config=config.gateway)
+    first, *rest = config.models
+    return build_llm_deployment(
+        build_llm_config(first),
+        deployment_cls=EngineGateway,
+        bind_kwargs={
+            "peers": {m.model_id: build_engine_deployment(m) for m in rest},
+            "model_cards": cards,
+            "gateway_config": config.gateway,
+        },
     )

@@ -30,6 +30,9 @@ SHORT_MODEL = "smollm2-135m-instruct-short"
 SHORT_CONTEXT = 512
 APP_NAME = "welip"
 T = TypeVar("T")
+# ray.serve.llm names engine deployments "<server class>:<model id>"; the first
+# model's replicas also carry the gateway (placement in_engine, the default).
+ENGINE_DEPLOYMENT = {MODEL: "EngineGateway", SHORT_MODEL: "PreparedLLMServer"}
 READY_TIMEOUT_S = 600
 
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "bfloat16"}
@@ -116,8 +119,7 @@ def unfinished_requests(model_id: str) -> int:
     """Requests the engine serving ``model_id`` still holds."""
 
     async def ask() -> int:
-        # The LLMServer deployment name is ray.serve.llm's: "<server class>:<model id>".
-        handle = serve.get_deployment_handle(f"PreparedLLMServer:{model_id}", app_name=APP_NAME)
+        handle = serve.get_deployment_handle(f"{ENGINE_DEPLOYMENT[model_id]}:{model_id}", app_name=APP_NAME)
         return int(await handle.num_unfinished_requests.remote())
 
     return _on_handle_loop(ask())

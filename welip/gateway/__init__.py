@@ -1,5 +1,15 @@
-"""The gateway ingress: one Ray Serve deployment in front of every engine."""
+"""The gateway: OpenAI routes in front of every engine, as a Serve ingress."""
 
-from welip.gateway._ingress import Gateway, app
+from welip.gateway._app import build_gateway_app
+from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
+from welip.gateway._deployments import EngineGateway, Gateway
 
-__all__ = ["Gateway", "app"]
+__all__ = [
+    "EngineClient",
+    "EngineGateway",
+    "Gateway",
+    "GatewayCore",
+    "HandleEngine",
+    "LocalEngine",
+    "build_gateway_app",
+]

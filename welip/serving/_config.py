@@ -100,11 +100,19 @@ class ModelConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
-    """The WeLIP gateway ingress deployment."""
+    """The WeLIP gateway ingress."""
 
-    num_replicas: int = Field(1, ge=1, le=1024, description="Gateway replicas.")
+    placement: Literal["in_engine", "standalone"] = Field(
+        "in_engine",
+        description=(
+            "in_engine: the gateway runs inside the first model's engine replicas and calls "
+            "that engine in-process (fewest hops; scales with that model). standalone: its "
+            "own deployment over handles to every engine, scaled by num_replicas."
+        ),
+    )
+    num_replicas: int = Field(1, ge=1, le=1024, description="Standalone gateway replicas.")
     num_cpus: float = Field(
-        0.1, ge=0, le=64, description="CPUs reserved per gateway replica (fractional is fine)."
+        0.1, ge=0, le=64, description="CPUs reserved per standalone gateway replica (fractional is fine)."
     )
     max_ongoing_requests: int = Field(
         1024, ge=1, le=65536, description="Concurrent requests one gateway replica accepts."

@@ -1,0 +1,108 @@
+"""The gateway's HTTP surface: OpenAI routes, OpenAI error bodies, the OpenAPI spec.
+
+Built per replica by :func:`build_gateway_app` around a :class:`GatewayCore`, so the
+same app serves from a standalone gateway deployment or from an engine replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import welip
+from welip.api import OpenAIError, invalid_request, parse_chat, parse_completion
+from welip.api._requests import ChatCompletionRequest, CompletionRequest
+from welip.gateway._core import GatewayCore
+
+logger = logging.getLogger("welip.gateway")
+
+
+def build_gateway_app(core: GatewayCore) -> FastAPI:
+    """The FastAPI app of one gateway replica."""
+    app = FastAPI(
+        title="WeLIP gateway",
+        version=welip.__version__,
+        description="OpenAI-compatible API in front of WeLIP's vLLM engines.",
+    )
+    _add_error_handlers(app)
+
+    @app.get("/health", summary="The gateway process is alive")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Every engine answers its health check")
+    async def ready() -> JSONResponse:
+        return await core.ready()
+
+    @app.get("/v1/models", summary="List served models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": core.model_cards}
+
+    @app.get("/v1/models/{model_id:path}", summary="Describe one model")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        return core.model_card(model_id)
+
+    @app.post("/v1/chat/completions", summary="Chat completion", openapi_extra=_body("ChatCompletionRequest"))
+    async def chat_completions(request: Request) -> Response:
+        return await core.generate(parse_chat(await request.body()), "chat", request)
+
+    @app.post("/v1/completions", summary="Text completion", openapi_extra=_body("CompletionRequest"))
+    async def completions(request: Request) -> Response:
+        return await core.generate(parse_completion(await request.body()), "completions", request)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _body(schema: str) -> dict[str, Any]:
+    # Bodies are parsed by hand (to answer in OpenAI's error shape), so the spec
+    # names the vLLM request models explicitly.
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ChatCompletionRequest, CompletionRequest):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+    app.openapi_schema = schema
+    return schema
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+        return exc.to_response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = str(first["msg"])
+        return invalid_request(f"{param}: {message}" if param else message, param=param).to_response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        return OpenAIError(exc.status_code, str(exc.detail), code=code, headers=headers).to_response()
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        error = OpenAIError(
+            500, "The gateway failed to handle the request.", type="server_error", code="internal_error"
+        )
+        return error.to_response()
