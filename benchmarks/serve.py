@@ -392,7 +392,7 @@ def running(server: Server, work_dir: Path) -> Iterator[None]:
     started = time.monotonic()
     proc: subprocess.Popen[bytes] | None = None
     with open(log_path, "ab") as log:
-        engines_before = _vllm_engine_pids()
+        children_before = _server_child_pids()
         try:
             for command in server.setup:
                 if _call(command, log, COMMAND_TIMEOUT_S) != 0:
@@ -413,25 +413,27 @@ def running(server: Server, work_dir: Path) -> Iterator[None]:
                 _stop(proc)
             for command in server.teardown:
                 _call(command, log, COMMAND_TIMEOUT_S)
-            _kill_orphaned_engines(engines_before)
+            _kill_orphans(children_before)
             print(f"{server.name}: stopped")
 
 
-def _vllm_engine_pids() -> set[int]:
-    """PIDs of vLLM engine processes (they retitle themselves ``VLLM::EngineCore`` etc.)."""
+def _server_child_pids() -> set[int]:
+    """PIDs of vLLM engine processes (retitled ``VLLM::EngineCore`` etc.) and HAProxies."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if (entry / "cmdline").read_bytes().startswith(b"VLLM::"):
+                argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+                if argv0.startswith(b"VLLM::") or argv0.endswith(b"/haproxy"):
                     pids.add(int(entry.name))
     return pids
 
 
-def _kill_orphaned_engines(before: set[int]) -> None:
-    # `ray stop --force` kills the replica actors but not the engine processes they
-    # spawned; left running, they hold GBs of memory and skew the next measurement.
-    for pid in _vllm_engine_pids() - before:
+def _kill_orphans(before: set[int]) -> None:
+    # `ray stop --force` kills the replica actors, but neither the engine processes
+    # they spawned nor Serve's HAProxy; left running, engines hold GBs of memory and
+    # skew the next measurement, and HAProxy keeps port 8000.
+    for pid in _server_child_pids() - before:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

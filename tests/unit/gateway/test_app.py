@@ -1,0 +1,155 @@
+"""The gateway app over fake engines: routing, relaying, errors, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from ray.serve.llm.openai_api_models import ErrorResponse
+
+from welip.gateway import GatewayCore, build_gateway_app
+from welip.serving import GatewayConfig
+
+
+class FakeStream:
+    def __init__(self, items: list[Any], delay_s: float = 0) -> None:
+        self._items = iter(items)
+        self._delay_s = delay_s
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        await asyncio.sleep(self._delay_s)
+        try:
+            return next(self._items)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeEngine:
+    def __init__(self, items: list[Any], delay_s: float = 0, healthy: bool = True) -> None:
+        self.items = items
+        self.delay_s = delay_s
+        self.healthy = healthy
+        self.calls: list[tuple[str, Any]] = []
+        self.streams: list[FakeStream] = []
+
+    def generate(self, method: str, body: Any) -> FakeStream:
+        self.calls.append((method, body))
+        stream = FakeStream(self.items, self.delay_s)
+        self.streams.append(stream)
+        return stream
+
+    async def check_health(self) -> None:
+        if not self.healthy:
+            raise RuntimeError("engine dead")
+
+
+def _chunk(text: str) -> str:
+    body = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": text}}]}
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _client(engines: dict[str, FakeEngine], **config: Any) -> TestClient:
+    cards = [{"id": m, "object": "model"} for m in engines]
+    core = GatewayCore(dict(engines), cards, GatewayConfig(**config))  # type: ignore[arg-type]
+    return TestClient(build_gateway_app(core))
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_requests_go_to_the_engine_named_by_model() -> None:
+    a, b = FakeEngine([[_chunk("a")]]), FakeEngine([[_chunk("b")]])
+    client = _client({"a": a, "b": b})
+    response = client.post("/v1/chat/completions", json={"model": "b", "stream": True, **CHAT})
+    assert response.status_code == 200
+    assert not a.calls
+    assert [method for method, _ in b.calls] == ["chat"]
+    assert '"b"' in response.text
+
+
+def test_stream_relays_batches_and_ends_with_done() -> None:
+    engine = FakeEngine([[_chunk("x"), _chunk("y")], [_chunk("z")]])
+    response = _client({"m": engine}).post(
+        "/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}
+    )
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line]
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == ["x", "y", "z"]
+    assert events[-1] == "[DONE]"
+
+
+def test_engine_error_before_the_stream_is_a_json_error_not_sse() -> None:
+    error = ErrorResponse(
+        error={"message": "maximum context length is 10 tokens", "type": "BadRequestError", "code": 400}
+    )
+    engine = FakeEngine([[error]])
+    response = _client({"m": engine}).post(
+        "/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert engine.streams[0].cancelled
+
+
+def test_unknown_model_never_reaches_an_engine() -> None:
+    engine = FakeEngine([])
+    response = _client({"m": engine}).post("/v1/chat/completions", json={"model": "x", **CHAT})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert not engine.calls
+
+
+def test_request_id_header_becomes_the_engine_request_id() -> None:
+    engine = FakeEngine([[_chunk("a")]])
+    _client({"m": engine}).post(
+        "/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}, headers={"X-Request-Id": "abc-1"}
+    )
+    assert engine.calls[0][1].request_id == "abc-1"
+
+
+def test_slow_engine_gets_a_504_and_is_cancelled() -> None:
+    engine = FakeEngine([[_chunk("late")]], delay_s=2)
+    client = _client({"m": engine}, first_response_timeout_s=0.2)
+    response = client.post("/v1/chat/completions", json={"model": "m", **CHAT})
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "timeout"
+    assert engine.streams[0].cancelled
+
+
+def test_ready_names_the_engine_that_is_down() -> None:
+    client = _client({"up": FakeEngine([]), "down": FakeEngine([], healthy=False)})
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["models"]["up"] == "ok"
+    assert response.json()["models"]["down"].startswith("unavailable")
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/models/nope", "/v1/unknown"])
+def test_unknown_things_are_404_in_openai_shape(path: str) -> None:
+    response = _client({"m": FakeEngine([])}).get(path)
+    assert response.status_code == 404
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_openapi_spec_resolves_request_schemas() -> None:
+    spec = _client({"m": FakeEngine([])}).get("/openapi.json").json()
+    for path, name in (
+        ("/v1/chat/completions", "ChatCompletionRequest"),
+        ("/v1/completions", "CompletionRequest"),
+    ):
+        ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{name}"
+        assert name in spec["components"]["schemas"]

@@ -1,0 +1,35 @@
+"""The Serve app graph that ``deployments.gateway:build_app`` builds (no cluster needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deployments.gateway import build_app
+
+MODELS = [
+    {"model_id": "a", "source": "smollm2-135m-instruct"},
+    {"model_id": "b", "source": "smollm2-135m-instruct", "engine_kwargs": {"max_model_len": 512}},
+]
+
+
+def _ingress(args: dict[str, Any]) -> Any:
+    return build_app(args)._bound_deployment
+
+
+def test_default_gateway_lives_in_the_first_engine_with_the_others_as_peers() -> None:
+    ingress = _ingress({"models": MODELS})
+    assert ingress.name == "EngineGateway:a"
+    kwargs = ingress.init_kwargs
+    assert [card["id"] for card in kwargs["model_cards"]] == ["a", "b"]
+    assert [app._bound_deployment.name for app in kwargs["peers"].values()] == ["PreparedLLMServer:b"]
+
+
+def test_standalone_gateway_holds_every_engine() -> None:
+    ingress = _ingress({"models": MODELS, "gateway": {"placement": "standalone", "num_replicas": 2}})
+    assert ingress.name == "WelipGateway"
+    assert ingress.num_replicas == 2
+    engines = ingress.init_kwargs["engines"]
+    assert {name: app._bound_deployment.name for name, app in engines.items()} == {
+        "a": "PreparedLLMServer:a",
+        "b": "PreparedLLMServer:b",
+    }
