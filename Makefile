@@ -4,9 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RAY_CPUS ?= 8
 # Ray Serve's throughput mode (uvloop, gRPC between deployments, direct ingress,
-# user code on the replica's loop): measured 0.89x of bare vLLM vs 0.83x without,
-# see benchmarks/README.md. Read by Ray's processes at start, so set before `ray start`.
+# user code on the replica's loop) with HAProxy in front of the replicas' own HTTP
+# servers: with the gateway in the engine replica, streamed tokens then cross no
+# Python proxy. Measured in benchmarks/README.md. Read by Ray's processes at start,
+# so set before `ray start`. HAProxy mode binds replica HTTP ports on all interfaces
+# (Ray's rule); export RAY_SERVE_ENABLE_HA_PROXY=0 to keep a laptop on loopback only.
 export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
+export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 # Ray's default GCS port is Redis's 6379; keep them apart.
 RAY_PORT ?= 6390
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-# The mode WeLIP ships (Makefile, KubeRay): Ray's processes read it when they start.
+# The modes WeLIP ships (Makefile, KubeRay): Ray's processes read them when they start.
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 
 import socket
 import threading
