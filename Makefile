@@ -30,6 +30,7 @@ install: $(BIN)/python
 # Local Ray with more logical CPUs than cores, so the engine and the gateway both schedule.
 run: install
 	$(BIN)/ray start --head --port $(RAY_PORT) --num-cpus $(RAY_CPUS) --disable-usage-stats >/dev/null || true
+	@echo "WeLIP: OpenAI API at http://127.0.0.1:8000/v1 (up when http://127.0.0.1:8000/ready answers 200; Ctrl-C stops)"
 	$(BIN)/serve run configs/serve/local.yaml
 
 test: install lint
