@@ -47,7 +47,8 @@ import yaml
 from welip.models import resolve_model_path
 
 if TYPE_CHECKING:
-    from welip.serving import ModelConfig, ServingConfig
+    from welip.gateway import ServingConfig
+    from welip.serving import ModelConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -226,7 +227,7 @@ def load_serving(config_path: Path) -> tuple[ServingConfig, str]:
     """The gateway app's :class:`ServingConfig` and the base URL it is served on."""
     # Imported here: welip.serving pulls in ray.serve.llm and vLLM (many seconds),
     # which --help does not need.
-    from welip.serving import ServingConfig
+    from welip.gateway import ServingConfig
 
     doc = yaml.safe_load(config_path.read_text())
     apps = [app for app in doc.get("applications", []) if app.get("import_path") == GATEWAY_IMPORT_PATH]

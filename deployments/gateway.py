@@ -13,8 +13,8 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.llm import build_llm_deployment
 
-from welip.gateway import EngineGateway, Gateway
-from welip.serving import ModelConfig, ServingConfig, build_engine_deployment, build_llm_config
+from welip.gateway import EngineGateway, Gateway, ServingConfig
+from welip.serving import ModelConfig, build_engine_deployment, build_llm_config
 
 
 def model_card(model: ModelConfig, created: int) -> dict[str, Any]:

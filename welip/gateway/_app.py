@@ -18,7 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import welip
 from welip.api import OpenAIError, invalid_request, parse_chat, parse_completion
 from welip.api._requests import ChatCompletionRequest, CompletionRequest
+from welip.gateway._admin import build_admin_router
 from welip.gateway._core import GatewayCore
+from welip.gateway._trust import TrustMiddleware, context_of
 
 logger = logging.getLogger("welip.gateway")
 
@@ -31,6 +33,10 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
         description="OpenAI-compatible API in front of WeLIP's vLLM engines.",
     )
     _add_error_handlers(app)
+    app.add_middleware(TrustMiddleware, trust=core.trust)
+    app.include_router(build_admin_router(core.trust))
+    if not core.trust.auth_enabled:
+        logger.warning("gateway auth is off: every route is open; keep it on loopback")
 
     @app.get("/health", summary="The gateway process is alive")
     async def health() -> dict[str, str]:
@@ -41,20 +47,22 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
         return await core.ready()
 
     @app.get("/v1/models", summary="List served models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": core.model_cards}
+    async def list_models(request: Request) -> dict[str, Any]:
+        return {"object": "list", "data": core.visible_models(request)}
 
     @app.get("/v1/models/{model_id:path}", summary="Describe one model")
-    async def get_model(model_id: str) -> dict[str, Any]:
-        return core.model_card(model_id)
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        return core.model_card(model_id, request)
 
     @app.post("/v1/chat/completions", summary="Chat completion", openapi_extra=_body("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Response:
-        return await core.generate(parse_chat(await request.body()), "chat", request)
+        raw = await request.body()
+        return await core.generate(parse_chat(raw), "chat", request, raw)
 
     @app.post("/v1/completions", summary="Text completion", openapi_extra=_body("CompletionRequest"))
     async def completions(request: Request) -> Response:
-        return await core.generate(parse_completion(await request.body()), "completions", request)
+        raw = await request.body()
+        return await core.generate(parse_completion(raw), "completions", request, raw)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -82,22 +90,22 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
-    async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
-        return exc.to_response()
+    async def openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        return _answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"]) or None
         message = str(first["msg"])
-        return invalid_request(f"{param}: {message}" if param else message, param=param).to_response()
+        return _answer(request, invalid_request(f"{param}: {message}" if param else message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
-        return OpenAIError(exc.status_code, str(exc.detail), code=code, headers=headers).to_response()
+        return _answer(request, OpenAIError(exc.status_code, str(exc.detail), code=code, headers=headers))
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -105,4 +113,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         error = OpenAIError(
             500, "The gateway failed to handle the request.", type="server_error", code="internal_error"
         )
-        return error.to_response()
+        return _answer(request, error)
+
+
+def _answer(request: Request, error: OpenAIError) -> JSONResponse:
+    ctx = context_of(request)
+    if ctx is not None:
+        ctx.error_code = error.code
+    return error.to_response()

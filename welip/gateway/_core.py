@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
@@ -16,13 +17,18 @@ from typing import Any, Protocol
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.serve.handle import DeploymentHandle
+from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from welip.api import OpenAIError, engine_error, model_not_found, sse_events
-from welip.serving import GatewayConfig
+from welip.gateway._cache import cache_key
+from welip.gateway._config import GatewayConfig
+from welip.gateway._guardrails import StreamGuard, guard_response
+from welip.gateway._trust import RequestContext, Trust, context_of
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
 # hands it to the replica as this header; the engine request reuses it.
 REQUEST_ID_HEADER = "x-request-id"
+CACHE_HEADER = "x-welip-cache"
 
 
 class EngineStream(Protocol):
@@ -104,11 +110,16 @@ class GatewayCore:
     """Routes OpenAI requests to engines by ``model`` and relays their answers."""
 
     def __init__(
-        self, engines: dict[str, EngineClient], model_cards: list[dict[str, Any]], config: GatewayConfig
+        self,
+        engines: dict[str, EngineClient],
+        model_cards: list[dict[str, Any]],
+        config: GatewayConfig,
+        trust: Trust | None = None,
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
         self.config = config
+        self.trust = trust or Trust(config, database=None, redis=None)
 
     async def ready(self) -> JSONResponse:
         """200 when every engine passes its health check in time, else 503."""
@@ -126,19 +137,51 @@ class GatewayCore:
         body = {"status": "ok" if ok else "unavailable", "models": models}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    def model_card(self, model_id: str) -> dict[str, Any]:
+    def visible_models(self, request: Request) -> list[dict[str, Any]]:
+        """The model cards the caller may use."""
+        ctx = context_of(request)
+        if ctx is None:
+            return self.model_cards
+        return [card for card in self.model_cards if ctx.principal.may_use(card["id"])]
+
+    def model_card(self, model_id: str, request: Request) -> dict[str, Any]:
         """The ``/v1/models/{id}`` entry, or 404 ``model_not_found``."""
-        for card in self.model_cards:
+        for card in self.visible_models(request):
             if card["id"] == model_id:
                 return card
         raise model_not_found(model_id)
 
-    async def generate(self, body: Any, method: str, request: Request) -> Response:
+    async def generate(self, body: Any, method: str, request: Request, raw: bytes) -> Response:
         """Run a checked request on its engine; errors are raised before any byte is sent."""
         engine = self.engines.get(body.model)
         if engine is None:
             raise model_not_found(body.model)
+        ctx = context_of(request)
+        trust = self.trust
+        headers: dict[str, str] = {}
+        key: str | None = None
+        streaming = bool(getattr(body, "stream", False))
+        if ctx is not None:
+            headers = await trust.admit(ctx, body)
+            if trust.config.audit.record_prompts:
+                ctx.body = raw.decode("utf-8", "replace")
+            if trust.cache is not None and not streaming:
+                key = cache_key(json.loads(raw), ctx.principal.role)
+                if key is not None:
+                    cached = await trust.cache.get(key)
+                    ctx.cache = "hit" if cached is not None else "miss"
+                    headers[CACHE_HEADER] = ctx.cache
+                    if cached is not None:
+                        _count_usage(ctx, json.loads(cached).get("usage"))
+                        return Response(cached, media_type="application/json", headers=headers)
         body.request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        strip_usage = False
+        if streaming and ctx is not None:
+            options = body.stream_options
+            if options is None or not options.include_usage:
+                # Usage feeds limits, metrics and audit; the client gets it only if asked.
+                body.stream_options = StreamOptions(include_usage=True)
+                strip_usage = True
         stream = engine.generate(method, body)
         try:
             first = await asyncio.wait_for(stream.__anext__(), self.config.first_response_timeout_s)
@@ -159,22 +202,81 @@ class GatewayCore:
         if error is not None:
             stream.cancel()
             raise error
-        if not getattr(body, "stream", False):
-            return Response(first.model_dump_json(), media_type="application/json")
+        if not streaming:
+            if ctx is not None:
+                usage = getattr(first, "usage", None)
+                _count_usage(ctx, usage.model_dump() if usage is not None else None)
+                output = trust.guards(ctx.principal)[1]
+                if output.active:
+                    guard_response(first, output, ctx.verdicts)
+            data = first.model_dump_json()
+            if key is not None and trust.cache is not None:
+                await trust.cache.put(key, data.encode())
+            return Response(data, media_type="application/json", headers=headers)
+        tap = _StreamTap(ctx, trust.stream_guard(ctx) if ctx else None, strip_usage) if ctx else None
         return StreamingResponse(
-            _relay(first, stream), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            _relay(first, stream, tap),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **headers},
         )
 
 
-async def _relay(first: Any, stream: EngineStream) -> AsyncIterator[str]:
+def _count_usage(ctx: RequestContext, usage: dict[str, Any] | None) -> None:
+    if usage:
+        ctx.prompt_tokens = usage.get("prompt_tokens", ctx.prompt_tokens)
+        ctx.completion_tokens = usage.get("completion_tokens")
+
+
+_USAGE_MARK = '"usage":{'
+
+
+class _StreamTap:
+    """Watches a stream for the trust layer: output guardrail, usage, usage stripping."""
+
+    def __init__(self, ctx: RequestContext, guard: StreamGuard | None, strip_usage: bool) -> None:
+        self._ctx = ctx
+        self._guard = guard
+        self._strip_usage = strip_usage
+
+    @property
+    def blocked(self) -> bool:
+        return self._guard is not None and self._guard.blocked
+
+    def __call__(self, text: str) -> str:
+        if self._guard is not None:
+            text = self._guard.filter(text)
+            if self._guard.blocked:
+                self._ctx.error_code = "content_policy_violation"
+        if _USAGE_MARK not in text:
+            return text
+        kept = []
+        for event in text.split("\n\n"):
+            if _USAGE_MARK in event and event.startswith("data: {"):
+                chunk = json.loads(event[6:])
+                _count_usage(self._ctx, chunk.get("usage"))
+                if self._strip_usage and not chunk.get("choices"):
+                    continue
+            if event:
+                kept.append(event + "\n\n")
+        return "".join(kept)
+
+
+async def _relay(first: Any, stream: EngineStream, tap: _StreamTap | None) -> AsyncIterator[str]:
     """Forward the engine stream; abort the generation if the client leaves."""
     finished = False
     try:
         async for text in sse_events(first, stream):
-            yield text
+            if tap is not None:
+                text = tap(text)
+                if tap.blocked:
+                    if text:
+                        yield text
+                    break
+            if text:
+                yield text
         finished = True
     finally:
-        if not finished:
+        if not finished or (tap is not None and tap.blocked):
             # A client disconnect cancels this generator: abort the generation in
             # the engine instead of letting it run on to max_tokens.
             stream.cancel()

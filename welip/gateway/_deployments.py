@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI
@@ -18,8 +19,10 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 
 from welip.gateway._app import build_gateway_app
+from welip.gateway._config import GatewayConfig
 from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
-from welip.serving import GatewayConfig, PreparedLLMServer
+from welip.gateway._trust import build_trust
+from welip.serving import PreparedLLMServer
 
 
 @serve.ingress()
@@ -29,11 +32,20 @@ class Gateway:
     def __init__(
         self, engines: dict[str, DeploymentHandle], model_cards: list[dict[str, Any]], config: GatewayConfig
     ) -> None:
-        clients: dict[str, EngineClient] = {m: HandleEngine(h) for m, h in engines.items()}
-        self._core = GatewayCore(clients, model_cards, config)
+        self._clients: dict[str, EngineClient] = {m: HandleEngine(h) for m, h in engines.items()}
+        self._model_cards = model_cards
+        self._config = config
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_gateway_app(self._core)
+        trust = await build_trust(self._config, {c["id"]: c["root"] for c in self._model_cards})
+        self._trust = trust
+        return build_gateway_app(GatewayCore(self._clients, self._model_cards, self._config, trust))
+
+    def __del__(self) -> None:
+        # Serve calls this on graceful shutdown: write the queued audit records.
+        trust = getattr(self, "_trust", None)
+        if trust is not None:
+            trust.close()
 
 
 @serve.ingress()
@@ -53,7 +65,15 @@ class EngineGateway(PreparedLLMServer):
         clients: dict[str, EngineClient] = {llm_config.model_id: LocalEngine(self)}
         clients.update({m: HandleEngine(h) for m, h in peers.items()})
         order = [card["id"] for card in model_cards]
-        self._core = GatewayCore({m: clients[m] for m in order}, model_cards, gateway_config)
+        trust = await build_trust(gateway_config, {c["id"]: c["root"] for c in model_cards})
+        self._core = GatewayCore({m: clients[m] for m in order}, model_cards, gateway_config, trust)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return build_gateway_app(self._core)
+
+    async def __del__(self) -> None:
+        # Write the queued audit records, then let LLMServer stop the engine.
+        core = getattr(self, "_core", None)
+        if core is not None:
+            await asyncio.to_thread(core.trust.close)
+        await super().__del__()

@@ -11,8 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from ray.serve.llm.openai_api_models import ErrorResponse
 
-from welip.gateway import GatewayCore, build_gateway_app
-from welip.serving import GatewayConfig
+from welip.gateway import GatewayConfig, GatewayCore, build_gateway_app
 
 
 class FakeStream:

@@ -1,7 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from welip.serving import ModelConfig, ServingConfig, build_llm_config
+from welip.gateway import ServingConfig
+from welip.serving import ModelConfig, build_llm_config
 
 
 def _model(**overrides: object) -> dict:

@@ -1,0 +1,88 @@
+"""The embedded SQLite store: migrations, keys, audit queries (PostgreSQL: tests/integration)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from welip.store import Database, hash_key
+from welip.store._schema import metadata
+
+
+def test_migrations_build_exactly_the_declared_schema(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/w.db")
+    db.upgrade()
+    db.upgrade()  # idempotent
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_default_url_is_a_sqlite_file_under_home(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("WELIP_DATABASE_URL", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    db = Database()
+    db.upgrade()
+    assert (tmp_path / ".welip" / "welip.db").is_file()
+    assert db.engine.dialect.name == "sqlite"
+
+
+def test_keys_are_stored_only_as_hashes_and_expire(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/w.db")
+    db.upgrade()
+    record, key = db.create_key(name="ci", role="user", models=["m"], rpm=5)
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    db.create_key(name="old", role="user", expires_at=past)
+    with db.engine.connect() as conn:
+        dump = repr(conn.execute(sa.text("select * from api_keys")).fetchall())
+    assert key not in dump and key[12:] not in dump
+    found = db.key_by_hash(hash_key(key))
+    assert found is not None and found.usable() and found.models == ["m"] and found.rpm == 5
+    assert not db.key_by_hash(hash_key(db.create_key(name="x", role="user", expires_at=past)[1])).usable()
+    assert db.revoke_key(record.id) and not db.revoke_key(record.id)
+    assert [k.name for k in db.list_keys()] == ["x", "old"]
+    assert {k.name for k in db.list_keys(include_revoked=True)} == {"ci", "old", "x"}
+
+
+def test_audit_filters_and_usage(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/w.db")
+    db.upgrade()
+    now = datetime.now(timezone.utc)
+    base = {"principal_kind": "api_key", "method": "POST", "route": "/v1/chat/completions", "latency_ms": 1.0}
+    rows = [
+        {
+            **base,
+            "id": "a",
+            "ts": now - timedelta(hours=2),
+            "request_id": "1",
+            "principal": "k1",
+            "model": "m",
+            "status": 200,
+            "prompt_tokens": 3,
+            "completion_tokens": 7,
+        },
+        {**base, "id": "b", "ts": now, "request_id": "2", "principal": "k1", "model": "m", "status": 429},
+        {
+            **base,
+            "id": "c",
+            "ts": now,
+            "request_id": "3",
+            "principal": "k2",
+            "model": "m2",
+            "status": 200,
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+        },
+    ]
+    db.write_audit(rows)
+    db.write_audit(rows)  # replays add nothing
+    assert db.count_audit() == 3
+    assert [r["id"] for r in db.query_audit(principal="k1")] == ["b", "a"]
+    assert [r["id"] for r in db.query_audit(status=429)] == ["b"]
+    assert [r["id"] for r in db.query_audit(since=now - timedelta(minutes=1), model="m2")] == ["c"]
+    usage = {(u["principal"], u["model"]): u for u in db.usage()}
+    assert (usage[("k1", "m")]["requests"], usage[("k1", "m")]["completion_tokens"]) == (2, 7)

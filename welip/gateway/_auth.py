@@ -1,0 +1,223 @@
+"""Identity and access: API keys and OIDC/JWT bearer tokens, mapped onto roles.
+
+Every request except the configured public paths carries ``Authorization: Bearer
+<credential>``. A credential that starts with ``wlp_`` is a WeLIP API key, looked up
+by its hash (cached for ``key_cache_s``, and kept while the database is down); any
+other is verified as a JWT. The principal's role then decides the route families and
+models it may use (:func:`authorize`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from welip.api import OpenAIError
+from welip.gateway._config import AuthConfig, OIDCConfig, RoleConfig
+from welip.store import KEY_PREFIX, Database, KeyRecord, hash_key
+
+logger = logging.getLogger("welip.gateway")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the subject limits and audit records are kept under."""
+
+    id: str  # key id, or "oidc:<sub>"
+    kind: str  # api_key | oidc | anonymous
+    role: str | None
+    permissions: frozenset[str]
+    models: frozenset[str] | None  # None: every model
+    rpm: int | None = None
+    tpm: int | None = None
+    token_budget: int | None = None
+    key_id: str | None = None
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+ANONYMOUS = Principal(
+    id="anonymous",
+    kind="anonymous",
+    role=None,
+    permissions=frozenset({"inference", "embeddings", "agents", "eval_submit", "finetune_submit", "admin"}),
+    models=None,
+)
+
+
+def invalid_api_key(message: str) -> OpenAIError:
+    """401 ``invalid_api_key``."""
+    return OpenAIError(401, message, code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+
+
+def invalid_token(message: str) -> OpenAIError:
+    """401 ``invalid_token``."""
+    return OpenAIError(401, message, code="invalid_token", headers={"www-authenticate": "Bearer"})
+
+
+def permission_denied(message: str) -> OpenAIError:
+    """403 ``permission_denied``."""
+    return OpenAIError(403, message, code="permission_denied")
+
+
+def _models(role: RoleConfig, narrowed: list[str] | None) -> frozenset[str] | None:
+    role_models = None if "*" in role.models else frozenset(role.models)
+    if narrowed is None:
+        return role_models
+    mine = frozenset(narrowed)
+    return mine if role_models is None else mine & role_models
+
+
+class Authenticator:
+    """Turns an ``Authorization`` header into a :class:`Principal`, or a 401/403."""
+
+    def __init__(self, config: AuthConfig, database: Database | None) -> None:
+        self._config = config
+        self._database = database
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        admin_key = os.environ.get(config.admin_key_env) if config.admin_key_env else None
+        if config.admin_key_env and not admin_key:
+            logger.warning("auth.admin_key_env names %s, which is unset", config.admin_key_env)
+        self._admin_hash = hash_key(admin_key) if admin_key else None
+        self._oidc = _OIDCVerifier(config.oidc) if config.oidc else None
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise invalid_api_key("You didn't provide an API key. Send it as `Authorization: Bearer <key>`.")
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise invalid_api_key("The Authorization header must be `Bearer <key or token>`.")
+        if credential.startswith(KEY_PREFIX) or self._oidc is None:
+            return await self._api_key(credential)
+        return await self._oidc.verify(credential, self._config)
+
+    async def _api_key(self, key: str) -> Principal:
+        digest = hash_key(key)
+        if digest == self._admin_hash:
+            return Principal(
+                id="admin-key",
+                kind="api_key",
+                role="admin",
+                permissions=frozenset(self._config.roles["admin"].permissions)
+                if "admin" in self._config.roles
+                else frozenset({"admin"}),
+                models=None,
+                key_id="admin-key",
+            )
+        record = await self._lookup(digest)
+        if record is None:
+            raise invalid_api_key("Incorrect API key provided.")
+        if record.revoked_at is not None:
+            raise invalid_api_key(f"The API key {record.key_prefix}... has been revoked.")
+        if not record.usable():
+            raise invalid_api_key(f"The API key {record.key_prefix}... has expired.")
+        role = self._config.roles.get(record.role)
+        if role is None:
+            raise permission_denied(f"The key's role `{record.role}` is not defined on this gateway.")
+        return Principal(
+            id=record.id,
+            kind="api_key",
+            role=record.role,
+            permissions=frozenset(role.permissions),
+            models=_models(role, record.models),
+            rpm=record.rpm,
+            tpm=record.tpm,
+            token_budget=record.token_budget,
+            key_id=record.id,
+        )
+
+    async def _lookup(self, digest: str) -> KeyRecord | None:
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[1] < self._config.key_cache_s:
+            return cached[0]
+        if self._database is None:
+            return None
+        try:
+            record = await asyncio.to_thread(self._database.key_by_hash, digest)
+        except Exception as exc:  # noqa: BLE001 - any database failure
+            if cached is not None:
+                logger.warning("key lookup failed (%s); using the cached key", type(exc).__name__)
+                return cached[0]
+            raise OpenAIError(
+                503,
+                "The key store is unavailable; try again shortly.",
+                type="server_error",
+                code="auth_unavailable",
+                headers={"retry-after": "5"},
+            ) from None
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[digest] = (record, now)
+        return record
+
+
+class _OIDCVerifier:
+    def __init__(self, config: OIDCConfig) -> None:
+        self._config = config
+        self._jwks = (
+            jwt.PyJWKClient(config.jwks_url, cache_keys=True, lifespan=int(config.jwks_cache_s))
+            if config.jwks_url
+            else None
+        )
+        pem = os.environ.get(config.public_key_env, "") if config.public_key_env else ""
+        if config.public_key_env and not pem:
+            logger.warning("oidc.public_key_env names %s, which is unset", config.public_key_env)
+        self._static_key = pem or None
+
+    async def verify(self, token: str, auth: AuthConfig) -> Principal:
+        config = self._config
+        try:
+            if self._jwks is not None:
+                # PyJWKClient fetches over blocking HTTP on a cache miss.
+                key: Any = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
+            elif self._static_key is not None:
+                key = self._static_key
+            else:
+                raise invalid_token("No key is configured to verify bearer tokens.")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=config.algorithms,
+                audience=config.audience,
+                issuer=config.issuer,
+                leeway=config.leeway_s,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWKClientError as exc:
+            raise invalid_token(f"The bearer token's signing key could not be found: {exc}") from None
+        except jwt.PyJWTError as exc:
+            raise invalid_token(f"The bearer token is not valid: {exc}") from None
+        subject = claims.get(config.principal_claim)
+        if not isinstance(subject, str) or not subject:
+            raise invalid_token(f"The bearer token has no `{config.principal_claim}` claim.")
+        groups = claims.get(config.roles_claim) or []
+        if isinstance(groups, str):
+            groups = [groups]
+        role_name = next((r for g, r in config.role_mapping.items() if g in groups), config.default_role)
+        if role_name is None:
+            raise permission_denied("The bearer token's groups map to no WeLIP role.")
+        role = auth.roles[role_name]
+        return Principal(
+            id=f"oidc:{subject}",
+            kind="oidc",
+            role=role_name,
+            permissions=frozenset(role.permissions),
+            models=_models(role, None),
+        )
+
+
+def authorize(principal: Principal, permission: str | None, model: str | None = None) -> None:
+    """Raise 403 ``permission_denied`` unless the principal may call this route on this model."""
+    if permission is not None and permission not in principal.permissions:
+        raise permission_denied(f"Your role `{principal.role}` may not use {permission} routes.")
+    if model is not None and not principal.may_use(model):
+        raise permission_denied(f"Your key or role may not use the model `{model}`.")

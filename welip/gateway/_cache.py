@@ -1,0 +1,73 @@
+"""Exact-match response cache for deterministic requests.
+
+Only non-streamed requests that ask for ``temperature: 0`` (and one choice) are
+cached, keyed on the model, the caller's role (its output guardrails may differ) and
+the request body with volatile fields removed. In Redis when ``WELIP_REDIS_URL`` is
+set (shared by every replica), else in a bounded in-process LRU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+_VOLATILE = frozenset({"stream", "stream_options", "user", "request_id", "metadata"})
+
+
+def cache_key(payload: dict[str, Any], role: str | None) -> str | None:
+    """The cache key of a request body, or None when it is not cacheable."""
+    if payload.get("stream") or payload.get("temperature") != 0 or (payload.get("n") or 1) != 1:
+        return None
+    canonical = {k: v for k, v in payload.items() if k not in _VOLATILE}
+    text = json.dumps([role, canonical], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ResponseCache(Protocol):
+    """Where cached answers live."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes) -> None: ...
+
+
+class RedisResponseCache:
+    """Answers in Redis, expiring after ``ttl_s``."""
+
+    def __init__(self, redis: Any, prefix: str, ttl_s: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl_s = ttl_s
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._redis.get(f"{self._prefix}:cache:{key}")
+        return bytes(value) if value is not None else None
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self._redis.set(f"{self._prefix}:cache:{key}", value, ex=self._ttl_s)
+
+
+class MemoryResponseCache:
+    """Answers in this replica's memory: at most ``max_entries``, least recently used out."""
+
+    def __init__(self, max_entries: int, ttl_s: int) -> None:
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._max_entries = max_entries
+        self._ttl_s = ttl_s
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] < time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    async def put(self, key: str, value: bytes) -> None:
+        self._entries[key] = (value, time.monotonic() + self._ttl_s)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)

@@ -1,0 +1,496 @@
+"""The gateway's trust layer: identity, access, limits, guardrails, cache, audit, telemetry.
+
+:class:`TrustMiddleware` wraps every HTTP request of the gateway app: it opens a
+:class:`RequestContext`, authenticates the caller and checks the route family before
+any route code runs, and when the response has been sent (a stream included) it
+settles the request: token buckets reconciled, metrics counted, the span ended, the
+audit record queued. Inference routes call :meth:`Trust.admit` once the body is
+parsed, for the per-model checks (model allow list, input guardrails, prompt size,
+rate limits, in-flight bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from opentelemetry import trace
+from ray.util import metrics
+
+from welip.api import OpenAIError
+from welip.gateway._audit import AuditWriter
+from welip.gateway._auth import ANONYMOUS, Authenticator, Principal, authorize
+from welip.gateway._cache import MemoryResponseCache, RedisResponseCache, ResponseCache
+from welip.gateway._config import GatewayConfig
+from welip.gateway._guardrails import (
+    StreamGuard,
+    TextGuard,
+    Verdicts,
+    content_policy_violation,
+    guard_request,
+)
+from welip.gateway._limits import Bucket, Decision, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from welip.store import Database
+
+logger = logging.getLogger("welip.gateway")
+tracer = trace.get_tracer("welip.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Route families, by path prefix; the first match decides. Paths that match none
+# (the OpenAPI spec, docs, unknown paths answered 404) need only a valid caller.
+ROUTE_PERMISSIONS: tuple[tuple[str, str], ...] = (
+    ("/v1/chat/completions", "inference"),
+    ("/v1/completions", "inference"),
+    ("/v1/models", "inference"),
+    ("/v1/embeddings", "embeddings"),
+    ("/admin", "admin"),
+    ("/agents", "agents"),
+    ("/threads", "agents"),
+    ("/runs", "agents"),
+    ("/eval", "eval_submit"),
+    ("/finetune", "finetune_submit"),
+)
+
+
+def route_permission(path: str) -> str | None:
+    """The permission a path needs, or None for any authenticated caller."""
+    for prefix, permission in ROUTE_PERMISSIONS:
+        if path == prefix or path.startswith(prefix + "/"):
+            return permission
+    return None
+
+
+@dataclass
+class RequestContext:
+    """What the trust layer knows about one request, from arrival to audit record."""
+
+    method: str
+    route: str
+    request_id: str
+    audit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started: float = field(default_factory=time.perf_counter)
+    principal: Principal = ANONYMOUS
+    model: str | None = None
+    status: int = 0
+    error_code: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    charged_tokens: int = 0
+    buckets: list[Bucket] = field(default_factory=list)
+    cache: str | None = None
+    verdicts: Verdicts = field(default_factory=Verdicts)
+    in_flight_model: str | None = None
+    body: str | None = None
+    span: Any = None
+
+    def record(self, replica: str | None) -> dict[str, Any]:
+        """The audit record: never the key, the prompt only if asked for."""
+        p = self.principal
+        return {
+            "id": self.audit_id,
+            "ts": self.ts.isoformat(),
+            "request_id": self.request_id[:128],
+            "principal": p.id,
+            "principal_kind": p.kind,
+            "key_id": p.key_id,
+            "role": p.role,
+            "method": self.method[:8],
+            "route": self.route[:256],
+            "model": self.model[:128] if self.model else None,
+            "status": self.status,
+            "error_code": self.error_code,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "cache": self.cache,
+            "guardrails": self.verdicts.items or None,
+            "replica": replica,
+            "body": self.body,
+        }
+
+
+class TokenCounter:
+    """Counts prompt tokens the way the engine will, with the model's own tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, path: str) -> TokenCounter:
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(path))
+
+    def count(self, body: Any) -> int:
+        messages = getattr(body, "messages", None)
+        if messages is not None:
+            try:
+                ids = self._tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            except Exception:  # noqa: BLE001 - content the template rejects: the engine will say so
+                return sum(len(str(m.get("content") or "")) for m in messages) // 4
+            return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        prompt = body.prompt
+        if isinstance(prompt, str):
+            return len(self._tokenizer.encode(prompt))
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            return sum(len(self._tokenizer.encode(p)) for p in prompt)
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+            return sum(len(p) for p in prompt)
+        return len(prompt) if isinstance(prompt, list) else 0
+
+
+class _Metrics:
+    """Prometheus counters, exported through Ray's metrics agent (per model and key id)."""
+
+    def __init__(self) -> None:
+        self.requests = metrics.Counter(
+            "welip_gateway_requests",
+            description="Requests answered by the gateway.",
+            tag_keys=("model", "key_id", "status", "cache"),
+        )
+        self.tokens = metrics.Counter(
+            "welip_gateway_tokens",
+            description="Prompt and completion tokens.",
+            tag_keys=("model", "key_id", "kind"),
+        )
+        self.rejections = metrics.Counter(
+            "welip_gateway_rejections",
+            description="Requests refused, by reason (auth, permission, rate limit, guardrail, overload).",
+            tag_keys=("model", "key_id", "reason"),
+        )
+        self.latency = metrics.Histogram(
+            "welip_gateway_request_latency_s",
+            description="Time from arrival to the last byte sent.",
+            boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+            tag_keys=("model",),
+        )
+
+
+class Trust:
+    """Every trust component of one gateway replica, composed."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        database: Database | None,
+        redis: Any | None,
+        replica: str | None = None,
+        token_counters: dict[str, TokenCounter] | None = None,
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.replica = replica
+        self.auth_enabled = config.auth.enabled
+        self.authenticator = Authenticator(config.auth, database) if config.auth.enabled else None
+        prefix = config.limits.redis_prefix
+        self.limiter: RateLimiter = RedisRateLimiter(redis, prefix) if redis else MemoryRateLimiter()
+        self.cache: ResponseCache | None = None
+        if config.cache.enabled:
+            self.cache = (
+                RedisResponseCache(redis, prefix, config.cache.ttl_s)
+                if redis
+                else MemoryResponseCache(config.cache.max_entries, config.cache.ttl_s)
+            )
+        self.audit = (
+            AuditWriter(database.write_audit, config.audit)
+            if config.audit.enabled and database is not None
+            else None
+        )
+        self.token_counters = token_counters or {}
+        self._in_flight: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._metrics = _Metrics()
+        guard = config.guardrails
+        self._guards: dict[str | None, tuple[TextGuard, TextGuard]] = {
+            None: (
+                TextGuard(guard.input, "input", guard.window_chars),
+                TextGuard(guard.output, "output", guard.window_chars),
+            )
+        }
+        for role, override in guard.by_role.items():
+            self._guards[role] = (
+                TextGuard(override.input or guard.input, "input", guard.window_chars),
+                TextGuard(override.output or guard.output, "output", guard.window_chars),
+            )
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether admission needs the prompt's token count."""
+        limits = self.config.limits
+        return bool(
+            self.config.guardrails.max_prompt_tokens
+            or limits.default_tpm
+            or (self.auth_enabled and self.database is not None)  # keys may carry tpm/budgets
+        )
+
+    def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
+
+    # -- per request --------------------------------------------------------------
+
+    async def authenticate(self, ctx: RequestContext, headers: dict[str, str]) -> None:
+        """Identify the caller and check the route family (raises 401/403)."""
+        if self.authenticator is None or ctx.route in self.config.auth.public_paths:
+            return
+        ctx.principal = await self.authenticator.authenticate(headers.get("authorization"))
+        authorize(ctx.principal, route_permission(ctx.route))
+
+    def guards(self, principal: Principal) -> tuple[TextGuard, TextGuard]:
+        return self._guards.get(principal.role, self._guards[None])
+
+    def stream_guard(self, ctx: RequestContext) -> StreamGuard | None:
+        output = self.guards(ctx.principal)[1]
+        return StreamGuard(output, ctx.verdicts) if output.active else None
+
+    async def admit(self, ctx: RequestContext, body: Any) -> dict[str, str]:
+        """Per-model checks before the engine; returns headers for the response."""
+        model = body.model
+        ctx.model = model
+        authorize(ctx.principal, None, model)
+        input_guard = self.guards(ctx.principal)[0]
+        if input_guard.active:
+            guard_request(body, input_guard, ctx.verdicts)
+        prompt_tokens = 0
+        counter = self.token_counters.get(model)
+        if counter is not None and self.counts_tokens:
+            prompt_tokens = counter.count(body)
+            ctx.prompt_tokens = prompt_tokens
+        limit = self.config.guardrails.max_prompt_tokens
+        if limit is not None and prompt_tokens > limit:
+            ctx.verdicts.add("input", "max_prompt_tokens", "block")
+            raise content_policy_violation(
+                f"The prompt has {prompt_tokens} tokens; this gateway allows at most {limit}."
+            )
+        headers = await self._rate_limit(ctx, prompt_tokens)
+        bound = self.config.limits.max_in_flight_per_model
+        if bound is not None:
+            if self._in_flight.get(model, 0) >= bound:
+                raise OpenAIError(
+                    503,
+                    f"The model `{model}` is at capacity ({bound} requests in flight); retry shortly.",
+                    type="server_error",
+                    code="model_overloaded",
+                    headers={"retry-after": "1"},
+                )
+            self._in_flight[model] = self._in_flight.get(model, 0) + 1
+            ctx.in_flight_model = model
+        return headers
+
+    async def _rate_limit(self, ctx: RequestContext, prompt_tokens: int) -> dict[str, str]:
+        p = ctx.principal
+        limits = self.config.limits
+        buckets, costs = [], []
+        rpm = p.rpm or limits.default_rpm
+        tpm = p.tpm or limits.default_tpm
+        if rpm:
+            buckets.append(Bucket("requests", rpm))
+            costs.append(1)
+        if tpm:
+            buckets.append(Bucket("tokens", tpm))
+            costs.append(prompt_tokens)
+        if p.token_budget:
+            buckets.append(Bucket("budget", p.token_budget, period_ms=0))
+            costs.append(prompt_tokens)
+        if not buckets:
+            return {}
+        try:
+            decision: Decision = await self.limiter.admit(p.id, buckets, costs)
+        except Exception as exc:  # noqa: BLE001 - Redis down: refuse rather than admit unmetered
+            logger.warning("rate limiter unavailable: %s", exc)
+            raise OpenAIError(
+                503,
+                "The rate limiter is unavailable; try again shortly.",
+                type="server_error",
+                code="rate_limiter_unavailable",
+                headers={"retry-after": "5"},
+            ) from None
+        if not decision.allowed:
+            what = {
+                "requests": "requests per minute",
+                "tokens": "tokens per minute",
+                "budget": "token budget",
+            }
+            raise OpenAIError(
+                429,
+                f"Rate limit reached for {p.id} on {what.get(decision.denied_by or '', 'limits')}: "
+                f"limit {decision.limits.get(decision.denied_by or '', 0)}. "
+                f"Retry after {decision.headers().get('retry-after')} s.",
+                type="requests" if decision.denied_by == "requests" else "tokens",
+                code="rate_limit_exceeded",
+                headers=decision.headers(),
+            )
+        ctx.buckets = [b for b in buckets if b.name != "requests"]
+        ctx.charged_tokens = prompt_tokens
+        return decision.headers()
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Settle a request whose response has been sent (or abandoned)."""
+        if ctx.in_flight_model is not None:
+            self._in_flight[ctx.in_flight_model] -= 1
+        used = (ctx.prompt_tokens or 0) + (ctx.completion_tokens or 0)
+        if ctx.buckets and used != ctx.charged_tokens:
+            delta = used - ctx.charged_tokens
+            self._spawn(self.limiter.charge(ctx.principal.id, ctx.buckets, [delta] * len(ctx.buckets)))
+        model = ctx.model or ""
+        key_id = ctx.principal.key_id or ctx.principal.id
+        self._metrics.requests.inc(
+            1, tags={"model": model, "key_id": key_id, "status": str(ctx.status), "cache": ctx.cache or ""}
+        )
+        if ctx.status >= 400 and ctx.error_code:
+            self._metrics.rejections.inc(1, tags={"model": model, "key_id": key_id, "reason": ctx.error_code})
+        for kind, count in (("prompt", ctx.prompt_tokens), ("completion", ctx.completion_tokens)):
+            if count:
+                self._metrics.tokens.inc(count, tags={"model": model, "key_id": key_id, "kind": kind})
+        self._metrics.latency.observe(time.perf_counter() - ctx.started, tags={"model": model})
+        if ctx.span is not None:
+            _annotate(ctx.span, ctx)
+            ctx.span.end()
+        if self.audit is not None:
+            self.audit.submit(ctx.record(self.replica))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as exc:  # noqa: BLE001 - reconciliation is best effort once answered
+                logger.warning("token reconciliation failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _annotate(span: Any, ctx: RequestContext) -> None:
+    attributes: dict[str, Any] = {
+        "openinference.span.kind": "LLM",
+        "http.request.method": ctx.method,
+        "http.route": ctx.route,
+        "http.response.status_code": ctx.status,
+        "welip.request_id": ctx.request_id,
+        "welip.principal.id": ctx.principal.id,
+        "welip.principal.role": ctx.principal.role or "",
+    }
+    if ctx.model:
+        attributes["llm.model_name"] = ctx.model
+        attributes["gen_ai.request.model"] = ctx.model
+    if ctx.prompt_tokens is not None:
+        attributes["llm.token_count.prompt"] = ctx.prompt_tokens
+        attributes["gen_ai.usage.input_tokens"] = ctx.prompt_tokens
+    if ctx.completion_tokens is not None:
+        attributes["llm.token_count.completion"] = ctx.completion_tokens
+        attributes["gen_ai.usage.output_tokens"] = ctx.completion_tokens
+        attributes["llm.token_count.total"] = (ctx.prompt_tokens or 0) + ctx.completion_tokens
+    if ctx.error_code:
+        attributes["welip.error_code"] = ctx.error_code
+    if ctx.cache:
+        attributes["welip.cache"] = ctx.cache
+    if ctx.verdicts.items:
+        attributes["welip.guardrails"] = [
+            f"{v['direction']}:{v['kind']}:{v['action']}" for v in ctx.verdicts.items
+        ]
+    span.set_attributes(attributes)
+    if ctx.status >= 500:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, ctx.error_code or ""))
+
+
+def context_of(request: Any) -> RequestContext | None:
+    """The request's :class:`RequestContext`, set by :class:`TrustMiddleware`."""
+    state = request.scope.get("state") or {}
+    ctx = state.get("welip")
+    return ctx if isinstance(ctx, RequestContext) else None
+
+
+class TrustMiddleware:
+    """ASGI middleware: auth before any route, settlement after the last byte."""
+
+    def __init__(self, app: ASGIApp, trust: Trust) -> None:
+        self.app = app
+        self.trust = trust
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        ctx = RequestContext(
+            method=scope["method"],
+            route=scope["path"],
+            request_id=headers.get("x-request-id") or uuid.uuid4().hex,
+        )
+        ctx.span = tracer.start_span("welip.gateway.request")
+        scope.setdefault("state", {})["welip"] = ctx
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx.status = message["status"]
+            await send(message)
+
+        try:
+            try:
+                await self.trust.authenticate(ctx, headers)
+            except OpenAIError as exc:
+                ctx.error_code = exc.code
+                await exc.to_response()(scope, receive, send_and_watch)
+                return
+            await self.app(scope, receive, send_and_watch)
+        except asyncio.CancelledError:
+            ctx.error_code = ctx.error_code or "client_disconnected"
+            raise
+        finally:
+            if not ctx.status:
+                ctx.status = 499  # the client left before any answer
+            try:
+                self.trust.finish(ctx)
+            except Exception:
+                logger.exception("settling request %s failed", ctx.request_id)
+
+
+async def build_trust(config: GatewayConfig, model_sources: dict[str, str]) -> Trust:
+    """The trust layer of one replica, connected to the database and Redis named by the environment.
+
+    The database (``WELIP_DATABASE_URL``, SQLite by default) is opened and migrated
+    only when auth or audit needs it; Redis (``WELIP_REDIS_URL``) only when set.
+    Tokenizers are loaded for each model when a limit or guardrail counts tokens.
+    """
+    from ray import serve
+
+    from welip.models import resolve_model_path
+    from welip.store import redis_from_env
+
+    database = None
+    if config.auth.enabled or config.audit.enabled:
+        database = Database()
+        await asyncio.to_thread(database.upgrade)
+    redis = redis_from_env()
+    try:
+        replica: str | None = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - not inside a Serve replica (tests, scripts)
+        replica = None
+    trust = Trust(config, database=database, redis=redis, replica=replica)
+    if trust.counts_tokens:
+        for model_id, source in model_sources.items():
+            path = await asyncio.to_thread(resolve_model_path, source)
+            trust.token_counters[model_id] = await asyncio.to_thread(TokenCounter.load, path)
+    logger.info(
+        "gateway trust: auth=%s database=%s redis=%s audit=%s cache=%s",
+        config.auth.enabled,
+        database.engine.dialect.name if database else None,
+        "on" if redis else "off (per-replica limits)",
+        config.audit.enabled,
+        config.cache.enabled,
+    )
+    return trust

@@ -1,0 +1,315 @@
+"""The metadata database: API keys and the audit log, on PostgreSQL or SQLite.
+
+``WELIP_DATABASE_URL`` names it (``postgresql://...`` through psycopg 3); without it
+WeLIP uses a SQLite file so a laptop runs with no server. Calls are synchronous
+(SQLAlchemy Core); the gateway runs them in a worker thread, off its event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.dialects import postgresql, sqlite
+
+from welip.store._schema import api_keys, audit_log
+
+DEFAULT_DATABASE_URL = "sqlite:///~/.welip/welip.db"
+KEY_PREFIX = "wlp_"
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def database_url_from_env() -> str:
+    """``WELIP_DATABASE_URL``, or the embedded SQLite default."""
+    return os.environ.get("WELIP_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key.
+
+    Keys carry 256 random bits, so a fast hash is enough: nobody brute-forces that
+    space, and auth stays off the slow-hash path on every request.
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite gives naive datetimes back; everything WeLIP stores is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored (never the key itself)."""
+
+    id: str
+    name: str
+    key_prefix: str
+    role: str
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    token_budget: int | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def usable(self, now: datetime | None = None) -> bool:
+        """Neither revoked nor expired."""
+        now = now or _utcnow()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def public(self) -> dict[str, Any]:
+        """JSON-ready view for lists and the admin API."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "key_prefix": self.key_prefix,
+            "role": self.role,
+            "models": self.models,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "token_budget": self.token_budget,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def _engine_url(url: str) -> str:
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    return url
+
+
+@contextlib.contextmanager
+def _migration_lock(connection: sa.Connection) -> Iterator[None]:
+    # Replicas start together and each runs the migrations: one at a time.
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(7041985)"))
+        yield
+        return
+    database = connection.engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    # Several replicas (processes) share the file: WAL lets readers run beside the
+    # writer, busy_timeout waits for the lock instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Database:
+    """WeLIP's metadata store."""
+
+    def __init__(self, url: str | None = None, *, connect_timeout_s: float = 5) -> None:
+        self.url = url or database_url_from_env()
+        engine_url = _engine_url(self.url)
+        connect_args: dict[str, Any] = {}
+        if engine_url.startswith("postgresql"):
+            connect_args["connect_timeout"] = max(1, int(connect_timeout_s))
+        self.engine = sa.create_engine(
+            engine_url, connect_args=connect_args, pool_pre_ping=True, pool_recycle=300
+        )
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as connection, _migration_lock(connection):
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    # -- API keys -----------------------------------------------------------------
+
+    def create_key(
+        self,
+        *,
+        name: str,
+        role: str,
+        models: Sequence[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        token_budget: int | None = None,
+        expires_at: datetime | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Mint a key; returns its record and the key, which is never stored or shown again."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = {
+            "id": "key_" + secrets.token_hex(8),
+            "name": name,
+            "key_hash": hash_key(key),
+            "key_prefix": key[: len(KEY_PREFIX) + 6],
+            "role": role,
+            "models": list(models) if models is not None else None,
+            "rpm": rpm,
+            "tpm": tpm,
+            "token_budget": token_budget,
+            "created_at": _utcnow(),
+            "expires_at": expires_at,
+            "revoked_at": None,
+        }
+        with self.engine.begin() as conn:
+            conn.execute(api_keys.insert().values(**row))
+        return _key_record(row), key
+
+    def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        """The key with this hash, usable or not."""
+        with self.engine.connect() as conn:
+            row = conn.execute(api_keys.select().where(api_keys.c.key_hash == key_hash)).mappings().first()
+        return _key_record(dict(row)) if row else None
+
+    def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
+        """All keys, newest first."""
+        query = api_keys.select().order_by(api_keys.c.created_at.desc())
+        if not include_revoked:
+            query = query.where(api_keys.c.revoked_at.is_(None))
+        with self.engine.connect() as conn:
+            return [_key_record(dict(r)) for r in conn.execute(query).mappings()]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key; False if no usable key has this id."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=_utcnow())
+            )
+        return bool(result.rowcount)
+
+    # -- audit --------------------------------------------------------------------
+
+    def write_audit(self, records: Iterable[dict[str, Any]]) -> None:
+        """Insert audit records in one transaction; ones already stored (same id) are skipped."""
+        rows = [_audit_row(r) for r in records]
+        if not rows:
+            return
+        dialect = self.engine.dialect.name
+        insert: Any
+        if dialect == "postgresql":
+            insert = postgresql.insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
+        elif dialect == "sqlite":
+            insert = sqlite.insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
+        else:  # pragma: no cover - only the two supported dialects are wired
+            raise RuntimeError(f"unsupported database dialect {dialect}")
+        with self.engine.begin() as conn:
+            conn.execute(insert, rows)
+
+    def query_audit(
+        self,
+        *,
+        principal: str | None = None,
+        key_id: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Audit records matching every given filter, newest first."""
+        query = audit_log.select().order_by(audit_log.c.ts.desc()).limit(limit)
+        for column, value in (
+            (audit_log.c.principal, principal),
+            (audit_log.c.key_id, key_id),
+            (audit_log.c.model, model),
+            (audit_log.c.status, status),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(audit_log.c.ts >= since)
+        if until is not None:
+            query = query.where(audit_log.c.ts < until)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for row in rows:
+            row["ts"] = _aware(row["ts"]).isoformat()  # type: ignore[union-attr]
+        return rows
+
+    def usage(self, *, since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
+        """Requests and tokens per principal and model, summed from the audit log."""
+        c = audit_log.c
+        query = sa.select(
+            c.principal,
+            c.key_id,
+            c.model,
+            sa.func.count().label("requests"),
+            sa.func.coalesce(sa.func.sum(c.prompt_tokens), 0).label("prompt_tokens"),
+            sa.func.coalesce(sa.func.sum(c.completion_tokens), 0).label("completion_tokens"),
+        ).group_by(c.principal, c.key_id, c.model)
+        if since is not None:
+            query = query.where(c.ts >= since)
+        if until is not None:
+            query = query.where(c.ts < until)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def count_audit(self) -> int:
+        """Number of audit records stored."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one())
+
+
+def _key_record(row: dict[str, Any]) -> KeyRecord:
+    return KeyRecord(
+        id=row["id"],
+        name=row["name"],
+        key_prefix=row["key_prefix"],
+        role=row["role"],
+        models=row["models"],
+        rpm=row["rpm"],
+        tpm=row["tpm"],
+        token_budget=row["token_budget"],
+        created_at=_aware(row["created_at"]),  # type: ignore[arg-type]
+        expires_at=_aware(row["expires_at"]),
+        revoked_at=_aware(row["revoked_at"]),
+    )
+
+
+_AUDIT_COLUMNS = frozenset(c.name for c in audit_log.columns)
+
+
+def _audit_row(record: dict[str, Any]) -> dict[str, Any]:
+    row = {k: record.get(k) for k in _AUDIT_COLUMNS}
+    ts = row["ts"]
+    if isinstance(ts, str):  # records replayed from the spool carry ISO strings
+        row["ts"] = datetime.fromisoformat(ts)
+    return row

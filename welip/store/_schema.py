@@ -1,0 +1,54 @@
+"""Tables of WeLIP's metadata database (SQLAlchemy Core), one source for every dialect.
+
+Alembic migrations under ``migrations/`` create and evolve them; a unit test keeps
+the migrated schema equal to this metadata.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True, comment="Public key id (shown in lists, audit)."),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True, comment="sha256 of the key."),
+    sa.Column("key_prefix", sa.String(16), nullable=False, comment="First characters, to recognise it."),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("models", sa.JSON, nullable=True, comment="Allow list narrowing the role's; null: role's."),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("tpm", sa.BigInteger, nullable=True),
+    sa.Column("token_budget", sa.BigInteger, nullable=True, comment="Tokens for the key's lifetime."),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column(
+        "id", sa.String(32), primary_key=True, comment="Minted by the gateway: replays are idempotent."
+    ),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("principal", sa.String(256), nullable=True, index=True),
+    sa.Column("principal_kind", sa.String(16), nullable=False, comment="api_key | oidc | anonymous"),
+    sa.Column("key_id", sa.String(32), nullable=True, index=True),
+    sa.Column("role", sa.String(64), nullable=True),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("route", sa.String(256), nullable=False),
+    sa.Column("model", sa.String(128), nullable=True, index=True),
+    sa.Column("status", sa.Integer, nullable=False, index=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("prompt_tokens", sa.Integer, nullable=True),
+    sa.Column("completion_tokens", sa.Integer, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("cache", sa.String(8), nullable=True, comment="hit | miss | null when not cacheable"),
+    sa.Column("guardrails", sa.JSON, nullable=True, comment="Verdicts: [{direction, kind, action}]"),
+    sa.Column("replica", sa.String(128), nullable=True, comment="Gateway replica that answered."),
+    sa.Column("body", sa.Text, nullable=True, comment="Raw request, only when audit.record_prompts."),
+)
