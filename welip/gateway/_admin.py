@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import exc as sa_exc
 
 from welip.api import OpenAIError, invalid_request
 from welip.gateway._trust import Trust
 from welip.store import Database
+
+T = TypeVar("T")
 
 
 class KeyCreate(BaseModel):
@@ -26,6 +30,20 @@ class KeyCreate(BaseModel):
     tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="Tokens per minute.")
     token_budget: int | None = Field(None, ge=1, description="Tokens for the key's lifetime.")
     expires_in_s: int | None = Field(None, ge=1, le=10 * 365 * 86400, description="Lifetime in seconds.")
+
+
+async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a database call off the event loop; an unreachable database is a 503, not a 500."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except sa_exc.OperationalError:
+        raise OpenAIError(
+            503,
+            "The database is unreachable; try again shortly.",
+            type="server_error",
+            code="database_unavailable",
+            headers={"retry-after": "5"},
+        ) from None
 
 
 def build_admin_router(trust: Trust) -> APIRouter:
@@ -50,7 +68,7 @@ def build_admin_router(trust: Trust) -> APIRouter:
         expires_at = (
             datetime.now(timezone.utc) + timedelta(seconds=spec.expires_in_s) if spec.expires_in_s else None
         )
-        record, key = await asyncio.to_thread(
+        record, key = await _call(
             database().create_key,
             name=spec.name,
             role=spec.role,
@@ -64,12 +82,12 @@ def build_admin_router(trust: Trust) -> APIRouter:
 
     @router.get("/keys", summary="List API keys (never the keys themselves)")
     async def list_keys(include_revoked: bool = False) -> dict[str, Any]:
-        records = await asyncio.to_thread(database().list_keys, include_revoked=include_revoked)
+        records = await _call(database().list_keys, include_revoked=include_revoked)
         return {"object": "list", "data": [r.public() for r in records]}
 
     @router.delete("/keys/{key_id}", summary="Revoke an API key")
     async def revoke_key(key_id: str) -> dict[str, Any]:
-        if not await asyncio.to_thread(database().revoke_key, key_id):
+        if not await _call(database().revoke_key, key_id):
             raise OpenAIError(404, f"No active key `{key_id}`.", code="not_found", param="key_id")
         return {"id": key_id, "revoked": True}
 
@@ -79,16 +97,18 @@ def build_admin_router(trust: Trust) -> APIRouter:
         key_id: str | None = None,
         model: str | None = None,
         status: int | None = None,
+        request_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = Query(100, ge=1, le=10_000),
     ) -> dict[str, Any]:
-        rows = await asyncio.to_thread(
+        rows = await _call(
             database().query_audit,
             principal=principal,
             key_id=key_id,
             model=model,
             status=status,
+            request_id=request_id,
             since=since,
             until=until,
             limit=limit,
@@ -97,7 +117,7 @@ def build_admin_router(trust: Trust) -> APIRouter:
 
     @router.get("/usage", summary="Requests and tokens per principal and model")
     async def usage(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
-        rows = await asyncio.to_thread(database().usage, since=since, until=until)
+        rows = await _call(database().usage, since=since, until=until)
         return {"object": "list", "data": rows}
 
     return router

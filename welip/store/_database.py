@@ -240,6 +240,7 @@ class Database:
         key_id: str | None = None,
         model: str | None = None,
         status: int | None = None,
+        request_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 100,
@@ -251,6 +252,7 @@ class Database:
             (audit_log.c.key_id, key_id),
             (audit_log.c.model, model),
             (audit_log.c.status, status),
+            (audit_log.c.request_id, request_id),
         ):
             if value is not None:
                 query = query.where(column == value)
