@@ -81,7 +81,8 @@ class Command:
     def shell(self) -> str:
         """The command as one would type it (for ``--dry-run`` and logs)."""
         prefix = " ".join(
-            f"{key}={'***' if key.endswith('_KEY') else shlex.quote(value)}" for key, value in self.env.items()
+            f"{key}={'***' if key.endswith('_KEY') else shlex.quote(value)}"
+            for key, value in self.env.items()
         )
         return f"{prefix} {shlex.join(self.argv)}".strip()
 

@@ -384,3 +384,41 @@ def test_every_request_is_audited_without_the_key(env: None, db: Database, tmp_p
     ok = next(r for r in rows if r["status"] == 200)
     assert (ok["model"], ok["prompt_tokens"], ok["completion_tokens"], ok["replica"]) == ("m", 4, 6, "r1")
     assert key not in json.dumps(rows) and ADMIN_KEY not in json.dumps(rows)
+
+
+def test_one_span_per_request_carries_principal_model_tokens_and_outcome(
+    env: None, db: Database, tmp_path: Path
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    client, _ = _client(db, tmp_path, {"m": FakeEngine([_answer("4", 4, 6)])})
+    _, key = db.create_key(name="u", role="user", rpm=1)
+    client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
+    client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
+    ok, limited = [s for s in exporter.get_finished_spans() if s.name == "welip.gateway.request"][-2:]
+    assert ok.attributes["llm.model_name"] == "m" and ok.attributes["gen_ai.request.model"] == "m"
+    assert (ok.attributes["llm.token_count.prompt"], ok.attributes["gen_ai.usage.output_tokens"]) == (4, 6)
+    assert ok.attributes["openinference.span.kind"] == "LLM"
+    assert ok.attributes["welip.principal.id"].startswith("key_")
+    assert (limited.attributes["http.response.status_code"], limited.attributes["welip.error_code"]) == (
+        429,
+        "rate_limit_exceeded",
+    )
+
+
+def test_logprobs_are_refused_where_output_guardrails_apply(env: None, db: Database, tmp_path: Path) -> None:
+    engine = FakeEngine([_answer("4")])
+    guardrails = {"output": {"pii": ["kr_rrn"]}, "by_role": {"admin": {"output": {}}}}
+    client, _ = _client(db, tmp_path, {"m": engine}, guardrails=guardrails)
+    _, user = db.create_key(name="u", role="user")
+    refused = client.post("/v1/chat/completions", json={**CHAT, "logprobs": True}, headers=_bearer(user))
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "logprobs_not_allowed")
+    allowed = client.post("/v1/chat/completions", json={**CHAT, "logprobs": True}, headers=_bearer(ADMIN_KEY))
+    assert allowed.status_code == 200 and len(engine.calls) == 1
