@@ -119,13 +119,20 @@ def audit_query(
     principal: str | None = typer.Option(None, help="Key id or oidc:<subject>."),
     model: str | None = typer.Option(None),
     status: int | None = typer.Option(None, help="HTTP status."),
+    request_id: str | None = typer.Option(None, help="The request's X-Request-Id."),
     since: datetime | None = typer.Option(None, help="ISO time (UTC if no offset)."),
     until: datetime | None = typer.Option(None, help="ISO time (UTC if no offset)."),
     limit: int = typer.Option(100, min=1, max=100_000),
 ) -> None:
     """Print matching audit records, newest first, one JSON object per line."""
     rows = _database().query_audit(
-        principal=principal, model=model, status=status, since=_utc(since), until=_utc(until), limit=limit
+        principal=principal,
+        model=model,
+        status=status,
+        request_id=request_id,
+        since=_utc(since),
+        until=_utc(until),
+        limit=limit,
     )
     for row in rows:
         typer.echo(json.dumps(row, default=str))

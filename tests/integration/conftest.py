@@ -157,12 +157,22 @@ def make_token(key: rsa.RSAPrivateKey, **claims: Any) -> str:
     )
 
 
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="session")
 def base_url(database_url: str, jwks_url: str) -> Iterator[str]:
     port = _free_port()
     # More logical CPUs than the 2 cores: each engine reserves 1 + its replica's
-    # share, the gateway 0.1; the OS shares the real cores.
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # share, the gateway 0.1; the OS shares the real cores. Ray's Prometheus
+    # endpoint on a known port, where the gateway's metrics appear.
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=METRICS_PORT,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(app_args(database_url, jwks_url)), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"

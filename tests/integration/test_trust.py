@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.integration.conftest import (
     ADMIN_KEY,
+    METRICS_PORT,
     MODEL,
     RRN,
     SHORT_MODEL,
@@ -252,3 +253,31 @@ def test_audit_rows_are_in_postgresql_without_keys_or_prompts(http: httpx.Client
     with psycopg.connect(database_url) as conn:
         dump = json.dumps(conn.execute("select * from audit_log").fetchall(), default=str)
     assert secret_prompt not in dump and ADMIN_KEY not in dump
+
+
+def test_prometheus_counts_requests_tokens_and_rejections_per_model_and_key(
+    http: httpx.Client, anonymous: httpx.Client
+) -> None:
+    key = _create_key(http, role="user", rpm=1)
+    assert anonymous.post("/v1/chat/completions", json=CHAT, headers=_bearer(key["key"])).status_code == 200
+    assert anonymous.post("/v1/chat/completions", json=CHAT, headers=_bearer(key["key"])).status_code == 429
+    key_label = f'key_id="{key["id"]}"'
+    wanted = {
+        "requests": ("ray_welip_gateway_requests_total", 'status="200"'),
+        "tokens": ("ray_welip_gateway_tokens_total", 'kind="completion"'),
+        "rejections": ("ray_welip_gateway_rejections_total", 'reason="rate_limit_exceeded"'),
+    }
+    deadline = time.monotonic() + 60  # workers report to the metrics agent every few seconds
+    found: set[str] = set()
+    while time.monotonic() < deadline and len(found) < len(wanted):
+        lines = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text.splitlines()
+        found = {
+            name
+            for name, (metric, label) in wanted.items()
+            if any(
+                line.startswith(metric + "{") and key_label in line and label in line and MODEL in line
+                for line in lines
+            )
+        }
+        time.sleep(2)
+    assert found == set(wanted)

@@ -1,0 +1,81 @@
+"""The `welip` CLI against the embedded SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from welip.cli import app
+from welip.store import Database, hash_key
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    monkeypatch.setenv("WELIP_DATABASE_URL", url)
+    return url
+
+
+def test_keys_create_prints_the_key_once_and_list_never_shows_it(database_url: str) -> None:
+    runner = CliRunner()
+    created = runner.invoke(
+        app,
+        [
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "user",
+            "--models",
+            "a, b",
+            "--rpm",
+            "5",
+            "--expires",
+            "2d",
+        ],
+    )
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("wlp_")
+    record = Database(database_url).key_by_hash(hash_key(key))
+    assert record is not None and record.models == ["a", "b"] and record.rpm == 5 and record.expires_at
+    listed = runner.invoke(app, ["keys", "list"])
+    assert key not in listed.stdout and json.loads(listed.stdout.splitlines()[0])["id"] == record.id
+    assert runner.invoke(app, ["keys", "revoke", record.id]).exit_code == 0
+    assert runner.invoke(app, ["keys", "revoke", record.id]).exit_code == 1
+    past = runner.invoke(app, ["keys", "create", "--name", "x", "--role", "user", "--expires", "2001-01-01"])
+    assert past.exit_code == 2 and "in the past" in past.output
+
+
+def test_audit_query_filters(database_url: str) -> None:
+    db = Database(database_url)
+    db.upgrade()
+    base = {"principal_kind": "api_key", "method": "POST", "route": "/v1/completions", "latency_ms": 1.0}
+    db.write_audit(
+        [
+            {
+                **base,
+                "id": "1",
+                "ts": "2026-11-01T00:00:00+00:00",
+                "request_id": "a",
+                "principal": "k1",
+                "status": 200,
+            },
+            {
+                **base,
+                "id": "2",
+                "ts": "2026-11-02T00:00:00+00:00",
+                "request_id": "b",
+                "principal": "k2",
+                "status": 429,
+            },
+        ]
+    )
+    out = CliRunner().invoke(app, ["audit", "query", "--status", "429"])
+    assert [json.loads(line)["request_id"] for line in out.stdout.splitlines()] == ["b"]
+    out = CliRunner().invoke(app, ["audit", "query", "--until", "2026-11-01T12:00:00"])
+    assert [json.loads(line)["principal"] for line in out.stdout.splitlines()] == ["k1"]
