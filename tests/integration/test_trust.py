@@ -156,7 +156,10 @@ def test_tpm_charges_the_prompt_then_reconciles_the_completion(
     assert expected <= remaining <= expected + refill + 1
 
 
-def test_streamed_output_guardrail_redacts_a_number_split_across_chunks(http: httpx.Client) -> None:
+def test_streamed_output_guardrail_redacts_a_number_split_across_chunks(
+    http: httpx.Client, anonymous: httpx.Client
+) -> None:
+    user = _bearer(_create_key(http, role="user")["key"])
     # Structured output forces the model to write the number, token by token.
     body = {
         "model": MODEL,
@@ -166,7 +169,8 @@ def test_streamed_output_guardrail_redacts_a_number_split_across_chunks(http: ht
         "structured_outputs": {"regex": f"My number is {RRN}\\."},
     }
     request_id = uuid.uuid4().hex
-    with http.stream("POST", "/v1/chat/completions", json=body, headers={"X-Request-Id": request_id}) as r:
+    headers = {**user, "X-Request-Id": request_id}
+    with anonymous.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
         assert r.status_code == 200
         events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
     chunks = [json.loads(e) for e in events if e != "[DONE]"]
@@ -174,8 +178,13 @@ def test_streamed_output_guardrail_redacts_a_number_split_across_chunks(http: ht
     text = "".join(deltas)
     assert text == "My number is [REDACTED:kr_rrn]."
     assert RRN[:6] not in "".join(events)
-    (row,) = _wait_audit(http, 1, request_id=request_id) or [None]
-    assert row is not None
+    (row,) = _wait_audit(http, 1, request_id=request_id)
+    assert row["guardrails"] == [{"direction": "output", "kind": "kr_rrn", "action": "redact", "count": 1}]
+    # Token logprobs would carry the number unredacted: refused for this role.
+    refused = anonymous.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 1, "logprobs": 1}, headers=user
+    )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "logprobs_not_allowed")
 
 
 def test_audit_loses_nothing_while_postgresql_is_down(http: httpx.Client, anonymous: httpx.Client) -> None:
