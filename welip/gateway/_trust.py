@@ -407,7 +407,9 @@ class Trust:
         if ctx.span is not None:
             _annotate(ctx.span, ctx)
             ctx.span.end()
-        if self.audit is not None:
+        # Probes of the public paths (/health, /ready every few seconds) are not audited.
+        probe = ctx.route in self.config.auth.public_paths and ctx.status < 400
+        if self.audit is not None and not probe:
             self.audit.submit(ctx.record(self.replica))
 
     def _spawn(self, coro: Awaitable[None]) -> None:

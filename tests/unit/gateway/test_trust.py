@@ -373,8 +373,11 @@ def test_every_request_is_audited_without_the_key(env: None, db: Database, tmp_p
         client.post("/v1/chat/completions", json=CHAT, headers=_bearer("wlp_bad")).status_code,
         client.post("/v1/chat/completions", json={"model": "m"}, headers=_bearer(ADMIN_KEY)).status_code,
     ]
+    assert client.get("/health").status_code == 200  # a probe: not audited
     assert statuses == [200, 429, 401, 400]
     rows = _wait_for_audit(db, 4)
+    time.sleep(0.2)
+    assert len(db.query_audit(limit=100)) == 4
     assert sorted((r["status"], r["error_code"]) for r in rows) == [
         (200, None),
         (400, "missing_required_parameter"),
