@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query
@@ -115,8 +115,8 @@ def build_admin_router(trust: Trust) -> APIRouter:
         )
         return {"object": "list", "data": rows}
 
-    @router.get("/usage", summary="Requests and tokens per principal and model")
-    async def usage(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
+    @router.get("/usage", summary="Requests, errors and tokens per principal and model, by UTC day")
+    async def usage(since: date | None = None, until: date | None = None) -> dict[str, Any]:
         rows = await _call(database().usage, since=since, until=until)
         return {"object": "list", "data": rows}
 

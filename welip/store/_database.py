@@ -14,7 +14,7 @@ import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 
-from welip.store._schema import api_keys, audit_log
+from welip.store._schema import api_keys, audit_log, usage_daily
 
 DEFAULT_DATABASE_URL = "sqlite:///~/.welip/welip.db"
 KEY_PREFIX = "wlp_"
@@ -218,20 +218,32 @@ class Database:
     # -- audit --------------------------------------------------------------------
 
     def write_audit(self, records: Iterable[dict[str, Any]]) -> None:
-        """Insert audit records in one transaction; ones already stored (same id) are skipped."""
+        """Insert audit records and add them to ``usage_daily``, in one transaction.
+
+        Records already stored (same id) are skipped and not counted again, so a
+        replay that overlaps an earlier write changes nothing.
+        """
         rows = [_audit_row(r) for r in records]
         if not rows:
             return
         dialect = self.engine.dialect.name
-        insert: Any
-        if dialect == "postgresql":
-            insert = postgresql.insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
-        elif dialect == "sqlite":
-            insert = sqlite.insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
-        else:  # pragma: no cover - only the two supported dialects are wired
+        if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - only the two supported dialects
             raise RuntimeError(f"unsupported database dialect {dialect}")
+        dml: Any = postgresql if dialect == "postgresql" else sqlite
+        insert = dml.insert(audit_log).on_conflict_do_nothing(index_elements=["id"]).returning(audit_log.c.id)
         with self.engine.begin() as conn:
-            conn.execute(insert, rows)
+            inserted = {row[0] for row in conn.execute(insert, rows)}
+            totals = _usage_totals(r for r in rows if r["id"] in inserted)
+            if totals:
+                upsert = dml.insert(usage_daily)
+                upsert = upsert.on_conflict_do_update(
+                    index_elements=["day", "principal", "model"],
+                    set_={
+                        name: getattr(usage_daily.c, name) + getattr(upsert.excluded, name)
+                        for name in ("requests", "errors", "prompt_tokens", "completion_tokens")
+                    },
+                )
+                conn.execute(upsert, totals)
 
     def query_audit(
         self,
@@ -266,23 +278,27 @@ class Database:
             row["ts"] = _aware(row["ts"]).isoformat()  # type: ignore[union-attr]
         return rows
 
-    def usage(self, *, since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
-        """Requests and tokens per principal and model, summed from the audit log."""
-        c = audit_log.c
+    def usage(self, *, since: date | None = None, until: date | None = None) -> list[dict[str, Any]]:
+        """Requests, errors and tokens per principal and model, summed over UTC days [since, until)."""
+        c = usage_daily.c
         query = sa.select(
             c.principal,
-            c.key_id,
+            sa.func.max(c.key_id).label("key_id"),
             c.model,
-            sa.func.count().label("requests"),
-            sa.func.coalesce(sa.func.sum(c.prompt_tokens), 0).label("prompt_tokens"),
-            sa.func.coalesce(sa.func.sum(c.completion_tokens), 0).label("completion_tokens"),
-        ).group_by(c.principal, c.key_id, c.model)
+            sa.func.sum(c.requests).label("requests"),
+            sa.func.sum(c.errors).label("errors"),
+            sa.func.sum(c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(c.completion_tokens).label("completion_tokens"),
+        ).group_by(c.principal, c.model)
         if since is not None:
-            query = query.where(c.ts >= since)
+            query = query.where(c.day >= since)
         if until is not None:
-            query = query.where(c.ts < until)
+            query = query.where(c.day < until)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            return [
+                {k: (int(v) if k in _COUNTS else v) for k, v in dict(r).items()}
+                for r in conn.execute(query).mappings()
+            ]
 
     def count_audit(self) -> int:
         """Number of audit records stored."""
@@ -307,11 +323,37 @@ def _key_record(row: dict[str, Any]) -> KeyRecord:
 
 
 _AUDIT_COLUMNS = frozenset(c.name for c in audit_log.columns)
+_COUNTS = frozenset({"requests", "errors", "prompt_tokens", "completion_tokens"})
+
+
+def _usage_totals(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    totals: dict[tuple[date, str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["ts"].astimezone(timezone.utc).date(), row["principal"] or "", row["model"] or "")
+        entry = totals.setdefault(
+            key,
+            {
+                "day": key[0],
+                "principal": key[1],
+                "model": key[2],
+                "key_id": row["key_id"],
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+            },
+        )
+        entry["requests"] += 1
+        entry["errors"] += int(row["status"] >= 400)
+        entry["prompt_tokens"] += row["prompt_tokens"] or 0
+        entry["completion_tokens"] += row["completion_tokens"] or 0
+    return list(totals.values())
 
 
 def _audit_row(record: dict[str, Any]) -> dict[str, Any]:
     row = {k: record.get(k) for k in _AUDIT_COLUMNS}
     ts = row["ts"]
     if isinstance(ts, str):  # records replayed from the spool carry ISO strings
-        row["ts"] = datetime.fromisoformat(ts)
+        ts = datetime.fromisoformat(ts)
+    row["ts"] = _aware(ts)
     return row

@@ -1,5 +1,9 @@
 """Tables of WeLIP's metadata database (SQLAlchemy Core), one source for every dialect.
 
+Roles are not a table: they are part of the gateway config, versioned with the
+deployment (as Kubernetes RBAC lives in manifests); a key's grants (role, model
+allow list, limits) are columns of ``api_keys``.
+
 Alembic migrations under ``migrations/`` create and evolve them; a unit test keeps
 the migrated schema equal to this metadata.
 """
@@ -51,4 +55,18 @@ audit_log = sa.Table(
     sa.Column("guardrails", sa.JSON, nullable=True, comment="Verdicts: [{direction, kind, action}]"),
     sa.Column("replica", sa.String(128), nullable=True, comment="Gateway replica that answered."),
     sa.Column("body", sa.Text, nullable=True, comment="Raw request, only when audit.record_prompts."),
+)
+
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("principal", sa.String(256), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True, comment="Empty when the request named none."),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False, comment="Requests answered with status >= 400."),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    comment="Per principal, model and UTC day; added to in the transaction that inserts audit rows.",
 )

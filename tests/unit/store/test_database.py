@@ -85,4 +85,37 @@ def test_audit_filters_and_usage(tmp_path: Path) -> None:
     assert [r["id"] for r in db.query_audit(status=429)] == ["b"]
     assert [r["id"] for r in db.query_audit(since=now - timedelta(minutes=1), model="m2")] == ["c"]
     usage = {(u["principal"], u["model"]): u for u in db.usage()}
-    assert (usage[("k1", "m")]["requests"], usage[("k1", "m")]["completion_tokens"]) == (2, 7)
+    # The replay above counted nothing twice.
+    assert (usage[("k1", "m")]["requests"], usage[("k1", "m")]["errors"]) == (2, 1)
+    assert usage[("k1", "m")]["completion_tokens"] == 7 and usage[("k2", "m2")]["requests"] == 1
+    assert db.usage(since=(now + timedelta(days=1)).date()) == []
+
+
+def test_migration_0002_counts_audit_rows_written_before_it(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from welip.store._database import _MIGRATIONS
+
+    db = Database(f"sqlite:///{tmp_path}/w.db")
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with db.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            sa.text(
+                "insert into audit_log (id, ts, request_id, principal, principal_kind, method, route, model, "
+                "status, latency_ms, prompt_tokens, completion_tokens) values "
+                "('x', '2026-11-01 10:00:00', 'r', 'k1', 'api_key', 'POST', '/v1/completions', 'm', "
+                "200, 1, 3, 4)"
+            )
+        )
+    db.upgrade()
+    (row,) = db.usage()
+    assert (row["principal"], row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (
+        "k1",
+        1,
+        3,
+        4,
+    )
