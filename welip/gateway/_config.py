@@ -112,7 +112,9 @@ class AuthConfig(_Strict):
     @model_validator(mode="after")
     def _known_roles(self) -> AuthConfig:
         if self.oidc is not None:
-            mapped = set(self.oidc.role_mapping.values()) | {self.oidc.default_role or next(iter(self.roles))}
+            mapped = set(self.oidc.role_mapping.values())
+            if self.oidc.default_role is not None:
+                mapped.add(self.oidc.default_role)
             unknown = sorted(mapped - set(self.roles))
             if unknown:
                 raise ValueError(f"oidc maps to unknown roles: {', '.join(unknown)}")

@@ -425,3 +425,15 @@ def test_logprobs_are_refused_where_output_guardrails_apply(env: None, db: Datab
     assert (refused.status_code, refused.json()["error"]["code"]) == (400, "logprobs_not_allowed")
     allowed = client.post("/v1/chat/completions", json={**CHAT, "logprobs": True}, headers=_bearer(ADMIN_KEY))
     assert allowed.status_code == 200 and len(engine.calls) == 1
+
+
+def test_config_refuses_roles_it_does_not_define() -> None:
+    from pydantic import ValidationError
+
+    oidc = {"issuer": "i", "audience": "a", "jwks_url": "http://x", "role_mapping": {"g": "root"}}
+    with pytest.raises(ValidationError, match="unknown roles: root"):
+        GatewayConfig.model_validate({"auth": {"oidc": oidc}})
+    with pytest.raises(ValidationError, match="exactly one of jwks_url or public_key_env"):
+        GatewayConfig.model_validate({"auth": {"oidc": {"issuer": "i", "audience": "a"}}})
+    with pytest.raises(ValidationError, match="by_role names unknown roles: ghost"):
+        GatewayConfig.model_validate({"guardrails": {"by_role": {"ghost": {}}}})
