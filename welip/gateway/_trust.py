@@ -323,9 +323,10 @@ class Trust:
             raise content_policy_violation(
                 f"The prompt has {prompt_tokens} tokens; this gateway allows at most {limit}."
             )
-        headers = await self._rate_limit(ctx, prompt_tokens)
         bound = self.config.limits.max_in_flight_per_model
         if bound is not None:
+            # Before the rate limit, so a request refused here spends none of the key's quota;
+            # the slot is released in finish() whatever happens next.
             if self._in_flight.get(model, 0) >= bound:
                 raise OpenAIError(
                     503,
@@ -336,7 +337,7 @@ class Trust:
                 )
             self._in_flight[model] = self._in_flight.get(model, 0) + 1
             ctx.in_flight_model = model
-        return headers
+        return await self._rate_limit(ctx, prompt_tokens)
 
     async def _rate_limit(self, ctx: RequestContext, prompt_tokens: int) -> dict[str, str]:
         p = ctx.principal
