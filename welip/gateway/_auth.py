@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 
 from welip.api import OpenAIError
-from welip.gateway._config import AuthConfig, OIDCConfig, RoleConfig
+from welip.gateway._config import ALL_PERMISSIONS, AuthConfig, OIDCConfig, RoleConfig
 from welip.store import KEY_PREFIX, Database, KeyRecord, hash_key
 
 logger = logging.getLogger("welip.gateway")
@@ -47,7 +47,7 @@ ANONYMOUS = Principal(
     id="anonymous",
     kind="anonymous",
     role=None,
-    permissions=frozenset({"inference", "embeddings", "agents", "eval_submit", "finetune_submit", "admin"}),
+    permissions=frozenset(ALL_PERMISSIONS),
     models=None,
 )
 

@@ -213,7 +213,7 @@ class GatewayCore:
             if key is not None and trust.cache is not None:
                 await trust.cache.put(key, data.encode())
             return Response(data, media_type="application/json", headers=headers)
-        tap = _StreamTap(ctx, trust.stream_guard(ctx) if ctx else None, strip_usage) if ctx else None
+        tap = _StreamTap(ctx, trust.stream_guard(ctx), strip_usage) if ctx is not None else None
         return StreamingResponse(
             _relay(first, stream, tap),
             media_type="text/event-stream",

@@ -123,6 +123,16 @@ class TextGuard:
             else None
         )
         self._longest_keyword = max((len(k) for k in policy.blocklist_keywords), default=0)
+        # Trailing text that may still become a match: a run of digit-ish characters
+        # (phone, card, RRN), the word being written (e-mail).
+        self._tail_patterns = [
+            pattern
+            for pattern, wanted in (
+                (_DIGITISH_TAIL, bool(_DIGIT_KINDS & set(policy.pii))),
+                (_WORD_TAIL, "email" in policy.pii),
+            )
+            if wanted
+        ]
         self.active = bool(policy.pii or self._regexes or self._keywords)
 
     def apply(self, text: str, verdicts: Verdicts) -> str:
@@ -152,22 +162,15 @@ class TextGuard:
 
     def hold_from(self, text: str) -> int:
         """Where the part of ``text`` that may still grow into a match begins."""
-        start = len(text)
-        if self._regexes:
-            start = min(start, max(0, len(text) - self.window_chars))
+        window_start = max(0, len(text) - self.window_chars)
+        start = window_start if self._regexes else len(text)
         if self._longest_keyword:
             start = min(start, max(0, len(text) - self._longest_keyword + 1))
-        if _DIGIT_KINDS & set(self.policy.pii):
-            m = _DIGITISH_TAIL.search(text[-self.window_chars :])
+        tail = text[window_start:]
+        for pattern in self._tail_patterns:
+            m = pattern.search(tail)
             if m:
-                start = min(
-                    start,
-                    len(text) - self.window_chars + m.start() if len(text) > self.window_chars else m.start(),
-                )
-        if "email" in self.policy.pii:
-            m = _WORD_TAIL.search(text[-self.window_chars :])
-            if m:
-                start = min(start, len(text) - len(m.group()))
+                start = min(start, window_start + m.start())
         return start
 
 
