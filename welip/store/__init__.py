@@ -1,4 +1,4 @@
-"""The data layer: metadata database (PostgreSQL or SQLite) and the Redis connection."""
+"""The data layer: metadata database (PostgreSQL or SQLite), Redis, artifact storage (local or S3)."""
 
 from welip.store._database import (
     DEFAULT_DATABASE_URL,
@@ -9,6 +9,7 @@ from welip.store._database import (
     hash_key,
 )
 from welip.store._redis import redis_from_env
+from welip.store._storage import filesystem, join_url, read_bytes, storage_url_from_env, write_bytes
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -16,6 +17,11 @@ __all__ = [
     "Database",
     "KeyRecord",
     "database_url_from_env",
+    "filesystem",
     "hash_key",
+    "join_url",
+    "read_bytes",
     "redis_from_env",
+    "storage_url_from_env",
+    "write_bytes",
 ]

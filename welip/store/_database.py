@@ -1,4 +1,4 @@
-"""The metadata database: API keys and the audit log, on PostgreSQL or SQLite.
+"""The metadata database: API keys, the audit log and eval runs, on PostgreSQL or SQLite.
 
 ``WELIP_DATABASE_URL`` names it (``postgresql://...`` through psycopg 3); without it
 WeLIP uses a SQLite file so a laptop runs with no server. Calls are synchronous
@@ -23,7 +23,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 
-from welip.store._schema import api_keys, audit_log, usage_daily
+from welip.store._schema import api_keys, audit_log, eval_runs, usage_daily
 
 DEFAULT_DATABASE_URL = "sqlite:///~/.welip/welip.db"
 KEY_PREFIX = "wlp_"
@@ -304,6 +304,37 @@ class Database:
         """Number of audit records stored."""
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one())
+
+    # -- evaluation runs -----------------------------------------------------------
+
+    def record_eval_run(self, run: dict[str, Any]) -> None:
+        """Insert one ``eval_runs`` row (columns as in the table; ``created_at`` defaults to now)."""
+        row = {"created_at": _utcnow(), **run}
+        with self.engine.begin() as conn:
+            conn.execute(eval_runs.insert().values(**row))
+
+    def get_eval_run(self, run_id: str) -> dict[str, Any] | None:
+        """The ``eval_runs`` row with this id, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(eval_runs.select().where(eval_runs.c.id == run_id)).mappings().first()
+        return _eval_row(dict(row)) if row is not None else None
+
+    def list_eval_runs(
+        self, *, task: str | None = None, model: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Eval runs, newest first, optionally of one task or model."""
+        query = eval_runs.select().order_by(eval_runs.c.created_at.desc()).limit(limit)
+        if task is not None:
+            query = query.where(eval_runs.c.task == task)
+        if model is not None:
+            query = query.where(eval_runs.c.model == model)
+        with self.engine.connect() as conn:
+            return [_eval_row(dict(r)) for r in conn.execute(query).mappings()]
+
+
+def _eval_row(row: dict[str, Any]) -> dict[str, Any]:
+    row["created_at"] = _aware(row["created_at"]).isoformat()  # type: ignore[union-attr]
+    return row
 
 
 def _key_record(row: dict[str, Any]) -> KeyRecord:

@@ -70,3 +70,27 @@ usage_daily = sa.Table(
     sa.Column("completion_tokens", sa.BigInteger, nullable=False),
     comment="Per principal, model and UTC day; added to in the transaction that inserts audit rows.",
 )
+
+eval_runs = sa.Table(
+    "eval_runs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True, comment="Eval run id (also the results folder)."),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("task", sa.String(64), nullable=False, index=True),
+    sa.Column("model", sa.String(256), nullable=False, index=True),
+    sa.Column("target_kind", sa.String(16), nullable=False, comment="endpoint | batch"),
+    sa.Column("status", sa.String(16), nullable=False, comment="finished | failed"),
+    sa.Column("dataset_sha256", sa.String(64), nullable=True),
+    sa.Column("template_sha256", sa.String(64), nullable=True),
+    sa.Column("engine_version", sa.String(64), nullable=True),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False, comment="Rows in the dataset file."),
+    sa.Column("scored", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False, comment="Samples whose request failed for good."),
+    sa.Column("malformed", sa.Integer, nullable=False, comment="Rows that could not be rendered."),
+    sa.Column("metrics", sa.JSON, nullable=False, comment="Metric name -> mean."),
+    sa.Column("results_url", sa.Text, nullable=False, comment="Folder with samples.jsonl, summary.json."),
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),
+    sa.Column("error", sa.Text, nullable=True, comment="Why a failed run failed."),
+    comment="One row per evaluation job run; per-sample results live in storage and MLflow.",
+)

