@@ -6,12 +6,20 @@ hidden behind the CLI.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import os
+import shlex
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import typer
 
+from welip.evaluation import EndpointTarget, compare_samples, comparison_table, load_suite, read_samples
 from welip.models import PACKAGED_MODELS, default_cache_dir, prepare_model
 from welip.store import Database
 
@@ -21,6 +29,7 @@ keys_app = typer.Typer(help="API keys in the database named by WELIP_DATABASE_UR
 audit_app = typer.Typer(
     help="The audit log in the database named by WELIP_DATABASE_URL.", no_args_is_help=True
 )
+eval_app = typer.Typer(help="Evaluation jobs (jobs/evaluate.py) and their results.", no_args_is_help=True)
 db_app = typer.Typer(
     help="The metadata database (WELIP_DATABASE_URL, SQLite by default).", no_args_is_help=True
 )
@@ -28,6 +37,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(eval_app, name="eval")
 
 
 def _database() -> Database:
@@ -135,6 +145,125 @@ def audit_query(
         limit=limit,
     )
     for row in rows:
+        typer.echo(json.dumps(row, default=str))
+
+
+# Passed on to a submitted job when set here: where results go and who it reports to.
+_JOB_ENV = ("WELIP_DATABASE_URL", "WELIP_STORAGE_URL", "WELIP_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
+
+
+def eval_job_spec(config: Path, overrides: list[str], python: str = "python") -> dict[str, Any]:
+    """The Ray Job `welip eval run` submits: the same command as a manual ``ray job submit``.
+
+    The suite is validated here first, so a bad config fails before any job starts. The
+    job's environment carries the storage and tracking settings set in this shell, and
+    the API key variables the suite names (visible in the job's runtime env).
+    """
+    suite = load_suite(config, overrides)
+    key_envs = [suite.target.api_key_env] if isinstance(suite.target, EndpointTarget) else []
+    key_envs += [m.judge.target.api_key_env for m in suite.metric_list if m.judge is not None]
+    names = [*_JOB_ENV, *(k for k in key_envs if k)]
+    env = {name: os.environ[name] for name in names if os.environ.get(name)}
+    entrypoint = " ".join(
+        shlex.quote(part) for part in [python, "jobs/evaluate.py", "--config", str(config), *overrides]
+    )
+    runtime_env: dict[str, Any] = {"working_dir": "."}
+    if env:
+        runtime_env["env_vars"] = env
+    return {"entrypoint": entrypoint, "runtime_env": runtime_env}
+
+
+@eval_app.command("run", context_settings={"allow_extra_args": False, "ignore_unknown_options": True})
+def eval_run(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Suite YAML (configs/eval/...)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides (target.model=...)."),
+    address: str | None = typer.Option(
+        None, help="Ray dashboard address (default: $RAY_ADDRESS or http://127.0.0.1:8265)."
+    ),
+    wait: bool = typer.Option(True, help="Follow the job's logs until it ends."),
+    python: str | None = typer.Option(
+        None,
+        help="Interpreter of the job (default: this one for a cluster on this machine, else `python`).",
+    ),
+) -> None:
+    """Submit jobs/evaluate.py as a Ray Job from the repository root and follow its logs."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    target = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    if not target.startswith("http"):
+        target = "http://127.0.0.1:8265"  # a GCS address such as auto or host:6379: the local dashboard
+    local = urlparse(target).hostname in ("127.0.0.1", "localhost", "::1")
+    try:
+        spec = eval_job_spec(config, list(overrides or []), python or (sys.executable if local else "python"))
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: invalid suite {config}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    client = JobSubmissionClient(target)
+    job_id = client.submit_job(**spec)
+    typer.echo(f"submitted {job_id}: {spec['entrypoint']}", err=True)
+    if not wait:
+        typer.echo(job_id)
+        return
+
+    async def follow() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            typer.echo(chunk, nl=False)
+
+    asyncio.run(follow())
+    status = client.get_job_status(job_id)
+    typer.echo(f"job {job_id}: {status}", err=True)
+    if status != JobStatus.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def _run_samples(run: str, db: Database | None) -> tuple[str, list[dict[str, Any]]]:
+    """A run's label and samples: an eval run id from the database, or a results folder/URL."""
+    if "/" not in run and db is not None:
+        row = db.get_eval_run(run)
+        if row is None:
+            raise ValueError(f"no eval run {run} in the database")
+        return f"{row['task']} {row['model']} ({run[:8]})", read_samples(row["results_url"])
+    return run, read_samples(run)
+
+
+@eval_app.command("compare")
+def eval_compare(
+    run_a: str = typer.Argument(..., help="Baseline: an eval run id, or a results folder or s3:// URL."),
+    run_b: str = typer.Argument(..., help="Candidate, compared with the baseline."),
+    metric: list[str] = typer.Option(None, help="Metrics to compare (default: all both runs have)."),
+    resamples: int = typer.Option(2000, min=100, max=1_000_000, help="Bootstrap resamples."),
+    confidence: float = typer.Option(0.95, min=0.5, max=0.999, help="Interval coverage."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Per-metric difference (B - A) with a paired bootstrap interval, and per-sample wins/losses."""
+    db = None if ("/" in run_a and "/" in run_b) else _database()
+    try:
+        label_a, samples_a = _run_samples(run_a, db)
+        label_b, samples_b = _run_samples(run_b, db)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    rows = compare_samples(
+        samples_a, samples_b, metrics=metric or None, resamples=resamples, confidence=confidence
+    )
+    if not rows:
+        typer.echo("error: the runs share no scored samples on a common metric", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    typer.echo(f"A: {label_a}\nB: {label_b}")
+    typer.echo(comparison_table(rows, confidence))
+
+
+@eval_app.command("list")
+def eval_list(
+    task: str | None = typer.Option(None),
+    model: str | None = typer.Option(None),
+    limit: int = typer.Option(20, min=1, max=10_000),
+) -> None:
+    """Recent eval runs from the database, one JSON object per line."""
+    for row in _database().list_eval_runs(task=task, model=model, limit=limit):
         typer.echo(json.dumps(row, default=str))
 
 

@@ -52,6 +52,7 @@ def exact_match(
     regexes_to_ignore: Sequence[str] = (),
 ) -> float:
     """1.0 when the normalised prediction equals the normalised reference."""
+
     def norm(text: str) -> str:
         return normalize(
             text,
