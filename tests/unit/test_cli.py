@@ -79,3 +79,46 @@ def test_audit_query_filters(database_url: str) -> None:
     assert [json.loads(line)["request_id"] for line in out.stdout.splitlines()] == ["b"]
     out = CliRunner().invoke(app, ["audit", "query", "--until", "2026-11-01T12:00:00"])
     assert [json.loads(line)["principal"] for line in out.stdout.splitlines()] == ["k1"]
+
+
+def write_run(folder: Path, scores: list[float]) -> None:
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"id": f"s{i}", "scores": {"em": v}}) for i, v in enumerate(scores)]
+    (folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_eval_compare_prints_difference_and_wins(tmp_path: Path, database_url: str) -> None:
+    write_run(tmp_path / "a", [0, 0, 1, 1])
+    write_run(tmp_path / "b", [1, 1, 1, 0])
+    db = Database()
+    db.upgrade()
+    row = {"model": "m", "target_kind": "endpoint", "status": "finished", "seed": 1, "rows": 4}
+    row.update(scored=4, errors=0, malformed=0, metrics={"em": 0.5}, task="t")
+    db.record_eval_run({**row, "id": "runa", "results_url": str(tmp_path / "a")})
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "compare", "runa", str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 0, result.output
+    (cmp,) = json.loads(result.output)
+    assert (cmp["metric"], cmp["diff"], cmp["wins"], cmp["losses"], cmp["ties"]) == ("em", 0.25, 2, 1, 1)
+    table = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert "+0.2500" in table.output
+    missing = runner.invoke(app, ["eval", "compare", "nosuchrun", str(tmp_path / "b")])
+    assert missing.exit_code == 1 and "no eval run nosuchrun" in missing.output
+
+
+def test_eval_job_spec_is_the_documented_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from welip.cli import eval_job_spec
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("WELIP_API_KEY", "wlp_k")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.delenv("WELIP_STORAGE_URL", raising=False)
+    spec = eval_job_spec(Path("configs/eval/arithmetic.yaml"), ["limit=5"])
+    assert spec["entrypoint"] == "python jobs/evaluate.py --config configs/eval/arithmetic.yaml limit=5"
+    assert spec["runtime_env"]["working_dir"] == "."
+    assert spec["runtime_env"]["env_vars"] == {
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "WELIP_API_KEY": "wlp_k",
+    }
+    bad = CliRunner().invoke(app, ["eval", "run", "configs/eval/arithmetic.yaml", "limit=0"])
+    assert bad.exit_code == 2 and "invalid suite" in bad.output

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from welip.evaluation._metrics import METRICS
 
@@ -81,7 +81,17 @@ class BatchTarget(_Strict):
         return self
 
 
-Target = Annotated[EndpointTarget | BatchTarget, Field(discriminator="kind")]
+def _target_kind(value: Any) -> str | None:
+    # `kind` may be left out: an endpoint is the common case.
+    if isinstance(value, dict):
+        return str(value.get("kind", "endpoint"))
+    return getattr(value, "kind", None)
+
+
+Target = Annotated[
+    Annotated[EndpointTarget, Tag("endpoint")] | Annotated[BatchTarget, Tag("batch")],
+    Discriminator(_target_kind),
+]
 
 
 class GenerationConfig(_Strict):

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from welip.models import _prepare, prepare_model, resolve_model_path
 
@@ -76,23 +75,6 @@ def test_local_hf_dir_is_used_as_is(tmp_path: Path) -> None:
 def test_unknown_sources_are_refused_with_the_choices(source: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="smollm2-135m-instruct"):
         resolve_model_path(source, tmp_path)
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch: pytest.MonkeyPatch):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "WELIP_S3_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(key, value)
-    yield endpoint
-    server.stop()
 
 
 def test_s3_model_is_copied_once_into_the_cache(s3_endpoint: str, tmp_path: Path) -> None:

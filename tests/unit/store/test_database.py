@@ -119,3 +119,27 @@ def test_migration_0002_counts_audit_rows_written_before_it(tmp_path: Path) -> N
         3,
         4,
     )
+
+
+def test_eval_runs_are_recorded_and_listed_newest_first(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/w.db")
+    db.upgrade()
+    base = {
+        "model": "m",
+        "target_kind": "endpoint",
+        "status": "finished",
+        "seed": 1,
+        "rows": 3,
+        "scored": 2,
+        "errors": 0,
+        "malformed": 1,
+        "results_url": "s3://b/eval",
+    }
+    older = datetime.now(timezone.utc) - timedelta(minutes=5)
+    db.record_eval_run({**base, "id": "r1", "task": "a", "metrics": {"em": 0.5}, "created_at": older})
+    db.record_eval_run({**base, "id": "r2", "task": "b", "metrics": {"em": None}, "mlflow_run_id": "ml"})
+    assert [r["id"] for r in db.list_eval_runs()] == ["r2", "r1"]
+    assert [r["id"] for r in db.list_eval_runs(task="a")] == ["r1"]
+    run = db.get_eval_run("r1")
+    assert run is not None and run["metrics"] == {"em": 0.5} and run["malformed"] == 1
+    assert db.get_eval_run("nope") is None
