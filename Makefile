@@ -16,7 +16,7 @@ RAY_PORT ?= 6390
 # The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
 CONFIG ?= configs/serve/local.yaml
 
-.PHONY: install run test unit integration lint bench clean services
+.PHONY: install run test unit integration lint bench bench-eval clean services
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,16 @@ lint:
 bench: install
 	$(BIN)/python benchmarks/serve.py
 
+# lm-evaluation-harness, the anchor of benchmarks/evaluate.py, lives in its own virtualenv.
+LMEVAL_VENV ?= .venv-lmeval
+$(LMEVAL_VENV)/bin/lm_eval:
+	$(PYTHON) -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/pip install -q --upgrade pip
+	$(LMEVAL_VENV)/bin/pip install -q torch==2.13.0 'lm-eval[api]==0.4.13'
+
+bench-eval: install $(LMEVAL_VENV)/bin/lm_eval
+	$(BIN)/python benchmarks/evaluate.py --lm-eval $(LMEVAL_VENV)/bin/lm_eval
+
 clean:
 	-$(BIN)/ray stop --force
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LMEVAL_VENV)

@@ -16,6 +16,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -82,7 +83,7 @@ def main(cfg: SuiteConfig) -> dict[str, Any]:
     )
     documents = dataset.documents[: cfg.limit] if cfg.limit else dataset.documents
     samples, unrenderable = Prompter(cfg, pool).samples(documents)
-    malformed = dataset.malformed + unrenderable
+    malformed = sorted(dataset.malformed + unrenderable, key=lambda m: m.row)
     for bad in malformed:
         logger.warning("row %d (id %s) skipped: %s", bad.row, bad.id, bad.error)
     n_rows = len(documents) + len(dataset.malformed)
@@ -171,6 +172,17 @@ def record_run(cfg: SuiteConfig, row: dict[str, Any]) -> None:
         db.dispose()
 
 
+def key_env(*targets: EndpointTarget) -> dict[str, Any]:
+    """Ray remote args giving a stage's workers the API keys the driver has.
+
+    Workers of an existing cluster do not inherit the driver's shell: the variables
+    named by ``api_key_env`` travel in the stage's runtime env, never in the config.
+    """
+    names = {t.api_key_env for t in targets if t.api_key_env}
+    env = {name: os.environ[name] for name in sorted(names) if os.environ.get(name)}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Inference, scoring and judging over Ray Data; the scored samples in file order."""
     ds = ray.data.from_items([{"sample": json.dumps(s, ensure_ascii=False)} for s in samples])
@@ -185,6 +197,7 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
             batch_size=cfg.target.batch_size,
             concurrency=1,
             num_cpus=0.25,
+            **key_env(cfg.target),
         )
     else:
         processor = batch_processor(cfg.target, cfg.generation_kwargs, cfg.seed, chat=cfg.mode == "chat")
@@ -198,8 +211,24 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
             batch_size=min(j.judge.target.batch_size for j in judges if j.judge is not None),
             concurrency=1,
             num_cpus=0.25,
+            **key_env(*(j.judge.target for j in judges if j.judge is not None)),
         )
     return sorted((json.loads(row["sample"]) for row in ds.iter_rows()), key=lambda s: s["row"])
+
+
+def connect_ray() -> None:
+    """Join the cluster (``ray job submit`` sets RAY_ADDRESS; else a running local one), or start one.
+
+    A cluster started here gets 8 logical CPUs at least, as ``make run`` does: in-job
+    vLLM and its light stages then schedule on a 2-core laptop.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        ray.init(num_cpus=max(os.cpu_count() or 1, 8))
 
 
 def parse_args(argv: list[str]) -> SuiteConfig:
@@ -218,7 +247,7 @@ def parse_args(argv: list[str]) -> SuiteConfig:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     suite = parse_args(sys.argv[1:])
-    ray.init()
+    connect_ray()
     try:
         main(suite)
     except EndpointUnavailable as exc:

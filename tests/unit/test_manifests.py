@@ -12,6 +12,7 @@ import copy
 import functools
 import importlib
 import inspect
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import yaml
 from pydantic import BaseModel
 from ray.serve.schema import ServeDeploySchema
 
+from welip.evaluation import load_suite
 from welip.gateway import ServingConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -263,3 +265,35 @@ def test_normalize_schema_nullable() -> None:
     schema = normalize_schema({"type": "object", "properties": {"s": {"type": "string", "nullable": True}}})
     assert schema_errors({"s": None}, schema) == []
     assert schema_errors({"s": 1}, schema) != []
+
+
+def rayjobs() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, doc) for name, doc in MANIFESTS if doc.get("kind") == "RayJob"]
+
+
+def test_kuberay_ships_an_evaluation_rayjob() -> None:
+    assert any("jobs/evaluate.py" in doc["spec"]["entrypoint"] for _, doc in rayjobs())
+
+
+@pytest.mark.parametrize(("name", "resource"), rayjobs(), ids=ids(rayjobs()))
+def test_rayjob_entrypoint_runs_a_shipped_job_with_a_valid_config(
+    name: str, resource: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entrypoint names a job script of this repository, and its config (with the
+    entrypoint's overrides) validates; the cluster runs the pinned Ray and ends with the job."""
+    spec = resource["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["working_dir"], "the job's code travels as the working_dir"
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[0] == "python" and (REPO_ROOT / argv[1]).is_file(), argv[:2]
+    monkeypatch.chdir(REPO_ROOT)
+    if argv[1] == "jobs/evaluate.py":
+        config_at = argv.index("--config")
+        overrides = [a for a in argv[2:] if "=" in a]
+        load_suite(argv[config_at + 1], overrides)
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+        for container in group["template"]["spec"]["containers"]:
+            assert f":{ray.__version__}" in container["image"], container["image"]

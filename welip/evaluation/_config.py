@@ -73,6 +73,13 @@ class BatchTarget(_Strict):
     )
     engines: int = Field(1, ge=1, le=1024, description="Engine replicas (data parallel).")
     batch_size: int = Field(64, ge=1, le=4096, description="Rows per batch sent to an engine.")
+    stage_cpus: float = Field(
+        0.25,
+        gt=0,
+        le=64,
+        description="CPUs reserved per worker of the light stages (chat template, tokenize, "
+        "detokenize, pre/post-processing); small, so the job fits beside a serving app.",
+    )
 
     @model_validator(mode="after")
     def _cpu_only_options(self) -> BatchTarget:

@@ -140,7 +140,9 @@ def batch_processor(target: BatchTarget, generation: GenerationConfig, seed: int
         concurrency=target.engines,
         placement_group_config={"bundles": bundles, "strategy": "PACK"},
         runtime_env={"env_vars": env} if env else None,
-        chat_template_stage=chat,
+        chat_template_stage={"enabled": chat, "num_cpus": target.stage_cpus},
+        tokenize_stage={"num_cpus": target.stage_cpus},
+        detokenize_stage={"num_cpus": target.stage_cpus},
         log_engine_metrics=False,
     )
 
@@ -164,7 +166,14 @@ def batch_processor(target: BatchTarget, generation: GenerationConfig, seed: int
         )
         return {"sample": json.dumps(sample, ensure_ascii=False)}
 
-    return build_processor(config, preprocess=preprocess, postprocess=postprocess)
+    light = {"num_cpus": target.stage_cpus}
+    return build_processor(
+        config,
+        preprocess=preprocess,
+        postprocess=postprocess,
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
+    )
 
 
 def score_batch(batch: Batch, metrics: list[MetricSpec]) -> Batch:
