@@ -120,8 +120,8 @@ def welip_command(data: Path, out: Path, concurrency: int, model: str) -> servin
         f"storage_url={out}",
         "record_db=false",
     ]
+    # No RAY_ADDRESS: the job finds the stack's local cluster itself (and its auth token).
     env = {
-        "RAY_ADDRESS": "127.0.0.1:6390",
         "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db",
         "WELIP_API_KEY": "",
     }

