@@ -16,6 +16,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -187,8 +188,14 @@ def key_env(*targets: EndpointTarget) -> dict[str, Any]:
 
 def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Inference, scoring and judging over Ray Data; the scored samples in file order."""
-    ds = ray.data.from_items([{"sample": json.dumps(s, ensure_ascii=False)} for s in samples])
+    rows = [{"sample": json.dumps(s, ensure_ascii=False)} for s in samples]
+    batch_size = cfg.target.batch_size
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
     if isinstance(cfg.target, EndpointTarget):
+        # One actor holds the endpoint's connection pool and its max_concurrency bound;
+        # enough small batches in flight keep that many requests going, and no batch
+        # waits on its slowest answer before the next one starts.
+        in_flight = max(2, math.ceil(2 * cfg.target.max_concurrency / batch_size))
         ds = ds.map_batches(
             EndpointInference,
             fn_constructor_kwargs={
@@ -196,8 +203,10 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
                 "generation": cfg.generation_kwargs,
                 "seed": cfg.seed,
             },
-            batch_size=cfg.target.batch_size,
-            concurrency=1,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(
+                size=1, max_tasks_in_flight_per_actor=in_flight, max_concurrent_calls_per_actor=in_flight
+            ),
             num_cpus=0.25,
             **key_env(cfg.target),
         )

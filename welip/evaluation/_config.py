@@ -50,7 +50,11 @@ class EndpointTarget(_Strict):
         5, gt=0, le=120, description="Preflight and connect timeout: an unreachable endpoint fails fast."
     )
     batch_size: int = Field(
-        16, ge=1, le=4096, description="Rows per Ray Data batch handed to the request stage."
+        4,
+        ge=1,
+        le=4096,
+        description="Rows per Ray Data batch of the request stage; small batches, many in flight, "
+        "keep max_concurrency requests going.",
     )
 
 
