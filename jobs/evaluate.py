@@ -214,15 +214,21 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
         processor = batch_processor(cfg.target, cfg.generation_kwargs, cfg.seed, chat=cfg.mode == "chat")
         ds = processor(ds)
     ds = ds.map_batches(score_batch, fn_kwargs={"metrics": cfg.metric_list}, batch_size=256, num_cpus=0.25)
-    judges = [m for m in cfg.metric_list if m.judge is not None]
+    judges = [m.judge.target for m in cfg.metric_list if m.judge is not None]
     if judges:
+        judge_batch = min(t.batch_size for t in judges)
+        judge_in_flight = max(2, math.ceil(2 * max(t.max_concurrency for t in judges) / judge_batch))
         ds = ds.map_batches(
             JudgeStage,
             fn_constructor_kwargs={"metrics": cfg.metric_list},
-            batch_size=min(j.judge.target.batch_size for j in judges if j.judge is not None),
-            concurrency=1,
+            batch_size=judge_batch,
+            compute=ray.data.ActorPoolStrategy(
+                size=1,
+                max_tasks_in_flight_per_actor=judge_in_flight,
+                max_concurrent_calls_per_actor=judge_in_flight,
+            ),
             num_cpus=0.25,
-            **key_env(*(j.judge.target for j in judges if j.judge is not None)),
+            **key_env(*judges),
         )
     return sorted((json.loads(row["sample"]) for row in ds.iter_rows()), key=lambda s: s["row"])
 

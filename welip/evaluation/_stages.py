@@ -215,7 +215,9 @@ class JudgeStage:
                 verdicts[spec.label] = {"value": None, "error": "no answer to judge", "failure": None}
                 sample["scores"][spec.label] = None
                 continue
-            endpoint = self._endpoints.setdefault(spec.label, Endpoint(judge.target))
+            if spec.label not in self._endpoints:  # one client (and one concurrency bound) per judge
+                self._endpoints[spec.label] = Endpoint(judge.target)
+            endpoint = self._endpoints[spec.label]
             verdict = await run_judge(
                 judge,
                 endpoint,
