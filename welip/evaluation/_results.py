@@ -130,6 +130,11 @@ def log_mlflow(
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(cfg.mlflow.experiment) is None:
+        # A database store keeps artifacts under ./mlruns of whatever directory the job
+        # runs in; keep them beside the database instead.
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+        mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri())
     mlflow.set_experiment(cfg.mlflow.experiment)
     params: dict[str, str] = {}
     # The judge's endpoint (and its key variable name) are config too: params show it all.

@@ -126,6 +126,8 @@ def test_mlflow_run_has_params_metrics_tags_dataset_and_files(tmp_path: Path, mo
     }
     run_id = log_mlflow(SUITE, summary, samples, tags, run_name="t-m")
     run = mlflow.get_run(run_id)
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())  # not ./mlruns
+    assert not (Path.cwd() / "mlruns").exists()
     assert run.data.metrics["numeric_match"] == 1.0 and run.data.metrics["samples_per_s"] == 2.5
     assert run.data.metrics["quality.parse_failures"] == 0
     assert run.data.params["target.model"] == "m" and run.data.params["seed"] == "1234"
