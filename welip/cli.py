@@ -218,7 +218,7 @@ def eval_run(
 
 def _run_samples(run: str, db: Database | None) -> tuple[str, list[dict[str, Any]]]:
     """A run's label and samples: an eval run id from the database, or a results folder/URL."""
-    if "/" not in run and db is not None:
+    if "/" not in run and not Path(run).is_dir() and db is not None:
         row = db.get_eval_run(run)
         if row is None:
             raise ValueError(f"no eval run {run} in the database")
@@ -236,7 +236,7 @@ def eval_compare(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Per-metric difference (B - A) with a paired bootstrap interval, and per-sample wins/losses."""
-    db = None if ("/" in run_a and "/" in run_b) else _database()
+    db = None if all("/" in r or Path(r).is_dir() for r in (run_a, run_b)) else _database()
     try:
         label_a, samples_a = _run_samples(run_a, db)
         label_b, samples_b = _run_samples(run_b, db)
