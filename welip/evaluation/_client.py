@@ -98,6 +98,8 @@ class Endpoint:
         )
         self._slots = asyncio.Semaphore(target.max_concurrency)
         self.retries = 0
+        # Cleared by a judge when the endpoint refuses `response_format` (no guided decoding).
+        self.structured_output = True
 
     async def aclose(self) -> None:
         await self._client.aclose()

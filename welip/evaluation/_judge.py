@@ -10,6 +10,7 @@ reported as its own metric, never dropped.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from welip.evaluation._config import JudgeConfig
 from welip.evaluation._metrics import parse_json
 from welip.evaluation._prompts import render
 
+logger = logging.getLogger(__name__)
 PAIRWISE_VERDICTS = ("A", "B", "tie")
 # Bounded so a guided answer closes its JSON within max_tokens (small judges ramble).
 RATIONALE_MAX_CHARS = 400
@@ -131,12 +133,22 @@ async def _ask(judge: JudgeConfig, endpoint: Endpoint, prompt: str) -> tuple[Fee
         "temperature": 0,
         "max_tokens": judge.max_tokens,
     }
-    if judge.structured_output:
+    if judge.structured_output and endpoint.structured_output:
         body["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "judgement", "schema": result_schema(judge), "strict": True},
         }
-    answer, _ = await endpoint.post("chat/completions", body)
+    try:
+        answer, _ = await endpoint.post("chat/completions", body)
+    except RequestFailed as exc:
+        if "response_format" not in body or exc.status != 400 or "response_format" not in str(exc):
+            raise
+        # The judge's engine has no guided decoding: ask for the same JSON in words from
+        # now on; answers that do not parse are counted as parse failures.
+        logger.warning("judge %s refuses response_format (%s); asking without it", judge.target.model, exc)
+        endpoint.structured_output = False
+        del body["response_format"]
+        answer, _ = await endpoint.post("chat/completions", body)
     text = answer["choices"][0]["message"].get("content") or ""
     return parse_feedback(judge, text), text
 

@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 
 from welip.evaluation import JudgeConfig, pairwise_score, parse_feedback, result_schema
+from welip.evaluation._client import RequestFailed
 from welip.evaluation._judge import run_judge
 
 TARGET = {"model": "judge"}
@@ -67,11 +68,14 @@ def test_pairwise_score_needs_the_same_winner_in_both_orders() -> None:
 class ScriptedEndpoint:
     """Answers judge requests from a script and records the prompts it saw."""
 
-    def __init__(self, answers: list[str]) -> None:
+    def __init__(self, answers: list[str], refuse_schema: bool = False) -> None:
         self.answers, self.prompts, self.bodies = list(answers), [], []
+        self.refuse_schema, self.structured_output = refuse_schema, True
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        self.bodies.append(body)
+        self.bodies.append(dict(body))
+        if self.refuse_schema and "response_format" in body:
+            raise RequestFailed("400: invalid_request_error: response_format is not supported", 400)
         self.prompts.append(body["messages"][0]["content"])
         return {"choices": [{"message": {"content": self.answers.pop(0)}}]}, 1.0
 
@@ -103,3 +107,18 @@ def test_unparsable_judge_answer_is_a_counted_failure_with_its_raw_text() -> Non
     assert verdict["raw"] == "I think it is fine"
     assert "response_format" not in endpoint.bodies[0]
     assert json.loads(json.dumps(verdict))  # stored as JSON in samples.jsonl
+
+
+def test_an_engine_without_guided_decoding_is_asked_in_plain_json_from_then_on() -> None:
+    endpoint = ScriptedEndpoint(['{"result": true, "rationale": "ok"}'] * 2, refuse_schema=True)
+    cfg = judge()
+
+    async def twice() -> list[dict[str, Any]]:
+        return [
+            await run_judge(cfg, endpoint, inputs="q", outputs="a", expectations="r", baseline=None)  # type: ignore[arg-type]
+            for _ in range(2)
+        ]
+
+    verdicts = asyncio.run(twice())
+    assert [v["value"] for v in verdicts] == [1.0, 1.0]
+    assert ["response_format" in b for b in endpoint.bodies] == [True, False, False]
