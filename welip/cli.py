@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import typer
 
-from welip.evaluation import EndpointTarget, compare_samples, comparison_table, load_suite, read_samples
+from welip.evaluation import compare_samples, comparison_table, load_suite, read_samples
 from welip.models import PACKAGED_MODELS, default_cache_dir, prepare_model
 from welip.store import Database
 
@@ -160,9 +160,7 @@ def eval_job_spec(config: Path, overrides: list[str], python: str = "python") ->
     the API key variables the suite names (visible in the job's runtime env).
     """
     suite = load_suite(config, overrides)
-    key_envs = [suite.target.api_key_env] if isinstance(suite.target, EndpointTarget) else []
-    key_envs += [m.judge.target.api_key_env for m in suite.metric_list if m.judge is not None]
-    names = [*_JOB_ENV, *(k for k in key_envs if k)]
+    names = [*_JOB_ENV, *(t.api_key_env for t in suite.endpoints if t.api_key_env)]
     env = {name: os.environ[name] for name in names if os.environ.get(name)}
     entrypoint = " ".join(
         shlex.quote(part) for part in [python, "jobs/evaluate.py", "--config", str(config), *overrides]

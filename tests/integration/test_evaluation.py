@@ -20,7 +20,6 @@ from typing import Any
 import boto3
 import mlflow
 import pytest
-from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from tests.integration.conftest import ADMIN_KEY, ENGINE_KWARGS, MODEL, SHORT_CONTEXT, SHORT_MODEL
@@ -238,36 +237,22 @@ def test_unreachable_endpoint_or_bad_key_fails_fast_with_a_clear_message(
     assert len(Database(database_url).list_eval_runs(limit=1000)) == before
 
 
-def test_dataset_and_results_on_s3(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "WELIP_S3_ENDPOINT_URL": endpoint,
-        }.items():
-            monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="welip")
-        s3.put_object(
-            Bucket="welip",
-            Key="data/arithmetic.jsonl",
-            Body=(REPO_ROOT / "data/eval/arithmetic.jsonl").read_bytes(),
-        )
-        summary = run(
-            env,
-            "arithmetic.yaml",
-            "dataset_path=s3://welip/data/arithmetic.jsonl",
-            "storage_url=s3://welip/results",
-            "limit=6",
-        )
-        assert summary["results_url"].startswith("s3://welip/results/eval/arithmetic/")
-        assert [s["id"] for s in read_samples(summary["results_url"])] == [f"arith-{i:03d}" for i in range(6)]
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="welip", Prefix="results/")["Contents"]}
-        assert {k.rsplit("/", 1)[1] for k in keys} == {"samples.jsonl", "summary.json", "suite.json"}
-    finally:
-        server.stop()
+def test_dataset_and_results_on_s3(env: dict[str, str], s3_endpoint: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="welip")
+    s3.put_object(
+        Bucket="welip",
+        Key="data/arithmetic.jsonl",
+        Body=(REPO_ROOT / "data/eval/arithmetic.jsonl").read_bytes(),
+    )
+    summary = run(
+        env,
+        "arithmetic.yaml",
+        "dataset_path=s3://welip/data/arithmetic.jsonl",
+        "storage_url=s3://welip/results",
+        "limit=6",
+    )
+    assert summary["results_url"].startswith("s3://welip/results/eval/arithmetic/")
+    assert [s["id"] for s in read_samples(summary["results_url"])] == [f"arith-{i:03d}" for i in range(6)]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="welip", Prefix="results/")["Contents"]}
+    assert {k.rsplit("/", 1)[1] for k in keys} == {"samples.jsonl", "summary.json", "suite.json"}

@@ -5,7 +5,7 @@ anywhere, fine-tuning rewards included. ``jobs/evaluate.py`` composes the rest i
 Ray Job: load and render the suite, check endpoints, infer, score, judge, record.
 """
 
-from welip.evaluation._client import EndpointUnavailable, check_endpoint
+from welip.evaluation._client import EndpointUnavailable, check_endpoint, endpoint_version
 from welip.evaluation._compare import MetricComparison, compare_samples, comparison_table
 from welip.evaluation._config import (
     BatchTarget,
@@ -71,6 +71,7 @@ __all__ = [
     "compare_samples",
     "comparison_table",
     "contains",
+    "endpoint_version",
     "exact_match",
     "extract_number",
     "json_match",

@@ -82,6 +82,17 @@ def check_endpoint(target: EndpointTarget) -> list[str]:
     return [str(m) for m in models]
 
 
+def endpoint_version(target: EndpointTarget) -> str | None:
+    """The engine release the endpoint reports at ``/version`` (vLLM, the WeLIP gateway), or None."""
+    root = target.base_url.rstrip("/").removesuffix("/v1")
+    try:
+        response = httpx.get(f"{root}/version", headers=_headers(target), timeout=target.connect_timeout_s)
+        version = response.json().get("version") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return str(version) if version else None
+
+
 class Endpoint:
     """Async requests to one endpoint, at most ``max_concurrency`` in flight.
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from welip.evaluation._results import text_table
+
 
 @dataclass(frozen=True)
 class MetricComparison:
@@ -88,7 +90,7 @@ def compare_samples(
 def comparison_table(rows: list[MetricComparison], confidence: float = 0.95) -> str:
     """The comparison as a plain text table."""
     header = ("metric", "n", "A", "B", "B-A", f"{confidence:.0%} CI", "wins", "losses", "ties")
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for r in rows:
         lines.append(
             (
@@ -103,7 +105,4 @@ def comparison_table(rows: list[MetricComparison], confidence: float = 0.95) -> 
                 str(r.ties),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
+    return text_table(lines)

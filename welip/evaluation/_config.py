@@ -286,6 +286,12 @@ class SuiteConfig(_Strict):
     def model(self) -> str:
         return self.target.model
 
+    @property
+    def endpoints(self) -> list[EndpointTarget]:
+        """Every endpoint the suite calls: the target (when it is one), then each judge's."""
+        targets = [self.target] if isinstance(self.target, EndpointTarget) else []
+        return targets + [m.judge.target for m in self.metric_list if m.judge is not None]
+
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data

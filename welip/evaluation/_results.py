@@ -159,7 +159,7 @@ def log_mlflow(
 
 def summary_table(summary: dict[str, Any]) -> str:
     """The summary as a plain text table, for job logs."""
-    rows = [("metric", "value", "stderr", "n")]
+    rows: list[tuple[str, ...]] = [("metric", "value", "stderr", "n")]
     for label, entry in summary["metrics"].items():
         mean, stderr = entry["mean"], entry["stderr"]
         rows.append(
@@ -172,11 +172,16 @@ def summary_table(summary: dict[str, Any]) -> str:
         )
         if "parse_failures" in entry:
             rows.append((f"{label}.parse_failures", str(entry["parse_failures"]), "", ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     counts = (
         f"{summary['task']} on {summary['model']} ({summary['target_kind']}): {summary['rows']} rows, "
         f"{summary['scored']} scored, {summary['errors']} failed, {summary['malformed']} malformed"
     )
-    return "\n".join([counts, *lines])
+    return "\n".join([counts, text_table(rows)])
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as left-aligned columns; the first row is the header, underlined."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Fixtures shared by unit tests."""
+"""Fixtures shared by unit and integration tests."""
 
 from __future__ import annotations
 
