@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 from welip.evaluation._config import SuiteConfig
 from welip.evaluation._dataset import Malformed
-from welip.store import join_url, read_bytes, write_bytes
-
-DEFAULT_MLFLOW_URI = f"sqlite:///{Path.home() / '.welip' / 'mlflow.db'}"
+from welip.store import join_url, read_bytes, use_mlflow, write_bytes
 
 
 def summarize(
@@ -126,16 +122,7 @@ def log_mlflow(
     import mlflow.data.pandas_dataset
     import pandas as pd
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(cfg.mlflow.experiment) is None:
-        # A database store keeps artifacts under ./mlruns of whatever directory the job
-        # runs in; keep them beside the database instead.
-        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-        mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts.as_uri())
-    mlflow.set_experiment(cfg.mlflow.experiment)
+    use_mlflow(cfg.mlflow.experiment)
     params: dict[str, str] = {}
     # The judge's endpoint (and its key variable name) are config too: params show it all.
     _flat_params("", cfg.model_dump(mode="json", exclude={"metric_list"}), params)

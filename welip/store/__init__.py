@@ -10,9 +10,11 @@ from welip.store._database import (
 )
 from welip.store._redis import redis_from_env
 from welip.store._storage import filesystem, join_url, read_bytes, storage_url_from_env, write_bytes
+from welip.store._tracking import DEFAULT_MLFLOW_URI, mlflow_uri, use_mlflow
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "DEFAULT_MLFLOW_URI",
     "KEY_PREFIX",
     "Database",
     "KeyRecord",
@@ -20,8 +22,10 @@ __all__ = [
     "filesystem",
     "hash_key",
     "join_url",
+    "mlflow_uri",
     "read_bytes",
     "redis_from_env",
     "storage_url_from_env",
+    "use_mlflow",
     "write_bytes",
 ]

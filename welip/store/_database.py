@@ -23,7 +23,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 
-from welip.store._schema import api_keys, audit_log, eval_runs, usage_daily
+from welip.store._schema import adapters, api_keys, audit_log, eval_runs, model_aliases, usage_daily
 
 DEFAULT_DATABASE_URL = "sqlite:///~/.welip/welip.db"
 KEY_PREFIX = "wlp_"
@@ -330,6 +330,111 @@ class Database:
             query = query.where(eval_runs.c.model == model)
         with self.engine.connect() as conn:
             return [_eval_row(dict(r)) for r in conn.execute(query).mappings()]
+
+    # -- adapters and aliases --------------------------------------------------------
+
+    def register_adapter(
+        self,
+        *,
+        name: str,
+        version: int | None,
+        base_model_id: str,
+        uri: str,
+        kind: str,
+        mlflow_run_id: str | None,
+        lineage: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Add an adapter version; ``version`` None takes the next free one. Returns the row."""
+        with self.engine.begin() as conn:
+            if version is None:
+                latest = conn.execute(
+                    sa.select(sa.func.max(adapters.c.version)).where(adapters.c.name == name)
+                ).scalar_one()
+                version = int(latest or 0) + 1
+            row = {
+                "id": f"{name}-v{version}",
+                "name": name,
+                "version": version,
+                "base_model_id": base_model_id,
+                "uri": uri,
+                "kind": kind,
+                "mlflow_run_id": mlflow_run_id,
+                "lineage": lineage,
+                "created_at": _utcnow(),
+            }
+            conn.execute(adapters.insert().values(**row))
+        return _dated(row)
+
+    def get_adapter(self, adapter_id: str) -> dict[str, Any] | None:
+        """The adapter with this model id (``<name>-v<version>``), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(adapters.select().where(adapters.c.id == adapter_id)).mappings().first()
+        return _dated(dict(row)) if row is not None else None
+
+    def list_adapters(self, *, name: str | None = None) -> list[dict[str, Any]]:
+        """Adapters, newest first, optionally of one name."""
+        query = adapters.select().order_by(adapters.c.created_at.desc(), adapters.c.version.desc())
+        if name is not None:
+            query = query.where(adapters.c.name == name)
+        with self.engine.connect() as conn:
+            return [_dated(dict(r)) for r in conn.execute(query).mappings()]
+
+    def set_alias(
+        self,
+        alias: str,
+        target: str,
+        *,
+        updated_by: str | None = None,
+        decision: dict[str, Any] | None = None,
+        expect: str | None = None,
+    ) -> dict[str, Any]:
+        """Point ``alias`` at ``target``; returns the row.
+
+        ``expect``: the target the caller saw; if another switch happened since, nothing
+        changes and ``ValueError`` is raised (two promotions never overwrite each other
+        unseen).
+        """
+        with self.engine.begin() as conn:
+            current = (
+                conn.execute(model_aliases.select().where(model_aliases.c.alias == alias).with_for_update())
+                .mappings()
+                .first()
+            )
+            previous = current["target"] if current is not None else None
+            if expect is not None and previous != expect:
+                raise ValueError(f"alias {alias} points at {previous}, not {expect}: switched meanwhile")
+            row = {
+                "alias": alias,
+                "target": target,
+                "previous": previous,
+                "updated_at": _utcnow(),
+                "updated_by": updated_by,
+                "decision": decision,
+            }
+            if current is None:
+                conn.execute(model_aliases.insert().values(**row))
+            else:
+                conn.execute(model_aliases.update().where(model_aliases.c.alias == alias).values(**row))
+        return _dated(row, "updated_at")
+
+    def get_alias(self, alias: str) -> dict[str, Any] | None:
+        """The alias row, or None."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(model_aliases.select().where(model_aliases.c.alias == alias)).mappings().first()
+            )
+        return _dated(dict(row), "updated_at") if row is not None else None
+
+    def list_aliases(self) -> list[dict[str, Any]]:
+        """Every alias, by name."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(model_aliases.select().order_by(model_aliases.c.alias)).mappings()
+            return [_dated(dict(r), "updated_at") for r in rows]
+
+
+def _dated(row: dict[str, Any], column: str = "created_at") -> dict[str, Any]:
+    row[column] = _aware(row[column]).isoformat()  # type: ignore[union-attr]
+    return row
 
 
 def _eval_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -94,3 +94,31 @@ eval_runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True, comment="Why a failed run failed."),
     comment="One row per evaluation job run; per-sample results live in storage and MLflow.",
 )
+
+adapters = sa.Table(
+    "adapters",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True, comment="Model id clients send: <name>-v<version>."),
+    sa.Column("name", sa.String(64), nullable=False, index=True, comment="Registered model name."),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("base_model_id", sa.String(128), nullable=False, comment="Serving id of the base model."),
+    sa.Column("uri", sa.Text, nullable=False, comment="Adapter folder: local path or s3:// URL."),
+    sa.Column("kind", sa.String(16), nullable=False, comment="sft | grpo"),
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),
+    sa.Column("lineage", sa.JSON, nullable=False, comment="Base model, dataset and config hashes, commit."),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("name", "version", name="uq_adapters_name_version"),
+    comment="LoRA adapters the gateway may hot-load into their base model's engine.",
+)
+
+model_aliases = sa.Table(
+    "model_aliases",
+    metadata,
+    sa.Column("alias", sa.String(128), primary_key=True, comment="Model id clients send."),
+    sa.Column("target", sa.String(128), nullable=False, comment="A served model id or an adapter id."),
+    sa.Column("previous", sa.String(128), nullable=True, comment="Target before the last switch."),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_by", sa.String(256), nullable=True),
+    sa.Column("decision", sa.JSON, nullable=True, comment="The gate that allowed the switch, if any."),
+    comment="Names the gateway routes to another model; `welip promote` switches them.",
+)

@@ -1,0 +1,61 @@
+"""Fine-tuning and RL alignment on Ray Train, registered for serving.
+
+``jobs/finetune.py`` (LoRA SFT) and ``jobs/align.py`` (GRPO) compose these pieces:
+configs, data rendering with assistant-only labels, the per-worker loops, and the
+registration of adapters in MLflow and the WeLIP catalog the gateway loads from.
+"""
+
+from welip.training._config import AlignConfig, FinetuneConfig, load_config
+from welip.training._data import (
+    IGNORE_INDEX,
+    Example,
+    TrainingData,
+    load_training_data,
+    to_messages,
+    tokenize_chat,
+)
+from welip.training._model import (
+    BackendUnavailable,
+    check_backend,
+    load_lora_model,
+    load_tokenizer,
+    merge_adapter,
+    save_adapter,
+)
+from welip.training._registry import (
+    config_hash,
+    copy_tree,
+    git_commit,
+    lineage,
+    register_adapter,
+    start_mlflow_run,
+)
+from welip.training._sft import ADAPTER_DIR, micro_batch_indices, sft_loop, total_steps
+
+__all__ = [
+    "ADAPTER_DIR",
+    "IGNORE_INDEX",
+    "AlignConfig",
+    "BackendUnavailable",
+    "Example",
+    "FinetuneConfig",
+    "TrainingData",
+    "check_backend",
+    "config_hash",
+    "copy_tree",
+    "git_commit",
+    "lineage",
+    "load_config",
+    "load_lora_model",
+    "load_tokenizer",
+    "load_training_data",
+    "merge_adapter",
+    "micro_batch_indices",
+    "register_adapter",
+    "save_adapter",
+    "sft_loop",
+    "start_mlflow_run",
+    "to_messages",
+    "tokenize_chat",
+    "total_steps",
+]

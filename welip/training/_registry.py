@@ -1,0 +1,120 @@
+"""What a training job leaves behind: outputs in storage, an MLflow run and model version,
+and a catalog row the gateway hot-loads from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from welip.store import Database, filesystem, use_mlflow
+from welip.training._config import _Common
+
+
+def config_hash(cfg: _Common) -> str:
+    """sha256 of the validated config (sorted JSON): equal configs, equal hashes."""
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def git_commit() -> str:
+    """The commit the job's code came from: ``$WELIP_GIT_COMMIT``, else ``git``, else ``unknown``.
+
+    ``ray job submit --working-dir`` ships files without ``.git``; submitters that know
+    the commit pass it in the variable.
+    """
+    if os.environ.get("WELIP_GIT_COMMIT"):
+        return os.environ["WELIP_GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def lineage(cfg: _Common, dataset_sha256: str) -> dict[str, str]:
+    """Where an adapter came from: base model, data, config and code."""
+    return {
+        "base_model": cfg.model,
+        "base_model_id": cfg.base_model_id,
+        "dataset": cfg.dataset,
+        "dataset_sha256": dataset_sha256,
+        "config_sha256": config_hash(cfg),
+        "git_commit": git_commit(),
+    }
+
+
+def start_mlflow_run(cfg: _Common, run_name: str, tags: dict[str, str]) -> tuple[str, str]:
+    """Open the job's MLflow run with the config as params; returns (run id, tracking URI).
+
+    Workers log into this run by id, so restarted workers add to it rather than start
+    another.
+    """
+    import mlflow
+
+    uri = use_mlflow(cfg.experiment)
+    run = mlflow.start_run(run_name=run_name, tags=tags)
+    params = {
+        k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in cfg.model_dump().items()
+    }
+    mlflow.log_params(params)
+    mlflow.end_run()
+    return run.info.run_id, uri
+
+
+def copy_tree(src: str | Path, dest_url: str) -> None:
+    """Copy a local folder to ``dest_url`` (local path or ``s3://``)."""
+    fs, dest = filesystem(dest_url)
+    for path in sorted(Path(src).rglob("*")):
+        if path.is_file():
+            target = f"{dest}/{path.relative_to(src).as_posix()}"
+            if not dest_url.startswith("s3://"):
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+            fs.put_file(str(path), target)
+
+
+def register_adapter(
+    cfg: _Common,
+    adapter_url: str,
+    *,
+    kind: str,
+    mlflow_run_id: str | None,
+    tags: dict[str, str],
+    db: Database,
+) -> dict[str, Any]:
+    """Register the adapter: an MLflow model version (when tracked) and a catalog row.
+
+    The MLflow version number is the catalog version, so ``<name>-v<N>`` means the same
+    adapter in both. Returns the catalog row.
+    """
+    version: int | None = None
+    if mlflow_run_id is not None:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        use_mlflow()
+        client = MlflowClient()
+        try:
+            client.create_registered_model(
+                cfg.name, description=f"LoRA adapters of {cfg.base_model_id} trained by WeLIP"
+            )
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        model_version = client.create_model_version(
+            cfg.name, source=adapter_url, run_id=mlflow_run_id, tags={**tags, "welip.kind": kind}
+        )
+        version = int(model_version.version)
+    return db.register_adapter(
+        name=cfg.name,
+        version=version,
+        base_model_id=cfg.base_model_id,
+        uri=adapter_url,
+        kind=kind,
+        mlflow_run_id=mlflow_run_id,
+        lineage=tags,
+    )
