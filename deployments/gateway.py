@@ -34,6 +34,7 @@ def build_app(args: dict[str, Any]) -> Application:
     config = ServingConfig.model_validate(args)
     created = int(time.time())
     cards = [model_card(m, created) for m in config.models]
+    lora_models = [m.model_id for m in config.models if m.lora is not None]
     if config.gateway.placement == "standalone":
         gateway = serve.deployment(
             Gateway,
@@ -43,7 +44,9 @@ def build_app(args: dict[str, Any]) -> Application:
             ray_actor_options={"num_cpus": config.gateway.num_cpus},
         )
         engines = {m.model_id: build_engine_deployment(m) for m in config.models}
-        return gateway.bind(engines=engines, model_cards=cards, config=config.gateway)
+        return gateway.bind(
+            engines=engines, model_cards=cards, config=config.gateway, lora_models=lora_models
+        )
     first, *rest = config.models
     return build_llm_deployment(
         build_llm_config(first),
@@ -52,5 +55,6 @@ def build_app(args: dict[str, Any]) -> Application:
             "peers": {m.model_id: build_engine_deployment(m) for m in rest},
             "model_cards": cards,
             "gateway_config": config.gateway,
+            "lora_models": lora_models,
         },
     )

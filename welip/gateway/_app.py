@@ -56,11 +56,11 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
 
     @app.get("/v1/models", summary="List served models")
     async def list_models(request: Request) -> dict[str, Any]:
-        return {"object": "list", "data": core.visible_models(request)}
+        return {"object": "list", "data": await core.visible_models(request)}
 
     @app.get("/v1/models/{model_id:path}", summary="Describe one model")
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        return core.model_card(model_id, request)
+        return await core.model_card(model_id, request)
 
     @app.post("/v1/chat/completions", summary="Chat completion", openapi_extra=_body("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Response:

@@ -238,6 +238,13 @@ class GatewayConfig(_Strict):
     ready_timeout_s: float = Field(
         10, gt=0, le=600, description="How long /ready waits for each engine's health check."
     )
+    catalog_refresh_s: float = Field(
+        2,
+        gt=0,
+        le=3600,
+        description="How often a replica rereads registered adapters and aliases; an alias switch "
+        "reaches every replica within this time.",
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Identity and access.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Rate limits, backpressure.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")

@@ -21,9 +21,11 @@ from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from welip.api import OpenAIError, engine_error, model_not_found, sse_events
 from welip.gateway._cache import cache_key
+from welip.gateway._catalog import Catalog, Route
 from welip.gateway._config import GatewayConfig
 from welip.gateway._guardrails import StreamGuard, guard_response
 from welip.gateway._trust import RequestContext, Trust, context_of
+from welip.serving import AdapterNotFound
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
 # hands it to the replica as this header; the engine request reuses it.
@@ -44,8 +46,8 @@ class EngineStream(Protocol):
 class EngineClient(Protocol):
     """How the gateway talks to one model's engine."""
 
-    def generate(self, method: str, body: Any) -> EngineStream:
-        """Start ``method`` (``chat`` or ``completions``) on ``body``."""
+    def generate(self, method: str, body: Any, adapter: str | None = None) -> EngineStream:
+        """Start ``method`` (``chat`` or ``completions``) on ``body``, with a LoRA adapter if given."""
         ...
 
     async def check_health(self) -> None:
@@ -59,9 +61,17 @@ class HandleEngine:
     def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle
         self._stream = handle.options(stream=True)
+        self._adapters: dict[str, DeploymentHandle] = {}
 
-    def generate(self, method: str, body: Any) -> EngineStream:
-        stream: EngineStream = getattr(self._stream, method).remote(body, None)
+    def generate(self, method: str, body: Any, adapter: str | None = None) -> EngineStream:
+        handle = self._stream
+        if adapter is not None:
+            # Serve's model multiplexing: routed to a replica that has the adapter, if
+            # any, and LLMServer loads it there first.
+            handle = self._adapters.get(adapter) or self._adapters.setdefault(
+                adapter, self._handle.options(stream=True, multiplexed_model_id=adapter)
+            )
+        stream: EngineStream = getattr(handle, method).remote(body, None)
         return stream
 
     async def check_health(self) -> None:
@@ -99,8 +109,29 @@ class LocalEngine:
     def __init__(self, server: Any) -> None:
         self._server = server  # an LLMServer; its `engine` is ray.serve.llm's VLLMEngine
 
-    def generate(self, method: str, body: Any) -> EngineStream:
-        return LocalStream(getattr(self._server.engine, method)(body, None))
+    def generate(self, method: str, body: Any, adapter: str | None = None) -> EngineStream:
+        if adapter is None:
+            return LocalStream(getattr(self._server.engine, method)(body, None))
+        return LocalStream(self._with_adapter(method, body, adapter))
+
+    async def _with_adapter(self, method: str, body: Any, adapter: str) -> AsyncGenerator[Any, None]:
+        try:
+            await self._server.use_adapter(adapter)
+        except AdapterNotFound as exc:
+            raise model_not_found(adapter) from exc
+        except Exception as exc:  # noqa: BLE001 - storage or engine refused: say so, not a 500
+            raise OpenAIError(
+                503,
+                f"The adapter `{adapter}` could not be loaded: {exc}",
+                type="server_error",
+                code="adapter_unavailable",
+            ) from None
+        gen = getattr(self._server.engine, method)(body, None)
+        try:
+            async for item in gen:
+                yield item
+        finally:
+            await _close(gen)  # vLLM aborts the request when its generator closes
 
     async def check_health(self) -> None:
         await self._server.check_health()
@@ -115,11 +146,13 @@ class GatewayCore:
         model_cards: list[dict[str, Any]],
         config: GatewayConfig,
         trust: Trust | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
         self.config = config
         self.trust = trust or Trust(config, database=None, redis=None)
+        self.catalog = catalog
 
     async def ready(self) -> JSONResponse:
         """200 when every engine passes its health check in time, else 503."""
@@ -137,16 +170,17 @@ class GatewayCore:
         body = {"status": "ok" if ok else "unavailable", "models": models}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    def visible_models(self, request: Request) -> list[dict[str, Any]]:
-        """The model cards the caller may use."""
+    async def visible_models(self, request: Request) -> list[dict[str, Any]]:
+        """The model cards the caller may use: served models, registered adapters, aliases."""
+        cards = self.model_cards + (await self.catalog.cards() if self.catalog is not None else [])
         ctx = context_of(request)
         if ctx is None:
-            return self.model_cards
-        return [card for card in self.model_cards if ctx.principal.may_use(card["id"])]
+            return cards
+        return [card for card in cards if ctx.principal.may_use(card["id"])]
 
-    def model_card(self, model_id: str, request: Request) -> dict[str, Any]:
+    async def model_card(self, model_id: str, request: Request) -> dict[str, Any]:
         """The ``/v1/models/{id}`` entry, or 404 ``model_not_found``."""
-        for card in self.visible_models(request):
+        for card in await self.visible_models(request):
             if card["id"] == model_id:
                 return card
         raise model_not_found(model_id)
@@ -154,19 +188,26 @@ class GatewayCore:
     async def generate(self, body: Any, method: str, request: Request, raw: bytes) -> Response:
         """Run a checked request on its engine; errors are raised before any byte is sent."""
         engine = self.engines.get(body.model)
+        route: Route | None = None
         if engine is None:
-            raise model_not_found(body.model)
+            route = await self.catalog.route(body.model) if self.catalog is not None else None
+            if route is None:
+                raise model_not_found(body.model)
+            engine = self.engines[route.engine]
         ctx = context_of(request)
         trust = self.trust
         headers: dict[str, str] = {}
         key: str | None = None
         streaming = bool(getattr(body, "stream", False))
         if ctx is not None:
-            headers = await trust.admit(ctx, body)
+            headers = await trust.admit(ctx, body, engine_model=route.engine if route else None)
             if trust.config.audit.record_prompts:
                 ctx.body = raw.decode("utf-8", "replace")
             if trust.cache is not None and not streaming:
-                key = cache_key(json.loads(raw), ctx.principal.role)
+                payload = json.loads(raw)
+                if route is not None:
+                    payload["model"] = route.target  # an alias switch must not serve the old model's answers
+                key = cache_key(payload, ctx.principal.role)
                 if key is not None:
                     cached = await trust.cache.get(key)
                     ctx.cache = "hit" if cached is not None else "miss"
@@ -182,7 +223,9 @@ class GatewayCore:
                 # Usage feeds limits, metrics and audit; the client gets it only if asked.
                 body.stream_options = StreamOptions(include_usage=True)
                 strip_usage = True
-        stream = engine.generate(method, body)
+        if route is not None:
+            body.model = route.target  # vLLM knows adapters by their id, base weights by the model id
+        stream = engine.generate(method, body, route.adapter if route else None)
         try:
             first = await asyncio.wait_for(stream.__anext__(), self.config.first_response_timeout_s)
         except StopAsyncIteration:

@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 
 from welip.gateway._app import build_gateway_app
+from welip.gateway._catalog import Catalog
 from welip.gateway._config import GatewayConfig
 from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
 from welip.gateway._trust import build_trust
@@ -30,16 +31,23 @@ class Gateway:
     """Standalone ingress: OpenAI routes over handles to the engine deployments."""
 
     def __init__(
-        self, engines: dict[str, DeploymentHandle], model_cards: list[dict[str, Any]], config: GatewayConfig
+        self,
+        engines: dict[str, DeploymentHandle],
+        model_cards: list[dict[str, Any]],
+        config: GatewayConfig,
+        lora_models: list[str] | None = None,
     ) -> None:
         self._clients: dict[str, EngineClient] = {m: HandleEngine(h) for m, h in engines.items()}
         self._model_cards = model_cards
         self._config = config
+        self._catalog = Catalog(list(engines), lora_models or [], config.catalog_refresh_s)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         trust = await build_trust(self._config, {c["id"]: c["root"] for c in self._model_cards})
         self._trust = trust
-        return build_gateway_app(GatewayCore(self._clients, self._model_cards, self._config, trust))
+        return build_gateway_app(
+            GatewayCore(self._clients, self._model_cards, self._config, trust, self._catalog)
+        )
 
     def __del__(self) -> None:
         # Serve calls this on graceful shutdown: write the queued audit records.
@@ -59,6 +67,7 @@ class EngineGateway(PreparedLLMServer):
         peers: dict[str, DeploymentHandle],
         model_cards: list[dict[str, Any]],
         gateway_config: GatewayConfig,
+        lora_models: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         await super().__init__(llm_config, **kwargs)
@@ -66,7 +75,8 @@ class EngineGateway(PreparedLLMServer):
         clients.update({m: HandleEngine(h) for m, h in peers.items()})
         order = [card["id"] for card in model_cards]
         trust = await build_trust(gateway_config, {c["id"]: c["root"] for c in model_cards})
-        self._core = GatewayCore({m: clients[m] for m in order}, model_cards, gateway_config, trust)
+        catalog = Catalog(order, lora_models or [], gateway_config.catalog_refresh_s)
+        self._core = GatewayCore({m: clients[m] for m in order}, model_cards, gateway_config, trust, catalog)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return build_gateway_app(self._core)

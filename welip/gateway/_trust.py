@@ -295,11 +295,15 @@ class Trust:
         output = self.guards(ctx.principal)[1]
         return StreamGuard(output, ctx.verdicts) if output.active else None
 
-    async def admit(self, ctx: RequestContext, body: Any) -> dict[str, str]:
-        """Per-model checks before the engine; returns headers for the response."""
-        model = body.model
-        ctx.model = model
-        authorize(ctx.principal, None, model)
+    async def admit(self, ctx: RequestContext, body: Any, engine_model: str | None = None) -> dict[str, str]:
+        """Per-model checks before the engine; returns headers for the response.
+
+        ``engine_model``: the served model whose engine runs an adapter or alias request
+        (its tokenizer counts the prompt, its in-flight bound applies).
+        """
+        ctx.model = body.model
+        authorize(ctx.principal, None, body.model)
+        model = engine_model or body.model
         input_guard, output_guard = self.guards(ctx.principal)
         if output_guard.active and getattr(body, "logprobs", None):
             # Token logprobs carry the raw text the output guardrail would have changed.

@@ -1,12 +1,17 @@
 """Serving: vLLM engines as ``ray.serve.llm`` deployments, configured by WeLIP models."""
 
-from welip.serving._config import AutoscalingConfig, ModelConfig
+from welip.serving._config import AutoscalingConfig, LoraServingConfig, ModelConfig
 from welip.serving._engine import PreparedLLMServer, build_engine_deployment, build_llm_config
+from welip.serving._lora import AdapterNotFound, CatalogLoraLoader, local_adapter_dir
 
 __all__ = [
+    "AdapterNotFound",
     "AutoscalingConfig",
+    "CatalogLoraLoader",
+    "LoraServingConfig",
     "ModelConfig",
     "PreparedLLMServer",
     "build_engine_deployment",
     "build_llm_config",
+    "local_adapter_dir",
 ]

@@ -29,6 +29,22 @@ class AutoscalingConfig(_Strict):
         return self
 
 
+class LoraServingConfig(_Strict):
+    """Hot-loading of registered LoRA adapters into a model's running engine.
+
+    Adapters come from the catalog (``welip/store``: written by ``jobs/finetune.py`` and
+    ``jobs/align.py``) and from storage (local or ``s3://``); vLLM's own LoRA options
+    (``enable_lora``, ``max_lora_rank``, ``max_loras``) stay in ``engine_kwargs``.
+    """
+
+    max_adapters_per_replica: int = Field(
+        8, ge=1, le=1024, description="Adapters a replica keeps loaded (least recently used go first)."
+    )
+    download_timeout_s: float = Field(
+        120, gt=0, le=3600, description="Longest copy of one adapter from storage."
+    )
+
+
 class ModelConfig(_Strict):
     """One model served by one ``ray.serve.llm`` engine deployment.
 
@@ -91,9 +107,17 @@ class ModelConfig(_Strict):
     env_vars: dict[str, str] = Field(
         default_factory=dict, description="Extra environment for the engine replica."
     )
+    lora: LoraServingConfig | None = Field(
+        None, description="Serve registered LoRA adapters of this model (needs engine_kwargs.enable_lora)."
+    )
 
     @model_validator(mode="after")
     def _cpu_only_options(self) -> ModelConfig:
         if self.accelerator == "gpu" and self.kv_cache_space_gib is not None:
             raise ValueError("kv_cache_space_gib applies to CPU engines only")
+        if self.lora is not None and not self.engine_kwargs.get("enable_lora"):
+            raise ValueError(
+                f"model {self.model_id}: `lora` needs vLLM's LoRA support on: set engine_kwargs.enable_lora "
+                "to true (and max_lora_rank to at least the adapters' rank)"
+            )
         return self

@@ -11,6 +11,7 @@ from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from welip.models import resolve_model_path
 from welip.serving._config import ModelConfig
+from welip.serving._lora import CatalogLoraLoader
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +20,12 @@ class PreparedLLMServer(LLMServer):
     """``LLMServer`` that first resolves the model source on the replica's node.
 
     A packaged model is converted into the node's cache, an ``s3://`` URI copied,
-    before vLLM starts; the engine then loads a plain local directory.
+    before vLLM starts; the engine then loads a plain local directory. LoRA adapters
+    come from WeLIP's catalog (:class:`CatalogLoraLoader`).
     """
 
     async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:  # type: ignore[misc]
+        kwargs.setdefault("model_downloader", CatalogLoraLoader)
         loading: Any = llm_config.model_loading_config
         if isinstance(loading.model_source, str):
             source = loading.model_source
@@ -44,6 +47,16 @@ class PreparedLLMServer(LLMServer):
         # Ray's VLLMEngine keeps vLLM's AsyncLLM here; it has no public accessor.
         client = getattr(self.engine, "_engine_client", None)
         return int(client.get_num_unfinished_requests()) if client is not None else 0
+
+    async def use_adapter(self, adapter_id: str) -> None:
+        """Make ``adapter_id`` loadable by name in this replica's engine (no-op once loaded).
+
+        The in-process gateway calls this; requests through a handle get the same from
+        ``LLMServer``'s multiplexing.
+        """
+        disk = await self._load_model(adapter_id)
+        engine: Any = self.engine
+        await engine.resolve_lora(disk)
 
 
 def build_llm_config(model: ModelConfig) -> LLMConfig:
@@ -71,8 +84,15 @@ def build_llm_config(model: ModelConfig) -> LLMConfig:
     experimental: dict[str, Any] = {}
     if model.stream_batching_interval_ms is not None:
         experimental["stream_batching_interval_ms"] = model.stream_batching_interval_ms
+    lora: dict[str, Any] | None = None
+    if model.lora is not None:
+        lora = {
+            "max_num_adapters_per_replica": model.lora.max_adapters_per_replica,
+            "download_timeout_s": model.lora.download_timeout_s,
+        }
     return LLMConfig(
         model_loading_config={"model_id": model.model_id, "model_source": model.source},
+        lora_config=lora,
         engine_kwargs=engine_kwargs,
         placement_group_config={"bundles": bundles, "strategy": "PACK"},
         deployment_config=deployment_config,
