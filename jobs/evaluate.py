@@ -65,7 +65,7 @@ def engine_version(cfg: SuiteConfig) -> str:
 
 def main(cfg: SuiteConfig) -> dict[str, Any]:
     """Run the suite; return its summary (with ``run_id``, ``results_url``, ``mlflow_run_id``)."""
-    run_id = uuid.uuid4().hex
+    run_id = cfg.run_id or uuid.uuid4().hex
     results_url = join_url(cfg.storage_url or storage_url_from_env(), "eval", cfg.task, run_id)
     started = time.perf_counter()
 

@@ -260,6 +260,12 @@ class SuiteConfig(_Strict):
     )
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
     record_db: bool = Field(True, description="Add a row to `eval_runs` in WELIP_DATABASE_URL.")
+    run_id: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="Id of the run (32 hex digits), chosen by a caller that needs to find it again "
+        "(`welip promote`); default: a new one.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SuiteConfig:
