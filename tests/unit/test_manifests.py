@@ -26,6 +26,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from welip.evaluation import load_suite
 from welip.gateway import ServingConfig
+from welip.training import AlignConfig, FinetuneConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERAY_DIR = REPO_ROOT / "kuberay"
@@ -33,6 +34,11 @@ CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay-crds"
 MANIFEST_FILES = sorted(KUBERAY_DIR.glob("*.yaml"))
 # The args model of each Serve app builder; a new app adds its line here.
 APP_ARGS: dict[str, type[BaseModel]] = {"deployments.gateway:build_app": ServingConfig}
+# The config model of each training job script; a new job adds its line here.
+TRAINING_JOBS: dict[str, type[FinetuneConfig] | type[AlignConfig]] = {
+    "jobs/finetune.py": FinetuneConfig,
+    "jobs/align.py": AlignConfig,
+}
 
 # The API server validates a resource's own ``metadata`` (ObjectMeta) itself; CRDs only say
 # ``type: object``. These are the fields a manifest may set there.
@@ -292,8 +298,67 @@ def test_rayjob_entrypoint_runs_a_shipped_job_with_a_valid_config(
         config_at = argv.index("--config")
         overrides = [a for a in argv[2:] if "=" in a]
         load_suite(argv[config_at + 1], overrides)
+    if argv[1] in TRAINING_JOBS:
+        config_at = argv.index("--config")
+        overrides = [a for a in argv[2:] if "=" in a]
+        load_config(TRAINING_JOBS[argv[1]], argv[config_at + 1], overrides)
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
     for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
         for container in group["template"]["spec"]["containers"]:
             assert f":{ray.__version__}" in container["image"], container["image"]
+
+
+def group_cpus(group: dict[str, Any]) -> float:
+    """CPUs one pod of a worker group has (``cpu`` limits: "4" or "500m")."""
+    total = 0.0
+    for container in group["template"]["spec"]["containers"]:
+        cpu = str(container.get("resources", {}).get("limits", {}).get("cpu", "0"))
+        total += float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return total
+
+
+def rayjob_config(resource: dict[str, Any]) -> FinetuneConfig | AlignConfig:
+    """The validated config a training RayJob's entrypoint runs, overrides applied."""
+    argv = shlex.split(resource["spec"]["entrypoint"])
+    overrides = [a for a in argv[2:] if "=" in a]
+    return load_config(TRAINING_JOBS[argv[1]], REPO_ROOT / argv[argv.index("--config") + 1], overrides)
+
+
+def training_rayjobs(script: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(name, doc) for name, doc in rayjobs() if shlex.split(doc["spec"]["entrypoint"])[1] == script]
+
+
+@pytest.mark.parametrize("script", sorted(TRAINING_JOBS))
+def test_kuberay_ships_a_training_rayjob(script: str) -> None:
+    assert training_rayjobs(script), f"no RayJob runs {script}"
+
+
+@pytest.mark.parametrize("script", sorted(TRAINING_JOBS))
+def test_training_rayjob_workers_fit_the_config(script: str) -> None:
+    """Ray Train (or VeRL) gets the workers the config asks for, with GPUs where it trains on GPUs."""
+    for name, resource in training_rayjobs(script):
+        cfg = rayjob_config(resource)
+        cluster = resource["spec"]["rayClusterSpec"]
+        workers = cluster.get("workerGroupSpecs", [])
+        gpus = sum(group_gpus(group) * group["maxReplicas"] for group in workers)
+        if cfg.use_gpu:
+            assert gpus >= cfg.num_workers, f"{name}: {cfg.num_workers} GPU workers, {gpus} GPUs"
+        else:
+            slots = sum(
+                int(group_cpus(group) // cfg.cpus_per_worker) * group["maxReplicas"] for group in workers
+            )
+            assert slots >= cfg.num_workers, f"{name}: {cfg.num_workers} workers, room for {slots}"
+        runtime_env = yaml.safe_load(resource["spec"]["runtimeEnvYAML"])
+        assert runtime_env["env_vars"]["WELIP_STORAGE_URL"].startswith("s3://"), (
+            f"{name}: checkpoints and adapters need storage every node and the engines reach"
+        )
+
+
+def test_align_rayjob_runs_verl_on_gpus() -> None:
+    (name, resource), *_ = training_rayjobs("jobs/align.py")
+    cfg = rayjob_config(resource)
+    assert isinstance(cfg, AlignConfig)
+    assert cfg.rl_backend == "verl" and cfg.use_gpu
+    runtime_env = yaml.safe_load(resource["spec"]["runtimeEnvYAML"])
+    assert any(str(p).startswith("verl") for p in runtime_env["pip"]), f"{name}: verl is not installed"

@@ -72,7 +72,7 @@ def test_gpu_engine_gets_one_gpu_bundle_per_gpu_and_autoscaling() -> None:
 
 
 def test_lora_needs_vllm_lora_support_and_reaches_ray_serve_llm() -> None:
-    with pytest.raises(ValidationError, match="set engine_kwargs.enable_lora"):
+    with pytest.raises(ValidationError, match=r"set engine_kwargs\.enable_lora"):
         ModelConfig.model_validate(_model(lora={}))
     model = ModelConfig.model_validate(
         _model(lora={"max_adapters_per_replica": 3}, engine_kwargs={"enable_lora": True, "max_lora_rank": 16})

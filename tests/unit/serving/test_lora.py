@@ -24,7 +24,7 @@ def test_a_local_adapter_is_used_in_place_and_an_incomplete_one_is_refused(tmp_p
     folder = _adapter(tmp_path / "a")
     assert local_adapter_dir(str(folder)) == str(folder)
     (folder / "adapter_model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="lacks adapter_model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"lacks adapter_model\.safetensors"):
         local_adapter_dir(str(folder))
 
 
@@ -37,7 +37,7 @@ def test_an_s3_adapter_is_copied_once_into_the_cache(tmp_path: Path, s3_endpoint
     assert (local / "adapter_model.safetensors").read_bytes() == b"weights"
     s3.delete_object(Bucket="models", Key="faq/v1/adapter_model.safetensors")
     assert local_adapter_dir("s3://models/faq/v1", cache=tmp_path / "cache") == str(local)  # cached
-    with pytest.raises(FileNotFoundError, match="lacks adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"lacks adapter_config\.json"):
         local_adapter_dir("s3://models/other", cache=tmp_path / "cache")
 
 

@@ -41,7 +41,7 @@ def test_a_malformed_override_is_refused() -> None:
 
 def test_unsloth_without_gpus_is_refused_with_a_way_out() -> None:
     cfg = load_config(FinetuneConfig, SHIPPED, ["backend=unsloth"])
-    with pytest.raises(BackendUnavailable, match="GPUs only.*backend peft"):
+    with pytest.raises(BackendUnavailable, match=r"GPUs only.*backend peft"):
         check_backend(cfg, cluster_gpus=0)
     gpu = load_config(FinetuneConfig, SHIPPED, ["backend=unsloth", "use_gpu=true", "num_workers=2"])
     with pytest.raises(BackendUnavailable, match="2 GPU workers but the Ray cluster has no GPU"):
