@@ -5,6 +5,18 @@ configs, data rendering with assistant-only labels, the per-worker loops, and th
 registration of adapters in MLflow and the WeLIP catalog the gateway loads from.
 """
 
+from welip.training._align import (
+    AlignData,
+    Prompt,
+    check_align_backend,
+    grpo_loop,
+    load_align_data,
+    run_verl,
+    trl_rows,
+    verl_config,
+    verl_rows,
+    write_parquet,
+)
 from welip.training._config import AlignConfig, FinetuneConfig, load_config
 from welip.training._data import (
     IGNORE_INDEX,
@@ -30,21 +42,28 @@ from welip.training._registry import (
     register_adapter,
     start_mlflow_run,
 )
+from welip.training._rewards import compute_score, reward_function
 from welip.training._sft import ADAPTER_DIR, micro_batch_indices, sft_loop, total_steps
 
 __all__ = [
     "ADAPTER_DIR",
     "IGNORE_INDEX",
     "AlignConfig",
+    "AlignData",
     "BackendUnavailable",
     "Example",
     "FinetuneConfig",
+    "Prompt",
     "TrainingData",
+    "check_align_backend",
     "check_backend",
+    "compute_score",
     "config_hash",
     "copy_tree",
     "git_commit",
+    "grpo_loop",
     "lineage",
+    "load_align_data",
     "load_config",
     "load_lora_model",
     "load_tokenizer",
@@ -52,10 +71,16 @@ __all__ = [
     "merge_adapter",
     "micro_batch_indices",
     "register_adapter",
+    "reward_function",
+    "run_verl",
     "save_adapter",
     "sft_loop",
     "start_mlflow_run",
     "to_messages",
     "tokenize_chat",
     "total_steps",
+    "trl_rows",
+    "verl_config",
+    "verl_rows",
+    "write_parquet",
 ]
