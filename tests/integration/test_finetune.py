@@ -161,6 +161,18 @@ def test_the_adapter_is_hot_loaded_and_changes_greedy_output(
 
     missing = chat(base_url, f"{trained['model']}9")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    broken = Database().register_adapter(
+        name="broken",
+        version=None,
+        base_model_id=MODEL,
+        uri="/nonexistent/adapter",
+        kind="sft",
+        mlflow_run_id=None,
+        lineage={},
+    )
+    refused = chat(base_url, broken["id"])
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "adapter_unavailable"
+    assert "/nonexistent/adapter" in refused.json()["error"]["message"]
 
 
 def _kill_worker_after_a_checkpoint(run_name: str, killed: list[int], stop: threading.Event) -> None:

@@ -237,6 +237,22 @@ class GatewayCore:
             raise OpenAIError(
                 504, "The engine did not answer in time.", type="server_error", code="timeout"
             ) from None
+        except OpenAIError:
+            stream.cancel()
+            raise
+        except Exception as exc:
+            stream.cancel()
+            if route is not None and route.adapter is not None:
+                # Through a handle, LLMServer loads the adapter before the first answer;
+                # a missing or unreadable adapter surfaces here (wrapped by Ray).
+                cause = getattr(exc, "cause", None) or exc
+                raise OpenAIError(
+                    503,
+                    f"The adapter `{route.adapter}` could not be loaded: {type(cause).__name__}: {cause}",
+                    type="server_error",
+                    code="adapter_unavailable",
+                ) from None
+            raise
         except BaseException:
             stream.cancel()
             raise

@@ -245,3 +245,26 @@ def test_an_unreachable_catalog_leaves_served_models_working(tmp_path: Any) -> N
         == 404
     )
     assert [card["id"] for card in client.get("/v1/models").json()["data"]] == ["m"]
+
+
+class FailingEngine(FakeEngine):
+    def generate(self, method: str, body: Any, adapter: str | None = None) -> FakeStream:
+        stream = super().generate(method, body, adapter)
+
+        async def fail() -> Any:
+            raise RuntimeError("adapter folder /gone lacks adapter_config.json")
+
+        stream.__anext__ = fail  # type: ignore[method-assign]
+        return stream
+
+
+def test_an_adapter_that_cannot_be_loaded_is_a_503_naming_it(tmp_path: Any) -> None:
+    catalog, db = _catalog(tmp_path, ["m"])
+    engine = FailingEngine([])
+    adapter = _register(db, "faq", "m")
+    response = _client({"m": engine}, catalog).post("/v1/chat/completions", json={"model": adapter, **CHAT})
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "adapter_unavailable" and adapter in error["message"]
+    assert "lacks adapter_config.json" in error["message"]
+    assert engine.streams[0].cancelled
