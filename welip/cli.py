@@ -55,6 +55,10 @@ alias_app = typer.Typer(
     help="Model aliases the gateway routes (switched by `welip promote`).", no_args_is_help=True
 )
 adapters_app = typer.Typer(help="Registered LoRA adapters (the serving catalog).", no_args_is_help=True)
+finetune_app = typer.Typer(help="LoRA fine-tuning jobs (jobs/finetune.py).", no_args_is_help=True)
+align_app = typer.Typer(help="GRPO alignment jobs (jobs/align.py).", no_args_is_help=True)
+app.add_typer(finetune_app, name="finetune")
+app.add_typer(align_app, name="align")
 app.add_typer(alias_app, name="alias")
 app.add_typer(adapters_app, name="adapters")
 
@@ -171,18 +175,23 @@ def audit_query(
 _JOB_ENV = ("WELIP_DATABASE_URL", "WELIP_STORAGE_URL", "WELIP_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
 
 
-def eval_job_spec(config: Path, overrides: list[str], python: str = "python") -> dict[str, Any]:
-    """The Ray Job `welip eval run` submits: the same command as a manual ``ray job submit``.
+def job_spec(
+    script: str, config: Path, overrides: list[str], python: str = "python", env_names: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A Ray Job running ``jobs/<script>``: the same command as a manual ``ray job submit``.
 
-    The suite is validated here first, so a bad config fails before any job starts. The
-    job's environment carries the storage and tracking settings set in this shell, and
-    the API key variables the suite names (visible in the job's runtime env).
+    The job's environment carries the storage and tracking settings set in this shell,
+    the commit being submitted (lineage of trained adapters) and ``env_names``.
     """
-    suite = load_suite(config, overrides)
-    names = [*_JOB_ENV, *(t.api_key_env for t in suite.endpoints if t.api_key_env)]
+    names = [*_JOB_ENV, "WELIP_GIT_COMMIT", *env_names]
     env = {name: os.environ[name] for name in names if os.environ.get(name)}
+    if script != "evaluate.py" and "WELIP_GIT_COMMIT" not in env:
+        # working_dir ships no .git: the job learns its commit from here.
+        from welip.training import git_commit
+
+        env["WELIP_GIT_COMMIT"] = git_commit()
     entrypoint = " ".join(
-        shlex.quote(part) for part in [python, "jobs/evaluate.py", "--config", str(config), *overrides]
+        shlex.quote(part) for part in [python, f"jobs/{script}", "--config", str(config), *overrides]
     )
     runtime_env: dict[str, Any] = {"working_dir": "."}
     if env:
@@ -190,32 +199,28 @@ def eval_job_spec(config: Path, overrides: list[str], python: str = "python") ->
     return {"entrypoint": entrypoint, "runtime_env": runtime_env}
 
 
-@eval_app.command("run", context_settings={"allow_extra_args": False, "ignore_unknown_options": True})
-def eval_run(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Suite YAML (configs/eval/...)."),
-    overrides: list[str] = typer.Argument(None, help="key=value overrides (target.model=...)."),
-    address: str | None = typer.Option(
-        None, help="Ray dashboard address (default: $RAY_ADDRESS or http://127.0.0.1:8265)."
-    ),
-    wait: bool = typer.Option(True, help="Follow the job's logs until it ends."),
-    python: str | None = typer.Option(
-        None,
-        help="Interpreter of the job (default: this one for a cluster on this machine, else `python`).",
-    ),
-) -> None:
-    """Submit jobs/evaluate.py as a Ray Job from the repository root and follow its logs."""
+def eval_job_spec(config: Path, overrides: list[str], python: str = "python") -> dict[str, Any]:
+    """The Ray Job `welip eval run` submits (see :func:`job_spec`).
+
+    The suite is validated here first, so a bad config fails before any job starts; the
+    API key variables the suite names go into the job's runtime env.
+    """
+    suite = load_suite(config, overrides)
+    keys = tuple(t.api_key_env for t in suite.endpoints if t.api_key_env)
+    return job_spec("evaluate.py", config, overrides, python, keys)
+
+
+def submit_job(spec: dict[str, Any], address: str | None, wait: bool) -> None:
+    """Submit ``spec`` to the cluster's Job API; follow its logs and exit 1 unless it succeeds."""
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    target = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
-    if not target.startswith("http"):
-        target = "http://127.0.0.1:8265"  # a GCS address such as auto or host:6379: the local dashboard
-    local = urlparse(target).hostname in ("127.0.0.1", "localhost", "::1")
-    try:
-        spec = eval_job_spec(config, list(overrides or []), python or (sys.executable if local else "python"))
-    except (OSError, ValueError) as exc:
-        typer.echo(f"error: invalid suite {config}: {exc}", err=True)
-        raise typer.Exit(2) from None
-    client = JobSubmissionClient(target)
+    # Clusters started here use token auth when a token exists (Ray's default): present
+    # it, as a driver joining with ray.init() does, unless RAY_AUTH_MODE says otherwise.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    client = JobSubmissionClient(_dashboard(address))
     job_id = client.submit_job(**spec)
     typer.echo(f"submitted {job_id}: {spec['entrypoint']}", err=True)
     if not wait:
@@ -231,6 +236,87 @@ def eval_run(
     typer.echo(f"job {job_id}: {status}", err=True)
     if status != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
+
+
+def _dashboard(address: str | None) -> str:
+    target = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    if not target.startswith("http"):
+        target = "http://127.0.0.1:8265"  # a GCS address such as auto or host:6379: the local dashboard
+    return target
+
+
+def _job_python(address: str | None, python: str | None) -> str:
+    # A cluster on this machine runs jobs with this interpreter; elsewhere, the image's.
+    local = urlparse(_dashboard(address)).hostname in ("127.0.0.1", "localhost", "::1")
+    return python or (sys.executable if local else "python")
+
+
+_ADDRESS_HELP = "Ray dashboard address (default: $RAY_ADDRESS or http://127.0.0.1:8265)."
+_PYTHON_HELP = "Interpreter of the job (default: this one for a cluster on this machine, else `python`)."
+
+
+@eval_app.command("run", context_settings={"allow_extra_args": False, "ignore_unknown_options": True})
+def eval_run(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Suite YAML (configs/eval/...)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides (target.model=...)."),
+    address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+    wait: bool = typer.Option(True, help="Follow the job's logs until it ends."),
+    python: str | None = typer.Option(None, help=_PYTHON_HELP),
+) -> None:
+    """Submit jobs/evaluate.py as a Ray Job from the repository root and follow its logs."""
+    try:
+        spec = eval_job_spec(config, list(overrides or []), _job_python(address, python))
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: invalid suite {config}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    submit_job(spec, address, wait)
+
+
+def _training_run(
+    script: str,
+    kind: Any,
+    config: Path,
+    overrides: list[str],
+    address: str | None,
+    wait: bool,
+    python: str | None,
+) -> None:
+    from welip.training import load_config
+
+    try:
+        load_config(kind, config, overrides)  # a bad config fails here, before any job starts
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: invalid config {config}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    submit_job(job_spec(script, config, overrides, _job_python(address, python)), address, wait)
+
+
+@finetune_app.command("run", context_settings={"allow_extra_args": False, "ignore_unknown_options": True})
+def finetune_run(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="configs/finetune/<name>.yaml."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides (max_steps=10 ...)."),
+    address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+    wait: bool = typer.Option(True, help="Follow the job's logs until it ends."),
+    python: str | None = typer.Option(None, help=_PYTHON_HELP),
+) -> None:
+    """Submit jobs/finetune.py as a Ray Job and follow its logs (the adapter id comes last)."""
+    from welip.training import FinetuneConfig
+
+    _training_run("finetune.py", FinetuneConfig, config, list(overrides or []), address, wait, python)
+
+
+@align_app.command("run", context_settings={"allow_extra_args": False, "ignore_unknown_options": True})
+def align_run(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="configs/align/<name>.yaml."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides (max_steps=10 ...)."),
+    address: str | None = typer.Option(None, help=_ADDRESS_HELP),
+    wait: bool = typer.Option(True, help="Follow the job's logs until it ends."),
+    python: str | None = typer.Option(None, help=_PYTHON_HELP),
+) -> None:
+    """Submit jobs/align.py as a Ray Job and follow its logs."""
+    from welip.training import AlignConfig
+
+    _training_run("align.py", AlignConfig, config, list(overrides or []), address, wait, python)
 
 
 def _run_samples(run: str, db: Database | None) -> tuple[str, list[dict[str, Any]]]:

@@ -122,3 +122,23 @@ def test_eval_job_spec_is_the_documented_command(monkeypatch: pytest.MonkeyPatch
     }
     bad = CliRunner().invoke(app, ["eval", "run", "configs/eval/arithmetic.yaml", "limit=0"])
     assert bad.exit_code == 2 and "invalid suite" in bad.output
+
+
+def test_training_jobs_are_submitted_with_their_commit_and_refused_when_invalid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from welip.cli import job_spec
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("WELIP_GIT_COMMIT", "abc123")
+    spec = job_spec("finetune.py", Path("configs/finetune/smollm2_faq.yaml"), ["max_steps=5"])
+    assert (
+        spec["entrypoint"] == "python jobs/finetune.py --config configs/finetune/smollm2_faq.yaml max_steps=5"
+    )
+    assert spec["runtime_env"]["env_vars"]["WELIP_GIT_COMMIT"] == "abc123"
+    bad = CliRunner().invoke(app, ["finetune", "run", "configs/finetune/smollm2_faq.yaml", "lora_rnak=8"])
+    assert bad.exit_code == 2 and "invalid config" in bad.output and "lora_rnak" in bad.output
+    bad = CliRunner().invoke(
+        app, ["align", "run", "configs/align/smollm2_arithmetic.yaml", "reward_metric=nope"]
+    )
+    assert bad.exit_code == 2 and "unknown reward_metric" in bad.output

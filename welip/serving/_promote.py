@@ -180,10 +180,14 @@ def record(
             }
         ]
     )
-    return _log_mlflow(decision, mlflow_experiment) if mlflow_experiment else None
+    return (
+        _log_mlflow(decision, mlflow_experiment, db.get_adapter(decision.candidate))
+        if mlflow_experiment
+        else None
+    )
 
 
-def _log_mlflow(decision: Decision, experiment: str) -> str:
+def _log_mlflow(decision: Decision, experiment: str, adapter: dict[str, Any] | None) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -203,10 +207,11 @@ def _log_mlflow(decision: Decision, experiment: str) -> str:
         if decision.current_metrics:
             mlflow.log_metrics({f"current.{k}": v for k, v in decision.current_metrics.items()})
         mlflow.log_dict(decision.as_dict(), "decision.json")
-    # The candidate's registered version (adapters are `<name>-v<N>`) carries the gate's
-    # evidence, and the alias when it passed.
-    name, _, version = decision.candidate.rpartition("-v")
-    if name and version.isdigit():
+    # The candidate's registered MLflow version carries the gate's evidence, and the
+    # alias when it passed.
+    version = (adapter or {}).get("lineage", {}).get("mlflow_model_version")
+    if adapter is not None and version:
+        name = adapter["name"]
         client = MlflowClient()
         try:
             client.set_model_version_tag(name, version, f"welip.gate.{decision.alias}", json.dumps(tags))

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from welip.store import Database, filesystem, use_mlflow
 from welip.training._config import _Common
+
+logger = logging.getLogger(__name__)
 
 
 def config_hash(cfg: _Common) -> str:
@@ -89,9 +94,12 @@ def register_adapter(
     """Register the adapter: an MLflow model version (when tracked) and a catalog row.
 
     The MLflow version number is the catalog version, so ``<name>-v<N>`` means the same
-    adapter in both. Returns the catalog row.
+    adapter in both, unless the catalog already holds that version (two registries, one
+    catalog): then the next free one, named in the MLflow version's ``welip.model_id``
+    tag. The catalog row's lineage keeps ``mlflow_model_version``. Returns the row.
     """
     version: int | None = None
+    client: Any = None
     if mlflow_run_id is not None:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
@@ -109,12 +117,22 @@ def register_adapter(
             cfg.name, source=adapter_url, run_id=mlflow_run_id, tags={**tags, "welip.kind": kind}
         )
         version = int(model_version.version)
-    return db.register_adapter(
-        name=cfg.name,
-        version=version,
-        base_model_id=cfg.base_model_id,
-        uri=adapter_url,
-        kind=kind,
-        mlflow_run_id=mlflow_run_id,
-        lineage=tags,
-    )
+    lineage = {**tags, **({"mlflow_model_version": str(version)} if version is not None else {})}
+    fields: dict[str, Any] = {
+        "name": cfg.name,
+        "base_model_id": cfg.base_model_id,
+        "uri": adapter_url,
+        "kind": kind,
+        "mlflow_run_id": mlflow_run_id,
+        "lineage": lineage,
+    }
+    try:
+        row = db.register_adapter(version=version, **fields)
+    except sa.exc.IntegrityError:
+        # The catalog already has this version (another MLflow registry registered it):
+        # take the next free one; the MLflow version records which catalog id it is.
+        logger.warning("catalog already has %s-v%s; registering the next free version", cfg.name, version)
+        row = db.register_adapter(version=None, **fields)
+    if client is not None:
+        client.set_model_version_tag(cfg.name, str(version), "welip.model_id", row["id"])
+    return row
