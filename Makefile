@@ -16,7 +16,7 @@ RAY_PORT ?= 6390
 # The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
 CONFIG ?= configs/serve/local.yaml
 
-.PHONY: install run test unit integration lint bench bench-eval clean services
+.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ $(LMEVAL_VENV)/bin/lm_eval:
 
 bench-eval: install $(LMEVAL_VENV)/bin/lm_eval
 	$(BIN)/python benchmarks/evaluate.py --lm-eval $(LMEVAL_VENV)/bin/lm_eval
+
+# The LoRA job on Ray Train (one worker) against a plain transformers + PEFT loop, same data and steps.
+bench-finetune: install
+	$(BIN)/python benchmarks/finetune.py
 
 clean:
 	-$(BIN)/ray stop --force
