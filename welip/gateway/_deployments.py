@@ -36,7 +36,9 @@ class Gateway:
         model_cards: list[dict[str, Any]],
         config: GatewayConfig,
         lora_models: list[str] | None = None,
+        no_prompt_logprobs: list[str] | None = None,
     ) -> None:
+        self._no_prompt_logprobs = set(no_prompt_logprobs or [])
         self._clients: dict[str, EngineClient] = {m: HandleEngine(h) for m, h in engines.items()}
         self._model_cards = model_cards
         self._config = config
@@ -46,7 +48,9 @@ class Gateway:
         trust = await build_trust(self._config, {c["id"]: c["root"] for c in self._model_cards})
         self._trust = trust
         return build_gateway_app(
-            GatewayCore(self._clients, self._model_cards, self._config, trust, self._catalog)
+            GatewayCore(
+                self._clients, self._model_cards, self._config, trust, self._catalog, self._no_prompt_logprobs
+            )
         )
 
     def __del__(self) -> None:
@@ -68,6 +72,7 @@ class EngineGateway(PreparedLLMServer):
         model_cards: list[dict[str, Any]],
         gateway_config: GatewayConfig,
         lora_models: list[str] | None = None,
+        no_prompt_logprobs: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         await super().__init__(llm_config, **kwargs)
@@ -76,7 +81,14 @@ class EngineGateway(PreparedLLMServer):
         order = [card["id"] for card in model_cards]
         trust = await build_trust(gateway_config, {c["id"]: c["root"] for c in model_cards})
         catalog = Catalog(order, lora_models or [], gateway_config.catalog_refresh_s)
-        self._core = GatewayCore({m: clients[m] for m in order}, model_cards, gateway_config, trust, catalog)
+        self._core = GatewayCore(
+            {m: clients[m] for m in order},
+            model_cards,
+            gateway_config,
+            trust,
+            catalog,
+            set(no_prompt_logprobs or []),
+        )
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return build_gateway_app(self._core)

@@ -268,3 +268,19 @@ def test_an_adapter_that_cannot_be_loaded_is_a_503_naming_it(tmp_path: Any) -> N
     assert error["code"] == "adapter_unavailable" and adapter in error["message"]
     assert "lacks adapter_config.json" in error["message"]
     assert engine.streams[0].cancelled
+
+
+def test_prompt_logprobs_are_refused_on_engines_marked_unsafe_for_them() -> None:
+    engine = FakeEngine([[_chunk("a")]])
+    cards = [{"id": "m", "object": "model"}]
+    core = GatewayCore({"m": engine}, cards, GatewayConfig(), no_prompt_logprobs={"m"})  # type: ignore[dict-item]
+    client = TestClient(build_gateway_app(core))
+    body = {"model": "m", "prompt": "The capital of France is", "max_tokens": 1}
+    refused = client.post("/v1/completions", json={**body, "echo": True, "logprobs": 1})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "prompt_logprobs_unavailable"
+    assert refused.json()["error"]["param"] == "echo"
+    assert client.post("/v1/completions", json={**body, "prompt_logprobs": 1}).status_code == 400
+    assert not engine.calls  # never reached the engine
+    ok = client.post("/v1/completions", json={**body, "logprobs": 1, "stream": True})
+    assert ok.status_code == 200 and len(engine.calls) == 1  # generated-token logprobs are fine

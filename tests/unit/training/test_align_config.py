@@ -219,7 +219,7 @@ def _served_models(manifest_or_config: dict[str, Any]) -> dict[str, dict[str, An
 
 def test_shipped_cpu_adapter_can_be_hot_loaded_by_the_local_stack() -> None:
     cfg = load_config(AlignConfig, SMOLLM2)
-    served = _served_models(yaml.safe_load((REPO / "configs" / "serve" / "local.yaml").read_text()))
+    served = _served_models(yaml.safe_load((REPO / "configs" / "serve" / "local-lora.yaml").read_text()))
     model = served.get(cfg.base_model_id)
     assert model is not None, "the adapter's base model is not served locally"
     assert model["engine_kwargs"].get("enable_lora"), "the local engine does not load adapters"

@@ -58,7 +58,7 @@ def test_shipped_configs_train_on_shipped_data_for_a_model_served_with_lora(path
 
     cfg = load_config(FinetuneConfig, path)
     assert (REPO / cfg.dataset).is_file()
-    serve = yaml.safe_load((REPO / "configs" / "serve" / "local.yaml").read_text())
+    serve = yaml.safe_load((REPO / "configs" / "serve" / "local-lora.yaml").read_text())
     served = ServingConfig.model_validate(serve["applications"][0]["args"])
     lora_models = {m.model_id: m for m in served.models if m.lora is not None}
     assert cfg.base_model_id in lora_models, "the adapter could not be hot-loaded by the local stack"
