@@ -28,6 +28,7 @@ from welip.evaluation import Document, Malformed, load_dataset
 from welip.models import resolve_model_path
 from welip.store import filesystem, write_bytes
 from welip.training._config import AlignConfig
+from welip.training._data import chat_messages
 from welip.training._model import (
     BackendUnavailable,
     check_backend,
@@ -45,7 +46,6 @@ STATE_FILE = "welip_state.json"
 VERL_REWARD_PATH = "pkg://welip.training._rewards"
 VERL_REWARD_NAME = "compute_score"
 VERL_SCORE_METRIC = "critic/score/mean"  # VeRL's mean sequence score: the reward before KL
-_ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -85,16 +85,7 @@ def to_prompt(doc: Document, default_source: str) -> Prompt:
             raise ValueError("`prompt` is empty")
         messages = [{"role": "user", "content": raw}]
     elif isinstance(raw, list) and raw:
-        messages = []
-        for i, message in enumerate(raw):
-            if not isinstance(message, dict):
-                raise ValueError(f"prompt message {i} is not an object")
-            role, content = message.get("role"), message.get("content")
-            if role not in _ROLES:
-                raise ValueError(f"prompt message {i}: role must be one of {', '.join(_ROLES)}, not {role!r}")
-            if not isinstance(content, str):
-                raise ValueError(f"prompt message {i}: content must be a string")
-            messages.append({"role": role, "content": content})
+        messages = chat_messages(raw, "prompt message")
         if messages[-1]["role"] == "assistant":
             raise ValueError("the prompt ends with an assistant message: nothing left to generate")
     else:

@@ -50,16 +50,7 @@ def to_messages(row: dict[str, Any], fmt: str = "auto") -> list[dict[str, str]]:
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ValueError("`messages` must be a non-empty list")
-        out = []
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise ValueError(f"message {i} is not an object")
-            role, content = message.get("role"), message.get("content")
-            if role not in _ROLES:
-                raise ValueError(f"message {i}: role must be one of {', '.join(_ROLES)}, not {role!r}")
-            if not isinstance(content, str):
-                raise ValueError(f"message {i}: content must be a string")
-            out.append({"role": role, "content": content})
+        out = chat_messages(messages, "message")
     else:
         instruction, output = row.get("instruction"), row.get("output")
         if not isinstance(instruction, str) or not isinstance(output, str):
@@ -71,6 +62,25 @@ def to_messages(row: dict[str, Any], fmt: str = "auto") -> list[dict[str, str]]:
             out.insert(0, {"role": "system", "content": row["system"]})
     if not any(m["role"] == "assistant" for m in out):
         raise ValueError("the conversation has no assistant message to learn")
+    return out
+
+
+def chat_messages(raw: list[Any], label: str) -> list[dict[str, str]]:
+    """``raw`` checked as chat messages (``role`` system/user/assistant, string ``content``).
+
+    Raises:
+        ValueError: naming the first bad message as ``<label> <index>``.
+    """
+    out = []
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise ValueError(f"{label} {i} is not an object")
+        role, content = message.get("role"), message.get("content")
+        if role not in _ROLES:
+            raise ValueError(f"{label} {i}: role must be one of {', '.join(_ROLES)}, not {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"{label} {i}: content must be a string")
+        out.append({"role": role, "content": content})
     return out
 
 
