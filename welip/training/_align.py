@@ -33,6 +33,7 @@ from welip.training._model import (
     BackendUnavailable,
     check_backend,
     load_tokenizer,
+    lora_config,
     save_adapter,
     torch_threads,
 )
@@ -203,7 +204,6 @@ def grpo_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -223,13 +223,7 @@ def grpo_loop(loop_config: dict[str, Any]) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=torch.bfloat16 if on_gpu else torch.float32
     )
-    lora = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(cfg)
     steps = _StepLog(
         loop_config.get("mlflow_run_id") if rank == 0 else None, loop_config.get("mlflow_uri"), cfg.max_steps
     )

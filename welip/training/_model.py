@@ -71,19 +71,25 @@ def load_lora_model(cfg: _Common, model_path: str, device: Any) -> Any:
             random_state=cfg.seed,
             use_gradient_checkpointing="unsloth",
         )
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
-    lora = LoraConfig(
+    return get_peft_model(base, lora_config(cfg))
+
+
+def lora_config(cfg: _Common) -> Any:
+    """PEFT's ``LoraConfig`` for a causal LM from the config's LoRA keys."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.lora_targets),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base, lora)
 
 
 def save_adapter(model: Any, tokenizer: Any, path: str | Path) -> None:
