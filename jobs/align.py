@@ -31,7 +31,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from welip.models import resolve_model_path
-from welip.store import Database, filesystem, join_url, storage_url_from_env
+from welip.store import Database, join_url, storage_url_from_env
 from welip.training import (
     ADAPTER_DIR,
     AlignConfig,
@@ -43,12 +43,15 @@ from welip.training import (
     load_align_data,
     load_config,
     load_tokenizer,
+    log_outputs,
     merge_adapter,
     register_adapter,
     run_verl,
     start_mlflow_run,
+    train_storage,
     trl_rows,
     verl_rows,
+    worker_env,
     write_parquet,
 )
 
@@ -143,7 +146,7 @@ def main(cfg: AlignConfig) -> dict[str, Any]:
             merge_adapter(cfg.model, adapter_dir, merged_dir)
             copy_tree(merged_dir, merged_url)
         if mlflow_run_id is not None:
-            log_outputs(mlflow_run_id, adapter_dir, cfg, data.malformed, train_s)
+            log_outputs(mlflow_run_id, adapter_dir, cfg, "align_config.json", len(data.malformed), train_s)
 
     # 6. Registered: an MLflow model version and the catalog row the gateway loads from.
     summary: dict[str, Any] = {
@@ -178,40 +181,14 @@ def main(cfg: AlignConfig) -> dict[str, Any]:
 
 def run_config(cfg: AlignConfig, run_name: str, root: str) -> RunConfig:
     """Ray Train's run: storage for the final checkpoint, restarts, the workers' environment."""
-    if root.startswith("s3://"):
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-        fs, storage_path = filesystem(root)  # s3fs with WELIP_S3_ENDPOINT_URL (MinIO)
-        storage_fs: Any = PyFileSystem(FSSpecHandler(fs))
-    else:
-        local = Path(root).expanduser()
-        local.mkdir(parents=True, exist_ok=True)
-        storage_path, storage_fs = str(local), None
+    storage_path, storage_fs = train_storage(root)
     return RunConfig(
         name=run_name,
         storage_path=storage_path,
         storage_filesystem=storage_fs,
         failure_config=FailureConfig(max_failures=cfg.max_failures),
-        worker_runtime_env={"env_vars": _worker_env()},
+        worker_runtime_env={"env_vars": worker_env()},
     )
-
-
-def log_outputs(run_id: str, adapter: Path, cfg: AlignConfig, malformed: list[Any], train_s: float) -> None:
-    """The adapter and config as artifacts of the job's MLflow run, with the run's totals."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    client.log_artifacts(run_id, str(adapter), artifact_path=ADAPTER_DIR)
-    client.log_dict(run_id, cfg.model_dump(mode="json"), "align_config.json")
-    client.log_metric(run_id, "train_s", train_s)
-    client.log_metric(run_id, "skipped_rows", len(malformed))
-
-
-def _worker_env() -> dict[str, str]:
-    # Workers on an existing cluster do not inherit this shell: pass where things go.
-    names = ("WELIP_STORAGE_URL", "WELIP_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "WELIP_MODEL_CACHE")
-    aws = [n for n in os.environ if n.startswith("AWS_")]
-    return {n: os.environ[n] for n in (*names, *aws) if os.environ.get(n)}
 
 
 def connect_ray() -> None:

@@ -29,7 +29,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from welip.models import resolve_model_path
-from welip.store import Database, filesystem, join_url, storage_url_from_env
+from welip.store import Database, join_url, storage_url_from_env
 from welip.training import (
     ADAPTER_DIR,
     BackendUnavailable,
@@ -40,11 +40,14 @@ from welip.training import (
     load_config,
     load_tokenizer,
     load_training_data,
+    log_outputs,
     merge_adapter,
     register_adapter,
     sft_loop,
     start_mlflow_run,
     total_steps,
+    train_storage,
+    worker_env,
 )
 
 logger = logging.getLogger("welip.finetune")
@@ -102,7 +105,7 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": _worker_env()},
+            worker_runtime_env={"env_vars": worker_env()},
         ),
     )
     started = time.perf_counter()
@@ -120,7 +123,14 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
             merge_adapter(cfg.model, Path(ckpt) / ADAPTER_DIR, tmp)
             copy_tree(tmp, merged_url)
         if mlflow_run_id is not None:
-            log_outputs(mlflow_run_id, Path(ckpt) / ADAPTER_DIR, cfg, data.malformed, train_s)
+            log_outputs(
+                mlflow_run_id,
+                Path(ckpt) / ADAPTER_DIR,
+                cfg,
+                "finetune_config.json",
+                len(data.malformed),
+                train_s,
+            )
 
     # 6. Registered: an MLflow model version and the catalog row the gateway loads from.
     summary: dict[str, Any] = {
@@ -148,38 +158,6 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         summary["model"] = row["id"]
     print(json.dumps(summary, indent=2))
     return summary
-
-
-def train_storage(root: str) -> tuple[str, Any]:
-    """Ray Train's ``storage_path`` and filesystem for a local path or an ``s3://`` URL."""
-    if not root.startswith("s3://"):
-        path = Path(root).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path), None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = filesystem(root)  # s3fs with WELIP_S3_ENDPOINT_URL (MinIO)
-    return path, PyFileSystem(FSSpecHandler(fs))
-
-
-def log_outputs(
-    run_id: str, adapter: Path, cfg: FinetuneConfig, malformed: list[Any], train_s: float
-) -> None:
-    """The adapter and config as artifacts of the job's MLflow run, with the run's totals."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    client.log_artifacts(run_id, str(adapter), artifact_path=ADAPTER_DIR)
-    client.log_dict(run_id, cfg.model_dump(mode="json"), "finetune_config.json")
-    client.log_metric(run_id, "train_s", train_s)
-    client.log_metric(run_id, "skipped_rows", len(malformed))
-
-
-def _worker_env() -> dict[str, str]:
-    # Workers on an existing cluster do not inherit this shell: pass where things go.
-    names = ("WELIP_STORAGE_URL", "WELIP_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "WELIP_MODEL_CACHE")
-    aws = [n for n in os.environ if n.startswith("AWS_")]
-    return {n: os.environ[n] for n in (*names, *aws) if os.environ.get(n)}
 
 
 def connect_ray() -> None:

@@ -39,8 +39,11 @@ from welip.training._registry import (
     copy_tree,
     git_commit,
     lineage,
+    log_outputs,
     register_adapter,
     start_mlflow_run,
+    train_storage,
+    worker_env,
 )
 from welip.training._rewards import compute_score, reward_function
 from welip.training._sft import ADAPTER_DIR, micro_batch_indices, sft_loop, total_steps
@@ -68,6 +71,7 @@ __all__ = [
     "load_lora_model",
     "load_tokenizer",
     "load_training_data",
+    "log_outputs",
     "merge_adapter",
     "micro_batch_indices",
     "register_adapter",
@@ -79,8 +83,10 @@ __all__ = [
     "to_messages",
     "tokenize_chat",
     "total_steps",
+    "train_storage",
     "trl_rows",
     "verl_config",
     "verl_rows",
+    "worker_env",
     "write_parquet",
 ]

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from welip.store import Database, filesystem, use_mlflow
 from welip.training._config import _Common
+from welip.training._sft import ADAPTER_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,41 @@ def start_mlflow_run(cfg: _Common, run_name: str, tags: dict[str, str]) -> tuple
     mlflow.log_params(params)
     mlflow.end_run()
     return run.info.run_id, uri
+
+
+def train_storage(root: str) -> tuple[str, Any]:
+    """Ray Train's ``storage_path`` and filesystem for a local path or an ``s3://`` URL."""
+    if not root.startswith("s3://"):
+        path = Path(root).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path), None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path_in_bucket = filesystem(root)  # s3fs with WELIP_S3_ENDPOINT_URL (MinIO)
+    return path_in_bucket, PyFileSystem(FSSpecHandler(fs))
+
+
+def worker_env() -> dict[str, str]:
+    """What training workers need from this shell: storage, tracking, model cache, AWS keys.
+
+    Workers on an existing cluster do not inherit the driver's environment.
+    """
+    names = ("WELIP_STORAGE_URL", "WELIP_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "WELIP_MODEL_CACHE")
+    aws = [n for n in os.environ if n.startswith("AWS_")]
+    return {n: os.environ[n] for n in (*names, *aws) if os.environ.get(n)}
+
+
+def log_outputs(
+    run_id: str, adapter: Path, cfg: _Common, config_name: str, skipped_rows: int, train_s: float
+) -> None:
+    """The adapter and config (as ``config_name``) as artifacts of the job's MLflow run, with its totals."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.log_artifacts(run_id, str(adapter), artifact_path=ADAPTER_DIR)
+    client.log_dict(run_id, cfg.model_dump(mode="json"), config_name)
+    client.log_metric(run_id, "train_s", train_s)
+    client.log_metric(run_id, "skipped_rows", skipped_rows)
 
 
 def copy_tree(src: str | Path, dest_url: str) -> None:
