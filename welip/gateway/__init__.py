@@ -17,7 +17,7 @@ from welip.gateway._config import (
 from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
 from welip.gateway._deployments import EngineGateway, Gateway
 from welip.gateway._guardrails import find_pii
-from welip.gateway._trust import TokenCounter, Trust, build_trust
+from welip.gateway._trust import TokenCounter, Trust, TrustMiddleware, build_trust, context_of
 
 __all__ = [
     "AuditConfig",
@@ -40,7 +40,9 @@ __all__ = [
     "ServingConfig",
     "TokenCounter",
     "Trust",
+    "TrustMiddleware",
     "build_gateway_app",
     "build_trust",
+    "context_of",
     "find_pii",
 ]

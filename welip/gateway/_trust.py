@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from ray.util import metrics
 
 from welip.api import OpenAIError
@@ -343,6 +343,14 @@ class Trust:
             ctx.in_flight_model = model
         return await self._rate_limit(ctx, prompt_tokens)
 
+    async def admit_route(self, ctx: RequestContext, subject: str) -> dict[str, str]:
+        """The caller's request limits for a request that runs no engine itself (an agent run).
+
+        ``subject`` (the assistant) is recorded as the request's model in audit and metrics.
+        """
+        ctx.model = subject
+        return await self._rate_limit(ctx, 0)
+
     async def _rate_limit(self, ctx: RequestContext, prompt_tokens: int) -> dict[str, str]:
         p = ctx.principal
         limits = self.config.limits
@@ -486,7 +494,8 @@ class TrustMiddleware:
             route=scope["path"],
             request_id=headers.get("x-request-id") or uuid.uuid4().hex,
         )
-        ctx.span = tracer.start_span("welip.gateway.request")
+        # A caller's W3C traceparent (an agent calling the gateway) makes this span its child.
+        ctx.span = tracer.start_span("welip.gateway.request", context=propagate.extract(headers))
         scope.setdefault("state", {})["welip"] = ctx
 
         async def send_and_watch(message: Message) -> None:

@@ -122,3 +122,39 @@ model_aliases = sa.Table(
     sa.Column("decision", sa.JSON, nullable=True, comment="The gate that allowed the switch, if any."),
     comment="Names the gateway routes to another model; `welip promote` switches them.",
 )
+
+agent_threads = sa.Table(
+    "agent_threads",
+    metadata,
+    sa.Column("thread_id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(256), nullable=False, index=True, comment="Principal that created it."),
+    sa.Column("assistant_id", sa.String(64), nullable=True, comment="Graph of its first run."),
+    sa.Column("status", sa.String(16), nullable=False, comment="idle | busy | interrupted | error"),
+    sa.Column("thread_metadata", sa.JSON, nullable=False),
+    sa.Column("active_run_id", sa.String(64), nullable=True, comment="The run holding the thread."),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    comment="Agent threads (Agent Protocol); their state lives in LangGraph's checkpoint tables.",
+)
+
+agent_runs = sa.Table(
+    "agent_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("thread_id", sa.String(64), nullable=False, index=True),
+    sa.Column("assistant_id", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(256), nullable=False),
+    sa.Column(
+        "status", sa.String(16), nullable=False, comment="pending | running | success | error | ..."
+    ),
+    sa.Column("multitask_strategy", sa.String(16), nullable=False),
+    sa.Column("kwargs", sa.JSON, nullable=False, comment="input or command, stream modes, config."),
+    sa.Column("run_metadata", sa.JSON, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("replica", sa.String(128), nullable=True, comment="Replica executing it."),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    comment="Agent runs: queued, executing or finished, on whichever replica took them.",
+)

@@ -1,0 +1,108 @@
+"""Serve app builder: the agents (LangGraph graphs behind the Agent Protocol API).
+
+Referenced from Serve YAML and the KubeRay RayService as
+``import_path: deployments.agents:build_app``, usually with ``route_prefix: /agents``
+beside the gateway app on the same port. The trust layer is the gateway's own
+(API keys, OIDC, roles: route family ``agents``; request limits; audit log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import Field
+from ray import serve
+from ray.serve.deployment import Application
+
+from welip.agents import (
+    AgentRuntime,
+    AgentsConfig,
+    AgentStore,
+    build_agents_app,
+    compile_graphs,
+    open_checkpointer,
+    resolve_agents,
+)
+from welip.gateway import GatewayConfig, TrustMiddleware, build_trust, context_of
+from welip.store import Database
+
+logger = logging.getLogger("welip.agents")
+
+
+class AgentsAppConfig(AgentsConfig):
+    """The agents app: the runtime's settings plus the trust layer in front of it."""
+
+    gateway: GatewayConfig = Field(
+        default_factory=GatewayConfig,
+        description="Auth, roles, limits and audit, as the inference gateway's (route family `agents`).",
+    )
+
+
+@serve.ingress()
+class AgentServer:
+    """One replica: every assistant's compiled graph, the shared store, the HTTP app."""
+
+    def __init__(self, config: AgentsAppConfig, agents: list[Any]) -> None:
+        self._config = config
+        self._agents = agents
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        config = self._config
+        database = Database()
+        await asyncio.to_thread(database.upgrade)
+        checkpointer = await self._stack.enter_async_context(open_checkpointer(database.url))
+        graphs = compile_graphs(self._agents, checkpointer)
+        try:
+            replica: str | None = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside a replica (tests)
+            replica = None
+        store = AgentStore(database.engine, stale_run_s=config.stale_run_s)
+        runtime = AgentRuntime(
+            graphs, {a.assistant_id: a for a in self._agents}, store, checkpointer, config, replica=replica
+        )
+        runtime.start_cleanup()
+        self._runtime = runtime
+        trust = await build_trust(config.gateway, {})
+        self._trust = trust
+
+        def owner_of(request: Request) -> str:
+            ctx = context_of(request)
+            return ctx.principal.id if ctx is not None else "anonymous"
+
+        async def admit(request: Request, assistant_id: str) -> None:
+            ctx = context_of(request)
+            if ctx is not None:
+                await trust.admit_route(ctx, assistant_id)
+
+        app = build_agents_app(runtime, owner_of, admit)
+        app.add_middleware(TrustMiddleware, trust=trust)
+        logger.info("agents replica %s serving %s", replica, sorted(graphs))
+        return app
+
+    async def __del__(self) -> None:
+        runtime = getattr(self, "_runtime", None)
+        if runtime is not None:
+            await runtime.close()
+        trust = getattr(self, "_trust", None)
+        if trust is not None:
+            await asyncio.to_thread(trust.close)
+        await self._stack.aclose()
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the agents app from ``args`` (validated as :class:`AgentsAppConfig`)."""
+    config = AgentsAppConfig.model_validate(args)
+    agents = resolve_agents(config)
+    deployment = serve.deployment(
+        AgentServer,
+        name="WelipAgents",
+        num_replicas=config.num_replicas,
+        max_ongoing_requests=config.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.num_cpus},
+    )
+    return deployment.bind(config=config, agents=agents)

@@ -1,0 +1,45 @@
+"""Agents: LangGraph graphs served with the Agent Protocol (threads, runs, streams, interrupts).
+
+State is durable and shared by every replica: LangGraph's checkpointer on WeLIP's
+database (PostgreSQL, or the SQLite file by default), threads and runs in the
+metadata tables. The agents' LLM calls go through the WeLIP gateway.
+"""
+
+from welip.agents._api import build_agents_router
+from welip.agents._app import build_agents_app, chat_model, compile_graphs, open_checkpointer
+from welip.agents._config import (
+    AgentConfig,
+    AgentsConfig,
+    ChatModelConfig,
+    RetrievalConfig,
+    load_agent_config,
+    resolve_agents,
+)
+from welip.agents._graphs import GRAPHS, AgentInput, build_rag_graph, build_react_graph
+from welip.agents._runtime import AgentRuntime, snapshot_json
+from welip.agents._store import AgentStore
+from welip.agents._tools import Tool, build_tools, calculate
+
+__all__ = [
+    "GRAPHS",
+    "AgentConfig",
+    "AgentInput",
+    "AgentRuntime",
+    "AgentStore",
+    "AgentsConfig",
+    "ChatModelConfig",
+    "RetrievalConfig",
+    "Tool",
+    "build_agents_app",
+    "build_agents_router",
+    "build_rag_graph",
+    "build_react_graph",
+    "build_tools",
+    "calculate",
+    "chat_model",
+    "compile_graphs",
+    "load_agent_config",
+    "open_checkpointer",
+    "resolve_agents",
+    "snapshot_json",
+]

@@ -1,0 +1,356 @@
+"""The Agent Protocol HTTP API (LangGraph Server's wire format) over an :class:`AgentRuntime`.
+
+Threads belong to the principal that created them: every lookup is by thread id
+*and* owner, so another principal gets 404, never 403 (it does not learn the id
+exists). Errors use WeLIP's OpenAI error body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from welip.agents._graphs import AgentInput
+from welip.agents._runtime import AgentRuntime, new_id
+from welip.agents._store import RunRow, ThreadBusy, ThreadRow
+from welip.api import OpenAIError
+
+OwnerOf = Callable[[Request], str]
+Admit = Callable[[Request, str], Awaitable[None]]
+STREAM_MODES = ("values", "updates", "messages", "messages-tuple")
+
+
+class _Body(BaseModel):
+    # Clients (langgraph-sdk) send more keys than WeLIP uses: ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ThreadCreate(_Body):
+    thread_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    if_exists: Literal["raise", "do_nothing"] = "raise"
+
+
+class ThreadPatch(_Body):
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ThreadSearch(_Body):
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    status: Literal["idle", "busy", "interrupted", "error"] | None = None
+    limit: int = Field(10, gt=0, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class ResumeCommand(_Body):
+    resume: Any = None
+    update: dict[str, Any] | None = None
+    goto: str | list[str] | None = None
+
+
+class RunCreate(_Body):
+    assistant_id: str = Field(min_length=1, max_length=64)
+    input: dict[str, Any] | None = None
+    command: ResumeCommand | None = None
+    stream_mode: str | list[str] = "values"
+    config: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] = "reject"
+    on_disconnect: Literal["cancel", "continue"] = "continue"
+    if_not_exists: Literal["create", "reject"] = "reject"
+
+
+class HistoryQuery(_Body):
+    limit: int = Field(10, gt=0, le=1000)
+
+
+def _not_found(what: str, ident: str) -> OpenAIError:
+    return OpenAIError(404, f"{what} `{ident}` not found.", code=f"{what}_not_found", param=None)
+
+
+def _invalid(message: str, param: str | None, status: int = 422, code: str = "invalid_input") -> OpenAIError:
+    return OpenAIError(status, message, param=param, code=code)
+
+
+def _parse(model: type[_Body], raw: bytes, *, prefix: str = "") -> Any:
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise _invalid(f"The body is not valid JSON: {exc.msg}.", None, 400, "invalid_json") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, prefix) from None
+
+
+def _validation_error(exc: ValidationError, prefix: str = "") -> OpenAIError:
+    first = exc.errors()[0]
+    param = ".".join([p for p in (prefix,) if p] + [str(p) for p in first["loc"]]) or None
+    return _invalid(f"{param}: {first['msg']}" if param else str(first["msg"]), param)
+
+
+def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit | None = None) -> APIRouter:
+    """Routes for threads, runs and assistants."""
+    router = APIRouter()
+
+    async def thread_or_404(request: Request, thread_id: str) -> ThreadRow:
+        thread = await runtime.db(runtime.store.get_thread, thread_id, owner_of(request))
+        if thread is None:
+            raise _not_found("thread", thread_id)
+        return thread
+
+    def assistant_json(assistant_id: str) -> dict[str, Any]:
+        agent = runtime.agents[assistant_id]
+        return {
+            "assistant_id": agent.assistant_id,
+            "graph_id": agent.graph,
+            "name": agent.name,
+            "description": agent.description,
+            "config": {},
+            "context": {},
+            "metadata": {"model": agent.llm.model, "tools": list(agent.tools)},
+            "version": 1,
+            "created_at": None,
+            "updated_at": None,
+        }
+
+    # -- assistants -----------------------------------------------------------------
+
+    @router.get("/assistants", summary="The assistants (graphs) this app serves")
+    async def list_assistants() -> list[dict[str, Any]]:
+        return [assistant_json(a) for a in runtime.agents]
+
+    @router.post("/assistants/search", summary="Search assistants (all of them; LangGraph SDK route)")
+    async def search_assistants() -> list[dict[str, Any]]:
+        return [assistant_json(a) for a in runtime.agents]
+
+    @router.get("/assistants/{assistant_id}", summary="One assistant")
+    async def get_assistant(assistant_id: str) -> dict[str, Any]:
+        if assistant_id not in runtime.agents:
+            raise _not_found("assistant", assistant_id)
+        return assistant_json(assistant_id)
+
+    @router.get("/assistants/{assistant_id}/schemas", summary="An assistant's input and state schemas")
+    async def assistant_schemas(assistant_id: str) -> dict[str, Any]:
+        if assistant_id not in runtime.agents:
+            raise _not_found("assistant", assistant_id)
+        graph = runtime.graphs[assistant_id]
+        return {
+            "graph_id": runtime.agents[assistant_id].graph,
+            "input_schema": AgentInput.model_json_schema(),
+            "output_schema": graph.get_output_jsonschema(),
+            "state_schema": graph.get_output_jsonschema(),
+            "config_schema": None,
+            "context_schema": None,
+        }
+
+    # -- threads --------------------------------------------------------------------
+
+    @router.post("/threads", summary="Create a thread")
+    async def create_thread(request: Request) -> dict[str, Any]:
+        body = _parse(ThreadCreate, await request.body())
+        owner = owner_of(request)
+        thread_id = body.thread_id or new_id()
+        thread = await runtime.db(runtime.store.create_thread, thread_id, owner, body.metadata)
+        if thread is None:
+            existing = await runtime.db(runtime.store.get_thread, thread_id, owner)
+            if existing is not None and body.if_exists == "do_nothing":
+                return await runtime.thread_json(existing)
+            raise OpenAIError(
+                409, f"Thread `{thread_id}` already exists.", param="thread_id", code="thread_exists"
+            )
+        return await runtime.thread_json(thread)
+
+    @router.post("/threads/search", summary="Your threads, filtered by metadata and status")
+    async def search_threads(request: Request) -> list[dict[str, Any]]:
+        body = _parse(ThreadSearch, await request.body())
+        rows = await runtime.db(
+            runtime.store.search_threads,
+            owner_of(request),
+            metadata=body.metadata,
+            status=body.status,
+            limit=body.limit,
+            offset=body.offset,
+        )
+        return [r.public() for r in rows]
+
+    @router.get("/threads/{thread_id}", summary="A thread, its values and pending interrupts")
+    async def get_thread(thread_id: str, request: Request) -> dict[str, Any]:
+        return await runtime.thread_json(await thread_or_404(request, thread_id))
+
+    @router.patch("/threads/{thread_id}", summary="Merge metadata into a thread")
+    async def patch_thread(thread_id: str, request: Request) -> dict[str, Any]:
+        body = _parse(ThreadPatch, await request.body())
+        thread = await runtime.db(runtime.store.update_thread, thread_id, owner_of(request), body.metadata)
+        if thread is None:
+            raise _not_found("thread", thread_id)
+        return await runtime.thread_json(thread)
+
+    @router.delete(
+        "/threads/{thread_id}", summary="Delete a thread, its runs and checkpoints", status_code=204
+    )
+    async def delete_thread(thread_id: str, request: Request) -> Response:
+        thread = await thread_or_404(request, thread_id)
+        if thread.active_run_id is not None:
+            raise OpenAIError(409, "The thread has a run in progress; cancel it first.", code="thread_busy")
+        await runtime.delete_thread(thread_id)
+        return Response(status_code=204)
+
+    @router.get("/threads/{thread_id}/state", summary="The thread's current state")
+    async def get_state(thread_id: str, request: Request) -> dict[str, Any]:
+        return await runtime.state(await thread_or_404(request, thread_id))
+
+    @router.get("/threads/{thread_id}/history", summary="The thread's past states, newest first")
+    async def get_history(thread_id: str, request: Request, limit: int = 10) -> list[dict[str, Any]]:
+        if not 0 < limit <= 1000:
+            raise _invalid("limit must be between 1 and 1000.", "limit")
+        return await runtime.history(await thread_or_404(request, thread_id), limit)
+
+    @router.post("/threads/{thread_id}/history", summary="The thread's past states (LangGraph SDK route)")
+    async def post_history(thread_id: str, request: Request) -> list[dict[str, Any]]:
+        body = _parse(HistoryQuery, await request.body())
+        return await runtime.history(await thread_or_404(request, thread_id), body.limit)
+
+    # -- runs -----------------------------------------------------------------------
+
+    async def new_run(thread_id: str, request: Request) -> tuple[RunRow, RunCreate]:
+        body = _parse(RunCreate, await request.body())
+        owner = owner_of(request)
+        if body.assistant_id not in runtime.agents:
+            raise _not_found("assistant", body.assistant_id)
+        if admit is not None:
+            await admit(request, body.assistant_id)
+        if body.multitask_strategy not in ("reject", "enqueue"):
+            raise _invalid(
+                f"multitask_strategy `{body.multitask_strategy}` is not supported; use reject or enqueue.",
+                "multitask_strategy",
+            )
+        modes = [body.stream_mode] if isinstance(body.stream_mode, str) else list(body.stream_mode)
+        unknown = [m for m in modes if m not in STREAM_MODES]
+        if unknown:
+            raise _invalid(f"stream_mode {unknown} not supported; use {list(STREAM_MODES)}.", "stream_mode")
+        if (body.input is None) == (body.command is None):
+            raise _invalid("Give exactly one of `input` and `command`.", "input")
+        graph_input = None
+        if body.input is not None:
+            try:
+                graph_input = AgentInput.model_validate(body.input).model_dump()
+            except ValidationError as exc:
+                raise _validation_error(exc, "input") from None
+        thread = await runtime.db(runtime.store.get_thread, thread_id, owner)
+        if thread is None and body.if_not_exists == "create":
+            thread = await runtime.db(runtime.store.create_thread, thread_id, owner, {})
+            thread = thread or await runtime.db(runtime.store.get_thread, thread_id, owner)
+        if thread is None:
+            raise _not_found("thread", thread_id)
+        if body.command is not None and body.command.resume is not None and thread.status != "interrupted":
+            raise OpenAIError(
+                409,
+                f"Thread `{thread_id}` is {thread.status}, not interrupted: there is nothing to resume.",
+                param="command.resume",
+                code="thread_not_interrupted",
+            )
+        kwargs = {
+            "input": graph_input,
+            "command": body.command.model_dump(exclude_none=True) if body.command else None,
+            "stream_mode": modes,
+            "config": body.config,
+            "wants_messages": any(m.startswith("messages") for m in modes),
+        }
+        run = {
+            "run_id": new_id(),
+            "thread_id": thread_id,
+            "assistant_id": body.assistant_id,
+            "owner": owner,
+            "multitask_strategy": body.multitask_strategy,
+            "kwargs": kwargs,
+            "run_metadata": body.metadata,
+        }
+        try:
+            row = await runtime.db(
+                runtime.store.create_run,
+                run,
+                reject_if_busy=body.multitask_strategy == "reject",
+                max_pending=runtime.config.max_pending_runs_per_thread,
+            )
+        except ThreadBusy as exc:
+            raise OpenAIError(
+                409,
+                f"Thread `{thread_id}` is busy: {exc}. Use multitask_strategy `enqueue` to queue this run.",
+                param="multitask_strategy",
+                code="thread_busy",
+            ) from None
+        return row, body
+
+    def run_headers(run: RunRow) -> dict[str, str]:
+        return {
+            "content-location": f"/threads/{run.thread_id}/runs/{run.run_id}",
+            "x-welip-run-id": run.run_id,
+        }
+
+    @router.post("/threads/{thread_id}/runs", summary="Start a run in the background")
+    async def create_run(thread_id: str, request: Request) -> JSONResponse:
+        run, _ = await new_run(thread_id, request)
+        runtime.start(run)
+        return JSONResponse(run.public(), headers=run_headers(run))
+
+    @router.post("/threads/{thread_id}/runs/wait", summary="Run and answer the thread's final values")
+    async def wait_run(thread_id: str, request: Request) -> JSONResponse:
+        run, _ = await new_run(thread_id, request)
+        return JSONResponse(await runtime.wait(run), headers=run_headers(run))
+
+    @router.post("/threads/{thread_id}/runs/stream", summary="Run and stream its events (SSE)")
+    async def stream_run(thread_id: str, request: Request) -> StreamingResponse:
+        run, body = await new_run(thread_id, request)
+        events = runtime.stream(
+            run, run.kwargs["stream_mode"], cancel_on_disconnect=body.on_disconnect == "cancel"
+        )
+        return StreamingResponse(_sse(events), media_type="text/event-stream", headers=run_headers(run))
+
+    @router.get("/threads/{thread_id}/runs", summary="The thread's runs, newest first")
+    async def list_runs(
+        thread_id: str, request: Request, limit: int = 10, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        await thread_or_404(request, thread_id)
+        rows = await runtime.db(
+            runtime.store.list_runs, thread_id, owner_of(request), min(limit, 1000), offset
+        )
+        return [r.public() for r in rows]
+
+    async def run_or_404(request: Request, run_id: str, thread_id: str | None = None) -> RunRow:
+        run = await runtime.db(runtime.store.get_run, run_id, owner_of(request), thread_id)
+        if run is None:
+            raise _not_found("run", run_id)
+        return run
+
+    @router.get("/threads/{thread_id}/runs/{run_id}", summary="One run")
+    async def get_thread_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
+        return (await run_or_404(request, run_id, thread_id)).public()
+
+    @router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values")
+    async def join_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
+        return await runtime.join(await run_or_404(request, run_id, thread_id))
+
+    @router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
+    async def cancel_thread_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
+        return (await runtime.cancel(await run_or_404(request, run_id, thread_id))).public()
+
+    @router.get("/runs/{run_id}", summary="One run")
+    async def get_run(run_id: str, request: Request) -> dict[str, Any]:
+        return (await run_or_404(request, run_id)).public()
+
+    @router.post("/runs/{run_id}/cancel", summary="Cancel a run")
+    async def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
+        return (await runtime.cancel(await run_or_404(request, run_id))).public()
+
+    return router
+
+
+async def _sse(events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[bytes]:
+    async for event, data in events:
+        yield f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

@@ -1,0 +1,180 @@
+"""Assembly of the agents service: checkpointer, chat models, retrievers, graphs, HTTP app."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from welip.agents._api import Admit, OwnerOf, build_agents_router
+from welip.agents._config import AgentConfig, ChatModelConfig, RetrievalConfig
+from welip.agents._graphs import GRAPHS
+from welip.agents._runtime import AgentRuntime
+from welip.agents._telemetry import inject_traceparent
+from welip.api import OpenAIError, invalid_request
+
+logger = logging.getLogger("welip.agents")
+
+
+@contextlib.asynccontextmanager
+async def open_checkpointer(database_url: str) -> AsyncIterator[Any]:
+    """LangGraph's checkpointer on WeLIP's database: PostgreSQL, or the SQLite file."""
+    if database_url.startswith(("postgresql", "postgres")):
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg import AsyncConnection
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+
+        conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        async with AsyncConnectionPool(conninfo, kwargs=kwargs, min_size=1, max_size=8, open=False) as pool:
+            await pool.open(wait=True, timeout=30)
+            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+            # Replicas start together: one runs LangGraph's migrations at a time.
+            async with await AsyncConnection.connect(conninfo, autocommit=True) as lock:
+                await lock.execute("SELECT pg_advisory_lock(hashtext('welip.langgraph.setup'))")
+                try:
+                    await saver.setup()
+                finally:
+                    await lock.execute("SELECT pg_advisory_unlock(hashtext('welip.langgraph.setup'))")
+            yield saver
+        return
+    if not database_url.startswith("sqlite"):
+        raise ValueError(f"agents need PostgreSQL or SQLite, not {database_url.split(':', 1)[0]}")
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path = database_url.split("///", 1)[1] if "///" in database_url else ":memory:"
+    path = os.path.expanduser(path)
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    async with aiosqlite.connect(path, timeout=30) as conn:
+        sqlite_saver = AsyncSqliteSaver(conn)
+        await sqlite_saver.setup()
+        yield sqlite_saver
+
+
+def chat_model(config: ChatModelConfig) -> Any:
+    """LangChain's ``ChatOpenAI`` on the configured endpoint, with the service key and trace headers."""
+    from langchain_openai import ChatOpenAI
+
+    key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    client = httpx.AsyncClient(
+        timeout=config.timeout_s,
+        event_hooks={"request": [inject_traceparent]},
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+    )
+    return ChatOpenAI(
+        base_url=config.base_url,
+        api_key=key or "EMPTY",
+        model=config.model,
+        temperature=config.temperature,
+        max_completion_tokens=config.max_tokens,
+        timeout=config.timeout_s,
+        max_retries=config.max_retries,
+        http_async_client=client,
+        stream_usage=True,
+    )
+
+
+class LazyRetriever:
+    """A retriever over a LanceDB table opened on first use (the table may be ingested later)."""
+
+    def __init__(self, config: RetrievalConfig, llm: ChatModelConfig) -> None:
+        self.config = config
+        self.llm = llm
+        self._retriever: Any = None
+
+    async def retrieve(self, query: str) -> list[Any]:
+        if self._retriever is None:
+            from welip.rag import GatewayEmbeddings, Retriever, VectorStore
+
+            key = os.environ.get(self.llm.api_key_env, "") if self.llm.api_key_env else ""
+            try:
+                store = VectorStore.open(self.config.table, self.config.storage_url)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"The retrieval table `{self.config.table}` cannot be opened ({exc}); "
+                    "ingest documents first: python jobs/ingest.py --config configs/rag/welip_docs.yaml"
+                ) from exc
+            embeddings = GatewayEmbeddings(
+                self.config.embeddings_base_url or self.llm.base_url,
+                self.config.embeddings_model,
+                key or None,
+            )
+            self._retriever = Retriever(
+                store=store, embeddings=embeddings, top_k=self.config.top_k, mode=self.config.mode
+            )
+        return list(await self._retriever.retrieve(query))
+
+
+def compile_graphs(
+    agents: list[AgentConfig], checkpointer: Any, models: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Each agent's graph compiled with the checkpointer; ``models`` overrides chat models by id."""
+    graphs = {}
+    for agent in agents:
+        model = (models or {}).get(agent.assistant_id) or chat_model(agent.llm)
+        retriever = LazyRetriever(agent.retrieval, agent.llm) if agent.retrieval else None
+        graph = GRAPHS[agent.graph](agent, model, retriever)
+        graphs[agent.assistant_id] = graph.compile(checkpointer=checkpointer, name=agent.assistant_id)
+    return graphs
+
+
+def build_agents_app(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit | None = None) -> FastAPI:
+    """The FastAPI app of one agents replica (wrap it in the trust middleware to protect it)."""
+    import welip
+
+    app = FastAPI(
+        title="WeLIP agents",
+        version=welip.__version__,
+        description="Agent Protocol: threads, runs (wait, stream), interrupts, over LangGraph graphs.",
+    )
+
+    @app.get("/health", summary="The agents replica is alive")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(build_agents_router(runtime, owner_of, admit))
+    add_error_handlers(app)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error in WeLIP's OpenAI error body; never a bare 500."""
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+        return exc.to_response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p not in ("query", "path", "body")) or None
+        return invalid_request(
+            f"{param}: {first['msg']}" if param else str(first["msg"]), param=param
+        ).to_response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return OpenAIError(exc.status_code, str(exc.detail), code=code).to_response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return OpenAIError(
+            500,
+            "The agents service failed to handle the request.",
+            type="server_error",
+            code="internal_error",
+        ).to_response()

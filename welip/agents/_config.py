@@ -1,0 +1,126 @@
+"""Configuration of the agents app and of each shipped agent (``configs/agents/*.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ToolName = Literal["calculator", "current_time", "retrieve", "create_ticket"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatModelConfig(_Strict):
+    """The LLM an agent calls: any OpenAI-compatible endpoint, by default the WeLIP gateway."""
+
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        description="OpenAI-compatible base URL; the gateway, so limits, audit and traces apply.",
+    )
+    model: str = Field("smollm2-135m-instruct", min_length=1, max_length=128)
+    api_key_env: str | None = Field(
+        "WELIP_AGENTS_API_KEY",
+        description="Environment variable holding the agents' service key; unset or empty: no key.",
+    )
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(256, gt=0, le=8192)
+    timeout_s: float = Field(120, gt=0, le=3600)
+    max_retries: int = Field(1, ge=0, le=10)
+
+
+class RetrievalConfig(_Strict):
+    """Where an agent retrieves from: a LanceDB table written by ``jobs/ingest.py``."""
+
+    table: str = Field("welip_docs", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    storage_url: str | None = Field(None, description="LanceDB folder; default $WELIP_STORAGE_URL/rag.")
+    embeddings_model: str = Field(
+        "all-minilm-l6-v2", description="Served embeddings model (the one the table was built with)."
+    )
+    embeddings_base_url: str | None = Field(None, description="Default: the chat model's base_url.")
+    top_k: int = Field(4, gt=0, le=50)
+    mode: Literal["hybrid", "vector", "fts"] = "hybrid"
+    max_context_chars: int = Field(3000, gt=0, le=200_000, description="Retrieved text given to the LLM.")
+
+
+class AgentConfig(_Strict):
+    """One assistant: a graph from :data:`welip.agents.GRAPHS` with its model, tools and prompts."""
+
+    assistant_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    name: str = Field(min_length=1, max_length=128)
+    description: str = Field("", max_length=2000)
+    graph: Literal["rag", "react"]
+    llm: ChatModelConfig = Field(default_factory=ChatModelConfig)
+    retrieval: RetrievalConfig | None = None
+    system_prompt: str | None = Field(None, max_length=20_000)
+    tools: list[ToolName] = Field(default_factory=list)
+    sensitive_tools: list[ToolName] = Field(
+        default_factory=list, description="Tools that wait for a human's approval (an interrupt)."
+    )
+    max_steps: int = Field(6, gt=0, le=50, description="Tool calls per run before the agent must answer.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentConfig:
+        if self.graph == "rag" and self.retrieval is None:
+            raise ValueError("graph rag needs `retrieval`")
+        if "retrieve" in self.tools and self.retrieval is None:
+            raise ValueError("tool `retrieve` needs `retrieval`")
+        unknown = sorted(set(self.sensitive_tools) - set(self.tools))
+        if unknown:
+            raise ValueError(f"sensitive_tools not in tools: {unknown}")
+        if self.graph == "react" and not self.tools:
+            raise ValueError("graph react needs at least one tool")
+        return self
+
+
+class AgentsConfig(_Strict):
+    """The agents runtime: its assistants, replicas, retention and run bounds.
+
+    ``deployments/agents.py`` adds the trust layer's config (``gateway``) to it.
+    """
+
+    agents: list[AgentConfig | str] = Field(
+        min_length=1, description="Agent configs, inline or as paths to YAML files (read by build_app)."
+    )
+    num_replicas: int = Field(1, gt=0, le=64)
+    num_cpus: float = Field(0.1, gt=0, le=64)
+    max_ongoing_requests: int = Field(64, gt=0, le=10_000)
+    thread_ttl_s: float = Field(
+        7 * 24 * 3600, gt=0, description="Threads idle this long are deleted with their checkpoints."
+    )
+    cleanup_interval_s: float = Field(300, gt=0, le=86_400)
+    run_timeout_s: float = Field(600, gt=0, le=86_400, description="A run still going after this: timeout.")
+    max_pending_runs_per_thread: int = Field(16, gt=0, le=1000, description="Queue bound for `enqueue`.")
+    stale_run_s: float = Field(
+        30, gt=1, le=3600, description="A run whose replica stopped heartbeating this long is failed."
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AgentsConfig:
+        ids = [a.assistant_id for a in self.agents if isinstance(a, AgentConfig)]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"assistant ids must be unique: {ids}")
+        return self
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    """Read and validate one agent YAML."""
+    with open(path) as fh:
+        data: dict[str, Any] = yaml.safe_load(fh) or {}
+    return AgentConfig.model_validate(data)
+
+
+def resolve_agents(config: AgentsConfig, root: Path | None = None) -> list[AgentConfig]:
+    """The app's agents, with paths read (relative to ``root``, default the working directory)."""
+    agents = [
+        a if isinstance(a, AgentConfig) else load_agent_config((root or Path.cwd()) / a)
+        for a in config.agents
+    ]
+    ids = [a.assistant_id for a in agents]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"assistant ids must be unique: {ids}")
+    return agents

@@ -1,0 +1,402 @@
+"""Threads and runs in the metadata database, shared by every replica of the agents app.
+
+The thread row is the lock of its thread: a run holds it by setting
+``active_run_id`` in one conditional UPDATE, so two replicas never run the same
+thread at once, and queued runs (``enqueue``) take it in creation order. Runs
+heartbeat while they execute; a run whose replica died stops heartbeating, and the
+next claim fails it and frees the thread. The graph state itself is in LangGraph's
+checkpoint tables, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from welip.store._schema import agent_runs, agent_threads
+
+ACTIVE_RUN_STATUSES = ("pending", "running")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _aware(value)
+    return value.isoformat() if value is not None else None
+
+
+@dataclass
+class ThreadRow:
+    thread_id: str
+    owner: str
+    assistant_id: str | None
+    status: str
+    metadata: dict[str, Any]
+    active_run_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "thread_id": self.thread_id,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "metadata": self.metadata,
+            "status": self.status,
+        }
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    owner: str
+    status: str
+    multitask_strategy: str
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    error: str | None
+    replica: str | None
+    heartbeat_at: datetime | None
+    cancel_requested_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "assistant_id": self.assistant_id,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "status": self.status,
+            "metadata": self.metadata,
+            "multitask_strategy": self.multitask_strategy,
+            "kwargs": self.kwargs,
+            "error": self.error,
+        }
+
+
+def _thread(row: Any) -> ThreadRow:
+    m = row._mapping
+    return ThreadRow(
+        thread_id=m["thread_id"],
+        owner=m["owner"],
+        assistant_id=m["assistant_id"],
+        status=m["status"],
+        metadata=m["thread_metadata"] or {},
+        active_run_id=m["active_run_id"],
+        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
+        updated_at=_aware(m["updated_at"]),  # type: ignore[arg-type]
+    )
+
+
+def _run(row: Any) -> RunRow:
+    m = row._mapping
+    return RunRow(
+        run_id=m["run_id"],
+        thread_id=m["thread_id"],
+        assistant_id=m["assistant_id"],
+        owner=m["owner"],
+        status=m["status"],
+        multitask_strategy=m["multitask_strategy"],
+        kwargs=m["kwargs"] or {},
+        metadata=m["run_metadata"] or {},
+        error=m["error"],
+        replica=m["replica"],
+        heartbeat_at=_aware(m["heartbeat_at"]),
+        cancel_requested_at=_aware(m["cancel_requested_at"]),
+        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
+        updated_at=_aware(m["updated_at"]),  # type: ignore[arg-type]
+    )
+
+
+class ThreadBusy(Exception):
+    """The thread has a run (``multitask_strategy: reject``), or its queue is full."""
+
+
+class AgentStore:
+    """Synchronous SQLAlchemy Core access to ``agent_threads`` and ``agent_runs``."""
+
+    def __init__(self, engine: sa.Engine, *, stale_run_s: float = 30) -> None:
+        self.engine = engine
+        self.stale_run_s = stale_run_s
+
+    # -- threads ------------------------------------------------------------------
+
+    def create_thread(self, thread_id: str, owner: str, metadata: dict[str, Any]) -> ThreadRow | None:
+        """A new idle thread; None if the id is taken."""
+        now = utcnow()
+        row = {
+            "thread_id": thread_id,
+            "owner": owner,
+            "assistant_id": metadata.get("graph_id") if isinstance(metadata.get("graph_id"), str) else None,
+            "status": "idle",
+            "thread_metadata": metadata,
+            "active_run_id": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(agent_threads.insert().values(**row))
+        except sa.exc.IntegrityError:
+            return None
+        return _thread(_Row(row))
+
+    def get_thread(self, thread_id: str, owner: str) -> ThreadRow | None:
+        """The thread, if ``owner`` owns it (another principal sees nothing)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                agent_threads.select().where(
+                    agent_threads.c.thread_id == thread_id, agent_threads.c.owner == owner
+                )
+            ).first()
+        return _thread(row) if row else None
+
+    def update_thread(self, thread_id: str, owner: str, metadata: dict[str, Any]) -> ThreadRow | None:
+        """Merge ``metadata`` into the thread's (as LangGraph's PATCH does)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                agent_threads.select()
+                .where(agent_threads.c.thread_id == thread_id, agent_threads.c.owner == owner)
+                .with_for_update()
+            ).first()
+            if row is None:
+                return None
+            merged = {**(row._mapping["thread_metadata"] or {}), **metadata}
+            conn.execute(
+                agent_threads.update()
+                .where(agent_threads.c.thread_id == thread_id)
+                .values(thread_metadata=merged, updated_at=utcnow())
+            )
+        return self.get_thread(thread_id, owner)
+
+    def delete_threads(self, thread_ids: list[str]) -> None:
+        """Delete thread rows and their runs (the caller deletes the checkpoints)."""
+        if not thread_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(agent_runs.delete().where(agent_runs.c.thread_id.in_(thread_ids)))
+            conn.execute(agent_threads.delete().where(agent_threads.c.thread_id.in_(thread_ids)))
+
+    def search_threads(
+        self, owner: str, *, metadata: dict[str, Any], status: str | None, limit: int, offset: int
+    ) -> list[ThreadRow]:
+        query = agent_threads.select().where(agent_threads.c.owner == owner)
+        if status:
+            query = query.where(agent_threads.c.status == status)
+        query = query.order_by(agent_threads.c.created_at.desc())
+        with self.engine.connect() as conn:
+            rows = [_thread(r) for r in conn.execute(query)]
+        # Metadata filters are equality on top-level keys, checked here for every dialect.
+        rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
+        return rows[offset : offset + limit]
+
+    def expired_threads(self, idle_s: float, limit: int = 500) -> list[str]:
+        """Threads with no run and no activity for ``idle_s`` seconds."""
+        before = utcnow() - timedelta(seconds=idle_s)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(agent_threads.c.thread_id)
+                .where(agent_threads.c.updated_at < before, agent_threads.c.active_run_id.is_(None))
+                .limit(limit)
+            )
+            return [r[0] for r in rows]
+
+    # -- runs ---------------------------------------------------------------------
+
+    def create_run(self, run: dict[str, Any], *, reject_if_busy: bool, max_pending: int) -> RunRow:
+        """Insert a pending run; with ``reject_if_busy`` take the thread at once or raise."""
+        now = utcnow()
+        row = {
+            **run,
+            "status": "pending",
+            "error": None,
+            "replica": None,
+            "heartbeat_at": None,
+            "cancel_requested_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self.engine.begin() as conn:
+            self._fail_stale(conn, run["thread_id"])
+            if reject_if_busy:
+                taken = conn.execute(
+                    agent_threads.update()
+                    .where(
+                        agent_threads.c.thread_id == run["thread_id"], agent_threads.c.active_run_id.is_(None)
+                    )
+                    .values(active_run_id=run["run_id"], status="busy", updated_at=now)
+                ).rowcount
+                if not taken:
+                    raise ThreadBusy("the thread has a run in progress")
+            else:
+                pending = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(agent_runs)
+                    .where(agent_runs.c.thread_id == run["thread_id"], agent_runs.c.status == "pending")
+                ).scalar_one()
+                if pending >= max_pending:
+                    raise ThreadBusy(f"the thread already has {pending} queued runs")
+            conn.execute(agent_runs.insert().values(**row))
+        return _run(_Row(row))
+
+    def claim(self, run_id: str, thread_id: str, replica: str | None) -> bool:
+        """Start a pending run if it holds the thread or is next in line; True when it started."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            self._fail_stale(conn, thread_id)
+            thread = conn.execute(
+                sa.select(agent_threads.c.active_run_id).where(agent_threads.c.thread_id == thread_id)
+            ).first()
+            if thread is None:
+                return False
+            holder = thread[0]
+            if holder != run_id:
+                if holder is not None:
+                    return False
+                first = conn.execute(
+                    sa.select(agent_runs.c.run_id)
+                    .where(agent_runs.c.thread_id == thread_id, agent_runs.c.status == "pending")
+                    .order_by(agent_runs.c.created_at, agent_runs.c.run_id)
+                    .limit(1)
+                ).first()
+                if first is None or first[0] != run_id:
+                    return False
+                taken = conn.execute(
+                    agent_threads.update()
+                    .where(agent_threads.c.thread_id == thread_id, agent_threads.c.active_run_id.is_(None))
+                    .values(active_run_id=run_id, status="busy", updated_at=now)
+                ).rowcount
+                if not taken:
+                    return False
+            started = conn.execute(
+                agent_runs.update()
+                .where(agent_runs.c.run_id == run_id, agent_runs.c.status == "pending")
+                .values(status="running", replica=replica, heartbeat_at=now, updated_at=now)
+            ).rowcount
+            if not started:  # cancelled while queued: let the thread go
+                conn.execute(
+                    agent_threads.update()
+                    .where(agent_threads.c.thread_id == thread_id, agent_threads.c.active_run_id == run_id)
+                    .values(active_run_id=None, status="idle", updated_at=now)
+                )
+                return False
+        return True
+
+    def _fail_stale(self, conn: sa.Connection, thread_id: str) -> None:
+        # A run whose replica stopped heartbeating (killed, restarted) frees its thread.
+        stale_before = utcnow() - timedelta(seconds=self.stale_run_s)
+        holder = conn.execute(
+            sa.select(agent_runs.c.run_id, agent_runs.c.heartbeat_at, agent_runs.c.status)
+            .select_from(agent_threads.join(agent_runs, agent_runs.c.run_id == agent_threads.c.active_run_id))
+            .where(agent_threads.c.thread_id == thread_id)
+        ).first()
+        if holder is None or holder[2] != "running":
+            return
+        beat = _aware(holder[1])
+        if beat is not None and beat >= stale_before:
+            return
+        now = utcnow()
+        conn.execute(
+            agent_runs.update()
+            .where(agent_runs.c.run_id == holder[0])
+            .values(status="error", error="the replica running it stopped", updated_at=now)
+        )
+        conn.execute(
+            agent_threads.update()
+            .where(agent_threads.c.thread_id == thread_id)
+            .values(active_run_id=None, status="error", updated_at=now)
+        )
+
+    def heartbeat(self, run_id: str) -> bool:
+        """Mark the run alive; True if somebody asked to cancel it."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                agent_runs.update().where(agent_runs.c.run_id == run_id).values(heartbeat_at=utcnow())
+            )
+            row = conn.execute(
+                sa.select(agent_runs.c.cancel_requested_at).where(agent_runs.c.run_id == run_id)
+            ).first()
+        return bool(row and row[0] is not None)
+
+    def finish_run(
+        self, run_id: str, thread_id: str, status: str, thread_status: str, error: str | None
+    ) -> None:
+        """Record the run's end and release its thread."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                agent_runs.update()
+                .where(agent_runs.c.run_id == run_id)
+                .values(status=status, error=error, updated_at=now)
+            )
+            conn.execute(
+                agent_threads.update()
+                .where(agent_threads.c.thread_id == thread_id, agent_threads.c.active_run_id == run_id)
+                .values(active_run_id=None, status=thread_status, updated_at=now)
+            )
+
+    def request_cancel(self, run_id: str) -> RunRow | None:
+        """Cancel a queued run at once; flag a running one for its replica."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                agent_runs.update()
+                .where(agent_runs.c.run_id == run_id, agent_runs.c.status == "pending")
+                .values(status="interrupted", error="cancelled", cancel_requested_at=now, updated_at=now)
+            )
+            conn.execute(
+                agent_runs.update()
+                .where(agent_runs.c.run_id == run_id, agent_runs.c.status == "running")
+                .values(cancel_requested_at=now)
+            )
+            row = conn.execute(agent_runs.select().where(agent_runs.c.run_id == run_id)).first()
+        return _run(row) if row else None
+
+    def get_run(self, run_id: str, owner: str, thread_id: str | None = None) -> RunRow | None:
+        query = agent_runs.select().where(agent_runs.c.run_id == run_id, agent_runs.c.owner == owner)
+        if thread_id is not None:
+            query = query.where(agent_runs.c.thread_id == thread_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _run(row) if row else None
+
+    def list_runs(self, thread_id: str, owner: str, limit: int, offset: int) -> list[RunRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                agent_runs.select()
+                .where(agent_runs.c.thread_id == thread_id, agent_runs.c.owner == owner)
+                .order_by(agent_runs.c.created_at.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return [_run(r) for r in rows]
+
+    def set_thread_assistant(self, thread_id: str, assistant_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                agent_threads.update()
+                .where(agent_threads.c.thread_id == thread_id, agent_threads.c.assistant_id.is_(None))
+                .values(assistant_id=assistant_id)
+            )
+
+
+class _Row:
+    """A dict seen as a result row (``._mapping``), to build rows just written."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._mapping = values
