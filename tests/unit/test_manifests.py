@@ -26,6 +26,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from welip.evaluation import load_suite
 from welip.gateway import ServingConfig
+from welip.rag import load_ingest_config
 from welip.training import AlignConfig, FinetuneConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -298,6 +299,8 @@ def test_rayjob_entrypoint_runs_a_shipped_job_with_a_valid_config(
         config_at = argv.index("--config")
         overrides = [a for a in argv[2:] if "=" in a]
         load_suite(argv[config_at + 1], overrides)
+    if argv[1] == "jobs/ingest.py":
+        load_ingest_config(argv[argv.index("--config") + 1], [a for a in argv[2:] if "=" in a])
     if argv[1] in TRAINING_JOBS:
         config_at = argv.index("--config")
         overrides = [a for a in argv[2:] if "=" in a]
@@ -362,3 +365,23 @@ def test_align_rayjob_runs_verl_on_gpus() -> None:
     assert cfg.rl_backend == "verl" and cfg.use_gpu
     runtime_env = yaml.safe_load(resource["spec"]["runtimeEnvYAML"])
     assert any(str(p).startswith("verl") for p in runtime_env["pip"]), f"{name}: verl is not installed"
+
+
+def test_ingest_rayjob_reads_and_writes_s3_and_fits_its_embedding_actors() -> None:
+    """The ingestion RayJob's documents and table are on S3 (every node reaches them), and its
+    workers have room for the embedding actors the config asks for."""
+    jobs = [doc for _, doc in rayjobs() if shlex.split(doc["spec"]["entrypoint"])[1] == "jobs/ingest.py"]
+    assert jobs, "no RayJob runs jobs/ingest.py"
+    for resource in jobs:
+        spec = resource["spec"]
+        argv = shlex.split(spec["entrypoint"])
+        cfg = load_ingest_config(
+            REPO_ROOT / argv[argv.index("--config") + 1], [a for a in argv[2:] if "=" in a]
+        )
+        assert cfg.documents.startswith("s3://")
+        runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+        assert (cfg.storage_url or runtime_env["env_vars"]["WELIP_STORAGE_URL"]).startswith("s3://")
+        assert any(str(p).startswith(cfg.embedding_source) for p in runtime_env["pip"])
+        workers = spec["rayClusterSpec"].get("workerGroupSpecs", [])
+        cpus = sum(group_cpus(group) * group["maxReplicas"] for group in workers)
+        assert cpus >= cfg.embed_concurrency * cfg.embed_num_cpus + 0.25
