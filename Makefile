@@ -16,7 +16,7 @@ RAY_PORT ?= 6390
 # The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
 CONFIG ?= configs/serve/local.yaml
 
-.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services
+.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-eval: install $(LMEVAL_VENV)/bin/lm_eval
 # The LoRA job on Ray Train (one worker) against a plain transformers + PEFT loop, same data and steps.
 bench-finetune: install
 	$(BIN)/python benchmarks/finetune.py
+
+# WeLIP's own docs (data/docs) into the LanceDB table the RAG agent searches; a rerun adds nothing.
+ingest: install
+	$(BIN)/python jobs/ingest.py --config configs/rag/welip_docs.yaml
 
 clean:
 	-$(BIN)/ray stop --force
