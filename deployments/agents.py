@@ -103,6 +103,6 @@ def build_app(args: dict[str, Any]) -> Application:
         name="WelipAgents",
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.num_cpus},
+        ray_actor_options={"num_cpus": config.num_cpus, "runtime_env": {"env_vars": config.env_vars}},
     )
     return deployment.bind(config=config, agents=agents)

@@ -37,7 +37,9 @@ import ray
 from cryptography.hazmat.primitives.asymmetric import rsa
 from ray import serve
 
+from deployments.agents import build_app as build_agents_app
 from deployments.gateway import build_app
+from welip.store import Database
 
 MODEL = "smollm2-135m-instruct"
 SHORT_MODEL = "smollm2-135m-instruct-short"
@@ -60,6 +62,10 @@ SESSION = secrets.token_hex(4)
 REDIS_PREFIX = f"welip-it-{SESSION}"
 SPOOL_DIR = Path(f"/tmp/welip-it-spool-{SESSION}")
 RRN = "900101-1234567"
+AGENTS_APP = "agents"
+# Where the session's jobs and the agents app keep artifacts (the RAG table among them).
+STORAGE_DIR = Path(f"/tmp/welip-it-storage-{SESSION}")
+AGENT_CONFIGS = ["configs/agents/welip_docs_rag.yaml", "configs/agents/tools_react.yaml"]
 
 
 def _free_port() -> int:
@@ -98,6 +104,7 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
                     "admin": {"permissions": ["inference", "embeddings", "admin"]},
                     "user": {"permissions": ["inference"]},
                     "short-only": {"permissions": ["inference"], "models": [SHORT_MODEL]},
+                    "agent-user": {"permissions": ["agents"]},
                 },
                 "oidc": {
                     "issuer": ISSUER,
@@ -117,6 +124,46 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def agents_args(database_url: str, jwks_url: str, gateway_url: str) -> dict[str, Any]:
+    """The agents app: two replicas, the gateway's trust config, LLM calls to the session gateway."""
+    from welip.agents import AgentConfig, load_agent_config
+
+    trust = app_args(database_url, jwks_url)["gateway"]
+    agents = []
+    for path in AGENT_CONFIGS:
+        agent = load_agent_config(path).model_dump()
+        agent["llm"].update(base_url=f"{gateway_url}/v1", api_key_env="WELIP_IT_AGENTS_KEY")
+        agents.append(AgentConfig.model_validate(agent).model_dump())
+    return {
+        "agents": agents,
+        "num_replicas": 2,
+        "num_cpus": 0.1,
+        "gateway": {k: trust[k] for k in ("auth", "limits", "audit")},
+        "env_vars": {
+            "WELIP_DATABASE_URL": database_url,
+            "WELIP_REDIS_URL": REDIS_URL,
+            "WELIP_IT_ADMIN_KEY": ADMIN_KEY,
+            "WELIP_STORAGE_URL": str(STORAGE_DIR),
+            "WELIP_IT_AGENTS_KEY": agents_service_key(database_url),
+        },
+        "stale_run_s": 10,
+    }
+
+
+_service_keys: dict[str, str] = {}
+
+
+def agents_service_key(database_url: str) -> str:
+    """The agents' service key (role user: inference), minted once per session."""
+    if database_url not in _service_keys:
+        database = Database(database_url)
+        database.upgrade()
+        _, key = database.create_key(name="agents-service", role="user")
+        database.dispose()
+        _service_keys[database_url] = key
+    return _service_keys[database_url]
 
 
 @pytest.fixture(scope="session")
@@ -185,11 +232,16 @@ def base_url(database_url: str, jwks_url: str) -> Iterator[str]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(app_args(database_url, jwks_url)), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
+    agents = build_agents_app(agents_args(database_url, jwks_url, url))
+    serve.run(agents, name=AGENTS_APP, route_prefix="/agents", blocking=False)
     deadline = time.monotonic() + READY_TIMEOUT_S
     status = None
     while time.monotonic() < deadline:
         try:
             status = httpx.get(f"{url}/ready", timeout=15).status_code
+            if status == 200:
+                headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+                status = httpx.get(f"{url}/agents/health", headers=headers, timeout=15).status_code
         except httpx.HTTPError:
             status = None
         if status == 200:

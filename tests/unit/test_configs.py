@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel
 from ray.serve.schema import ServeDeploySchema
 
+from deployments.agents import AgentsAppConfig
+from welip.agents import AgentConfig, load_agent_config, resolve_agents
 from welip.gateway import ServingConfig
 from welip.training import AlignConfig, FinetuneConfig, load_config
 
@@ -26,7 +28,11 @@ SERVE_CONFIGS = sorted((CONFIGS_DIR / "serve").glob("*.yaml"))
 LOCAL_SERVE_CONFIG = CONFIGS_DIR / "serve" / "local.yaml"
 LAPTOP_CPUS = 2.0
 # The args model of each Serve app builder; a new app adds its line here.
-APP_ARGS: dict[str, type[BaseModel]] = {"deployments.gateway:build_app": ServingConfig}
+APP_ARGS: dict[str, type[BaseModel]] = {
+    "deployments.gateway:build_app": ServingConfig,
+    "deployments.agents:build_app": AgentsAppConfig,
+}
+AGENT_CONFIGS = sorted((CONFIGS_DIR / "agents").glob("*.yaml"))
 # The config model of each training area (configs/<area>/*.yaml); a new area adds its line here.
 TRAINING_AREAS: dict[str, type[FinetuneConfig] | type[AlignConfig]] = {
     "finetune": FinetuneConfig,
@@ -93,7 +99,10 @@ def test_serve_config_builds_valid_apps(path: Path) -> None:
     for app in config["applications"]:
         assert app["import_path"] in APP_ARGS, f"{app['import_path']}: add its args model to APP_ARGS"
         assert callable(resolve_import_path(app["import_path"])), app["import_path"]
-        APP_ARGS[app["import_path"]].model_validate(app.get("args", {}))
+        args = APP_ARGS[app["import_path"]].model_validate(app.get("args", {}))
+        if isinstance(args, AgentsAppConfig):
+            # The agent files an agents app names exist and validate.
+            assert resolve_agents(args, REPO_ROOT)
 
 
 def test_local_config_serves_smollm2_on_loopback() -> None:
@@ -130,7 +139,14 @@ def test_training_config_validates_and_names_shipped_data(path: Path) -> None:
     assert (REPO_ROOT / cfg.dataset).is_file(), f"{rel(path)}: {cfg.dataset} is not in the repository"
 
 
+@pytest.mark.parametrize("path", AGENT_CONFIGS, ids=[rel(p) for p in AGENT_CONFIGS])
+def test_agent_config_validates(path: Path) -> None:
+    assert isinstance(load_agent_config(path), AgentConfig)
+
+
 def test_every_config_area_is_validated() -> None:
     areas = {p.relative_to(CONFIGS_DIR).parts[0] for p in CONFIG_FILES}
     assert "align" in areas
-    assert areas <= {"serve", *TRAINING_AREAS, *VALIDATED_ELSEWHERE}, "add the new area's config model"
+    assert areas <= {"serve", "agents", *TRAINING_AREAS, *VALIDATED_ELSEWHERE}, (
+        "add the new area's config model"
+    )

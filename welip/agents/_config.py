@@ -95,6 +95,10 @@ class AgentsConfig(_Strict):
     cleanup_interval_s: float = Field(300, gt=0, le=86_400)
     run_timeout_s: float = Field(600, gt=0, le=86_400, description="A run still going after this: timeout.")
     max_pending_runs_per_thread: int = Field(16, gt=0, le=1000, description="Queue bound for `enqueue`.")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of the replicas (database, storage, the service key's variable).",
+    )
     stale_run_s: float = Field(
         30, gt=1, le=3600, description="A run whose replica stopped heartbeating this long is failed."
     )

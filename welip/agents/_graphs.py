@@ -250,7 +250,10 @@ def build_react_graph(
 
     async def run_tools(state: ReactState, _: Any) -> dict[str, Any]:
         call = state["messages"][-1].tool_calls[0]  # type: ignore[union-attr]
-        result = await tools[call["name"]].run(call["args"]["input"])
+        try:
+            result = await tools[call["name"]].run(call["args"]["input"])
+        except Exception as exc:  # noqa: BLE001 - a failing tool is an observation, not a failed run
+            result = f"error: {call['name']} failed: {exc}"[:1000]
         message = ToolMessage(result, tool_call_id=call["id"], name=call["name"])
         return {"messages": [message], "steps": state.get("steps", 0) + 1}
 

@@ -46,7 +46,15 @@ _FUNCTIONS: dict[str, Callable[..., float]] = {"sqrt": math.sqrt, "abs": abs, "r
 
 def calculate(expression: str) -> str:
     """Evaluate arithmetic (``+ - * / // % **``, parentheses, sqrt/abs/round) without ``eval``."""
-    text = expression.strip().replace("^", "**").replace("\u00d7", "*").replace("\u00f7", "/")
+    # Small models write "17 * 23 = ?" or "3 + 4?": keep the left-hand side.
+    text = (
+        expression.split("=")[0]
+        .strip()
+        .rstrip("?")
+        .replace("^", "**")
+        .replace("\u00d7", "*")
+        .replace("\u00f7", "/")
+    )
     if not text:
         return "error: empty expression"
     if len(text) > MAX_EXPRESSION_CHARS:

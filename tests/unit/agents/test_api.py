@@ -392,3 +392,38 @@ def test_assistants_list_their_input_schema(tmp_path: Path) -> None:
             assert (await client.get("/assistants/nope/schemas")).status_code == 404
 
     run(go())
+
+
+def test_a_run_is_one_span_tree_run_node_llm_tool(tmp_path: Path) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # the first test in the process to trace sets it
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def go() -> str:
+        models = {"docs": fake(), "tools": fake(action("calculator", "6 * 7"), action("final_answer", "42"))}
+        async with agents_client(tmp_path, models) as (client, _):
+            tid = (await client.post("/threads", json={})).json()["thread_id"]
+            body = {"assistant_id": "tools", "input": {"messages": [{"content": "secret question 6*7"}]}}
+            await client.post(f"/threads/{tid}/runs/wait", json=body)
+            return str(tid)
+
+    thread_id = run(go())
+    spans = exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "agent.run tools"]
+    assert root.attributes["openinference.span.kind"] == "AGENT"
+    assert root.attributes["session.id"] == thread_id and root.attributes["user.id"] == "alice"
+    nodes = [s for s in spans if s.parent is not None and s.parent.span_id == root.context.span_id]
+    assert [s.name for s in nodes] == ["tools.agent", "tools.tools", "tools.agent"]
+    assert [s.attributes["openinference.span.kind"] for s in nodes] == ["AGENT", "TOOL", "AGENT"]
+    llm = [s for s in spans if s.name == "llm.chat" and s.parent.span_id == nodes[0].context.span_id]
+    assert llm and llm[0].attributes["openinference.span.kind"] == "LLM"
+    # Content capture is off: no prompt text in any span.
+    assert not any("secret question" in str(v) for s in spans for v in s.attributes.values())

@@ -1,0 +1,294 @@
+"""Agents on the session cluster: two replicas of the agents app, the real engine behind the
+gateway (their LLM calls carry a service key), PostgreSQL for threads, runs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import ray
+from ray import serve
+
+from tests.integration.conftest import ADMIN_KEY, AGENTS_APP, METRICS_PORT, STORAGE_DIR
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def sse(text: str) -> list[tuple[str, Any]]:
+    """SSE frames as (event, data)."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def user_message(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+@pytest.fixture(scope="module")
+def agents(base_url: str) -> Iterator[httpx.Client]:
+    """The agents API as the admin."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=f"{base_url}/agents", timeout=300, headers=headers) as client:
+        yield client
+
+
+def key_client(base_url: str, http: httpx.Client, role: str) -> httpx.Client:
+    key = http.post("/admin/keys", json={"name": f"agents-{role}", "role": role}).json()["key"]
+    return httpx.Client(
+        base_url=f"{base_url}/agents", timeout=300, headers={"Authorization": f"Bearer {key}"}
+    )
+
+
+@pytest.fixture(scope="module")
+def docs_table(base_url: str) -> Path:
+    """The shipped documents ingested into the storage the agents app reads (as `make ingest`)."""
+    env = {
+        **os.environ,
+        "WELIP_STORAGE_URL": str(STORAGE_DIR),
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "RAY_AUTH_MODE": "token",
+    }
+    done = subprocess.run(
+        [sys.executable, "jobs/ingest.py", "--config", "configs/rag/welip_docs.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return STORAGE_DIR
+
+
+def agent_runs(database_url: str, thread_id: str) -> list[dict[str, Any]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT run_id, status, replica FROM agent_runs WHERE thread_id = %s ORDER BY created_at",
+            (thread_id,),
+        ).fetchall()
+    return [{"run_id": r[0], "status": r[1], "replica": r[2]} for r in rows]
+
+
+def test_rag_agent_streams_an_answer_citing_an_ingested_document(
+    agents: httpx.Client, docs_table: Path
+) -> None:
+    thread = agents.post("/threads", json={"metadata": {"case": "rag"}}).json()
+    body = {
+        "assistant_id": "welip-docs",
+        "input": user_message("How do I create an API key for the WeLIP gateway?"),
+        "stream_mode": ["values", "updates", "messages"],
+    }
+    with agents.stream("POST", f"/threads/{thread['thread_id']}/runs/stream", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse(response.read().decode())
+    kinds = [e for e, _ in events]
+    assert kinds[0] == "metadata"
+    assert [next(iter(d)) for e, d in events if e == "updates"] == ["retrieve", "generate"]
+    tokens = [d[0]["content"] for e, d in events if e == "messages"]
+    assert len(tokens) > 3, "the answer streams token by token"
+    final = [d for e, d in events if e == "values"][-1]
+    citations = final["citations"]
+    assert citations and all(c["chunk_id"] and c["source"] for c in citations)
+    assert any("key" in (c["source"] + c["title"]).lower() for c in citations), citations
+    answer = final["messages"][-1]
+    assert answer["type"] == "ai" and "Sources: [" in answer["content"]
+    assert "".join(tokens).strip()[:20] in answer["content"]
+
+
+def test_a_thread_continues_across_replicas_and_a_replica_restart(
+    agents: httpx.Client, database_url: str, docs_table: Path
+) -> None:
+    thread_id = agents.post("/threads", json={}).json()["thread_id"]
+    questions = [f"Question {n}: what does WeLIP's gateway do?" for n in range(6)]
+    for question in questions:
+        body = {"assistant_id": "welip-docs", "input": user_message(question)}
+        response = agents.post(f"/threads/{thread_id}/runs/wait", json=body)
+        assert response.status_code == 200, response.text
+        assert "__error__" not in response.json()
+    runs = agent_runs(database_url, thread_id)
+    assert [r["status"] for r in runs] == ["success"] * len(questions)
+    assert len({r["replica"] for r in runs}) == 2, "both replicas ran runs of the one thread"
+    state = agents.get(f"/threads/{thread_id}/state").json()
+    humans = [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
+    assert humans == questions
+
+    # Kill a replica: Serve replaces it, and the thread's state outlives it.
+    victim = runs[-1]["replica"]
+    actor = ray.get_actor(f"SERVE_REPLICA::{AGENTS_APP}#WelipAgents#{victim}", namespace="serve")
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = serve.status().applications[AGENTS_APP]
+        if status.status == "RUNNING" and status.deployments["WelipAgents"].status == "HEALTHY":
+            break
+        time.sleep(1)
+    body = {"assistant_id": "welip-docs", "input": user_message("And the agents?")}
+    for _ in range(4):  # requests land on either replica, the new one included
+        response = agents.post(f"/threads/{thread_id}/runs/wait", json=body)
+        assert response.status_code == 200, response.text
+    state = agents.get(f"/threads/{thread_id}/state").json()
+    humans = [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
+    assert humans == [*questions, *["And the agents?"] * 4]
+    replicas = {r["replica"] for r in agent_runs(database_url, thread_id)}
+    assert victim in replicas and len(replicas) >= 3, "a new replica served the thread after the restart"
+
+
+def test_sensitive_tool_waits_for_approval_then_runs(agents: httpx.Client) -> None:
+    thread_id = agents.post("/threads", json={}).json()["thread_id"]
+    body = {
+        "assistant_id": "tools",
+        # The tool the small model picks is its own choice (greedy, so stable); this asks plainly.
+        "input": user_message("Create a ticket: printer broken"),
+    }
+    values = agents.post(f"/threads/{thread_id}/runs/wait", json=body).json()
+    assert "__interrupt__" in values, values["messages"][-1]
+    question = values["__interrupt__"][0]["value"]
+    assert question["tool"] == "create_ticket" and "Allow" in question["question"]
+    thread = agents.get(f"/threads/{thread_id}").json()
+    assert thread["status"] == "interrupted"
+    assert [i["value"]["tool"] for pending in thread["interrupts"].values() for i in pending] == [
+        "create_ticket"
+    ]
+
+    resume = {"assistant_id": "tools", "command": {"resume": {"approved": True}}}
+    values = agents.post(f"/threads/{thread_id}/runs/wait", json=resume).json()
+    tool_results = [m["content"] for m in values["messages"] if m["type"] == "tool"]
+    assert tool_results and tool_results[0].startswith("created ticket T-")
+    assert agents.get(f"/threads/{thread_id}").json()["status"] in ("idle", "interrupted")
+
+    # Resume a thread that waits for nothing: 409.
+    fresh = agents.post("/threads", json={}).json()["thread_id"]
+    refused = agents.post(f"/threads/{fresh}/runs/wait", json=resume)
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "thread_not_interrupted"
+
+
+def test_reject_answers_409_while_a_run_holds_the_thread_and_enqueue_waits(
+    agents: httpx.Client, docs_table: Path
+) -> None:
+    thread_id = agents.post("/threads", json={}).json()["thread_id"]
+
+    def body(text: str, strategy: str) -> dict[str, Any]:
+        return {"assistant_id": "welip-docs", "input": user_message(text), "multitask_strategy": strategy}
+
+    first = agents.post(f"/threads/{thread_id}/runs", json=body("What is WeLIP?", "reject")).json()
+    rejected = agents.post(f"/threads/{thread_id}/runs", json=body("Second?", "reject"))
+    assert rejected.status_code == 409 and rejected.json()["error"]["code"] == "thread_busy"
+    queued = agents.post(f"/threads/{thread_id}/runs", json=body("Second?", "enqueue")).json()
+    values = agents.get(f"/threads/{thread_id}/runs/{queued['run_id']}/join").json()
+    humans = [m["content"] for m in values["messages"] if m["type"] == "human"]
+    assert humans == ["What is WeLIP?", "Second?"]
+    for run in (first, queued):
+        assert agents.get(f"/runs/{run['run_id']}").json()["status"] == "success"
+
+
+def test_threads_belong_to_their_principal(base_url: str, http: httpx.Client, agents: httpx.Client) -> None:
+    with key_client(base_url, http, "agent-user") as alice, key_client(base_url, http, "agent-user") as bob:
+        thread_id = alice.post("/threads", json={}).json()["thread_id"]
+        assert alice.get(f"/threads/{thread_id}").status_code == 200
+        for method, path in (
+            ("GET", f"/threads/{thread_id}"),
+            ("GET", f"/threads/{thread_id}/state"),
+            ("GET", f"/threads/{thread_id}/history"),
+            ("DELETE", f"/threads/{thread_id}"),
+        ):
+            response = bob.request(method, path)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["error"]["code"] == "thread_not_found"
+        run = bob.post(
+            f"/threads/{thread_id}/runs/wait", json={"assistant_id": "tools", "input": user_message("hi")}
+        )
+        assert run.status_code == 404
+        assert agents.get(f"/threads/{thread_id}").status_code == 404, "the admin is another principal too"
+    with key_client(base_url, http, "user") as inference_only:
+        refused = inference_only.post("/threads", json={})
+        assert refused.status_code == 403
+    assert httpx.post(f"{base_url}/agents/threads", json={}).status_code == 401
+
+
+def test_bad_input_is_named(agents: httpx.Client) -> None:
+    thread_id = agents.post("/threads", json={}).json()["thread_id"]
+    missing = agents.post(
+        "/threads/no-such-thread/runs/wait", json={"assistant_id": "tools", "input": user_message("x")}
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "thread_not_found"
+    invalid = agents.post(
+        f"/threads/{thread_id}/runs/wait",
+        json={"assistant_id": "tools", "input": {"messages": [{"role": "robot", "content": "x"}]}},
+    )
+    assert invalid.status_code == 422
+    assert invalid.json()["error"]["param"] == "input.messages.0.role"
+
+
+def test_langgraph_sdk_client_creates_a_thread_and_streams_a_run(base_url: str) -> None:
+    from langgraph_sdk import get_client
+
+    async def go() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        client = get_client(url=f"{base_url}/agents", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        thread = await client.threads.create(metadata={"sdk": True})
+        parts = [
+            part
+            async for part in client.runs.stream(
+                thread["thread_id"], "tools", input=user_message("What is 12 * 12?"), stream_mode="updates"
+            )
+        ]
+        state = await client.threads.get_state(thread["thread_id"])
+        assistants = await client.assistants.search()
+        return parts, state, {"assistants": assistants}
+
+    parts, state, extra = asyncio.run(go())
+    assert parts[0].event == "metadata"
+    updates = [p.data for p in parts if p.event == "updates"]
+    assert updates and "agent" in updates[0]
+    assert state["values"]["messages"][0]["content"] == "What is 12 * 12?"
+    assert {a["assistant_id"] for a in extra["assistants"]} == {"welip-docs", "tools"}
+
+
+def test_agent_runs_are_audited_and_counted(agents: httpx.Client, http: httpx.Client) -> None:
+    thread_id = agents.post("/threads", json={}).json()["thread_id"]
+    body = {"assistant_id": "tools", "input": user_message("What time is it in Asia/Seoul?")}
+    assert agents.post(f"/threads/{thread_id}/runs/wait", json=body).status_code == 200
+    route = f"/agents/threads/{thread_id}/runs/wait"
+    deadline = time.monotonic() + 30
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not rows:
+        rows = [
+            r for r in http.get("/admin/audit", params={"limit": 200}).json()["data"] if r["route"] == route
+        ]
+        time.sleep(0.5)
+    assert rows and rows[0]["model"] == "tools" and rows[0]["status"] == 200
+    # The agent's own LLM calls went through the gateway under the service key.
+    llm_rows = [
+        r
+        for r in http.get("/admin/audit", params={"limit": 500}).json()["data"]
+        if r["route"] == "/v1/chat/completions"
+    ]
+    assert any(r["principal"].startswith("key:") or r["key_id"] for r in llm_rows)
+    deadline = time.monotonic() + 60
+    series: list[str] = []
+    while time.monotonic() < deadline:
+        lines = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text.splitlines()
+        series = [
+            line for line in lines if line.startswith("welip_agent_runs") and 'assistant="tools"' in line
+        ]
+        if series and any("welip_agent_node_latency_s" in line for line in lines):
+            break
+        time.sleep(2)
+    assert series and any('status="success"' in line for line in series)
