@@ -24,6 +24,8 @@ import yaml
 from pydantic import BaseModel
 from ray.serve.schema import ServeDeploySchema
 
+from deployments.agents import AgentsAppConfig
+from welip.agents import resolve_agents
 from welip.evaluation import load_suite
 from welip.gateway import ServingConfig
 from welip.rag import load_ingest_config
@@ -34,7 +36,10 @@ KUBERAY_DIR = REPO_ROOT / "kuberay"
 CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay-crds"
 MANIFEST_FILES = sorted(KUBERAY_DIR.glob("*.yaml"))
 # The args model of each Serve app builder; a new app adds its line here.
-APP_ARGS: dict[str, type[BaseModel]] = {"deployments.gateway:build_app": ServingConfig}
+APP_ARGS: dict[str, type[BaseModel]] = {
+    "deployments.gateway:build_app": ServingConfig,
+    "deployments.agents:build_app": AgentsAppConfig,
+}
 # The config model of each training job script; a new job adds its line here.
 TRAINING_JOBS: dict[str, type[FinetuneConfig] | type[AlignConfig]] = {
     "jobs/finetune.py": FinetuneConfig,
@@ -192,7 +197,10 @@ def test_rayservice_serve_config(name: str, resource: dict[str, Any]) -> None:
         target = resolve_import_path(app["import_path"])
         assert inspect.isfunction(target), f"{app['import_path']} is not a function"
         assert target.__name__ == "build_app"
-        APP_ARGS[app["import_path"]].model_validate(app.get("args", {}))
+        args = APP_ARGS[app["import_path"]].model_validate(app.get("args", {}))
+        if isinstance(args, AgentsAppConfig):
+            # The working_dir is the repository: the agent files it names exist and validate.
+            assert resolve_agents(args, REPO_ROOT)
 
 
 @pytest.mark.parametrize(("name", "resource"), rayservices(), ids=ids(rayservices()))
