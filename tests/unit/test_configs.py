@@ -19,6 +19,7 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.agents import AgentsAppConfig
 from welip.agents import AgentConfig, load_agent_config, resolve_agents
 from welip.gateway import ServingConfig
+from welip.rag import list_documents, load_ingest_config
 from welip.training import AlignConfig, FinetuneConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ APP_ARGS: dict[str, type[BaseModel]] = {
     "deployments.agents:build_app": AgentsAppConfig,
 }
 AGENT_CONFIGS = sorted((CONFIGS_DIR / "agents").glob("*.yaml"))
+RAG_CONFIGS = sorted((CONFIGS_DIR / "rag").glob("*.yaml"))
 # The config model of each training area (configs/<area>/*.yaml); a new area adds its line here.
 TRAINING_AREAS: dict[str, type[FinetuneConfig] | type[AlignConfig]] = {
     "finetune": FinetuneConfig,
@@ -144,9 +146,19 @@ def test_agent_config_validates(path: Path) -> None:
     assert isinstance(load_agent_config(path), AgentConfig)
 
 
+@pytest.mark.parametrize("path", RAG_CONFIGS, ids=[rel(p) for p in RAG_CONFIGS])
+def test_rag_config_validates_and_names_shipped_documents(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_ingest_config(path)
+    if not cfg.documents.startswith("s3://"):
+        monkeypatch.chdir(REPO_ROOT)  # the job resolves local documents against the working directory
+        assert list_documents(cfg.documents, cfg.include), f"{rel(path)}: no documents in {cfg.documents}"
+
+
 def test_every_config_area_is_validated() -> None:
     areas = {p.relative_to(CONFIGS_DIR).parts[0] for p in CONFIG_FILES}
-    assert "align" in areas
-    assert areas <= {"serve", "agents", *TRAINING_AREAS, *VALIDATED_ELSEWHERE}, (
+    assert "align" in areas and "rag" in areas
+    assert areas <= {"serve", "agents", "rag", *TRAINING_AREAS, *VALIDATED_ELSEWHERE}, (
         "add the new area's config model"
     )
