@@ -16,7 +16,7 @@ RAY_PORT ?= 6390
 # The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
 CONFIG ?= configs/serve/local.yaml
 
-.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest
+.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,9 @@ install: $(BIN)/python
 # Local Ray with more logical CPUs than cores, so the engine and the gateway both schedule.
 run: install
 	$(BIN)/ray start --head --port $(RAY_PORT) --num-cpus $(RAY_CPUS) --disable-usage-stats >/dev/null || true
-	@echo "WeLIP: OpenAI API at http://127.0.0.1:8000/v1 (up when http://127.0.0.1:8000/ready answers 200; Ctrl-C stops)"
+	@# The RAG agent's table: WeLIP's docs, embedded once (a rerun adds nothing).
+	$(BIN)/python jobs/ingest.py --config configs/rag/welip_docs.yaml
+	@echo "WeLIP: OpenAI API at http://127.0.0.1:8000/v1, agents at http://127.0.0.1:8000/agents (up when http://127.0.0.1:8000/ready answers 200; Ctrl-C stops)"
 	$(BIN)/serve run $(CONFIG)
 
 # Integration tests use the real PostgreSQL (127.0.0.1:5432, trust auth, database test)
@@ -77,6 +79,10 @@ bench-finetune: install
 # WeLIP's own docs (data/docs) into the LanceDB table the RAG agent searches; a rerun adds nothing.
 ingest: install
 	$(BIN)/python jobs/ingest.py --config configs/rag/welip_docs.yaml
+
+# Agents: per-run overhead of the served agent vs the graph in-process; ingestion job vs a plain loop.
+bench-agents: install services
+	$(BIN)/python benchmarks/agents.py
 
 clean:
 	-$(BIN)/ray stop --force
