@@ -1,6 +1,14 @@
-"""Serving: vLLM engines as ``ray.serve.llm`` deployments, configured by WeLIP models."""
+"""Serving: vLLM engines as ``ray.serve.llm`` deployments, and embedding models, configured by WeLIP."""
 
 from welip.serving._config import AutoscalingConfig, LoraServingConfig, ModelConfig
+from welip.serving._embeddings import (
+    Embedder,
+    EmbeddingModelConfig,
+    EmbeddingResult,
+    EmbeddingServer,
+    build_embedding_deployment,
+    resolve_embedding_path,
+)
 from welip.serving._engine import PreparedLLMServer, build_engine_deployment, build_llm_config
 from welip.serving._lora import AdapterNotFound, CatalogLoraLoader, local_adapter_dir
 from welip.serving._promote import Decision, Requirement, decide, record
@@ -10,13 +18,19 @@ __all__ = [
     "AutoscalingConfig",
     "CatalogLoraLoader",
     "Decision",
+    "Embedder",
+    "EmbeddingModelConfig",
+    "EmbeddingResult",
+    "EmbeddingServer",
     "LoraServingConfig",
     "ModelConfig",
     "PreparedLLMServer",
     "Requirement",
+    "build_embedding_deployment",
     "build_engine_deployment",
     "build_llm_config",
     "decide",
     "local_adapter_dir",
     "record",
+    "resolve_embedding_path",
 ]
