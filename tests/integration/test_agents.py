@@ -292,3 +292,42 @@ def test_agent_runs_are_audited_and_counted(agents: httpx.Client, http: httpx.Cl
             break
         time.sleep(2)
     assert series and any('status="success"' in line for line in series)
+
+
+def test_replicas_starting_together_set_up_the_postgresql_checkpointer_once() -> None:
+    from welip.agents import open_checkpointer
+
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    name = f"welip_it_ck_{os.getpid()}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+    async def one() -> int:
+        async with open_checkpointer(url) as saver:
+            await saver.aput(
+                {"configurable": {"thread_id": "t", "checkpoint_ns": ""}},
+                {
+                    "v": 1,
+                    "id": f"1ef{os.getpid():x}",
+                    "ts": "2026-01-01T00:00:00+00:00",
+                    "channel_values": {},
+                    "channel_versions": {},
+                    "versions_seen": {},
+                },
+                {},
+                {},
+            )
+            return 1
+
+    try:
+        # Three at once, as replicas start: none blocks the others' migrations.
+        assert asyncio.run(asyncio.wait_for(asyncio.gather(one(), one(), one()), 60)) == [1, 1, 1]
+        with psycopg.connect(url) as conn:
+            (versions,) = conn.execute(
+                "SELECT count(DISTINCT v) = count(*) FROM checkpoint_migrations"
+            ).fetchone()
+            assert versions, "every migration ran once"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -23,6 +24,7 @@ from welip.agents._telemetry import inject_traceparent
 from welip.api import OpenAIError, invalid_request
 
 logger = logging.getLogger("welip.agents")
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('welip.langgraph.setup'))"
 
 
 @contextlib.asynccontextmanager
@@ -39,9 +41,13 @@ async def open_checkpointer(database_url: str) -> AsyncIterator[Any]:
         async with AsyncConnectionPool(conninfo, kwargs=kwargs, min_size=1, max_size=8, open=False) as pool:
             await pool.open(wait=True, timeout=30)
             saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-            # Replicas start together: one runs LangGraph's migrations at a time.
+            # Replicas start together: one runs LangGraph's migrations at a time. The others
+            # poll with pg_try_advisory_lock instead of blocking in pg_advisory_lock: a
+            # session blocked in a query holds a snapshot, and the migrations' CREATE INDEX
+            # CONCURRENTLY would wait for it forever.
             async with await AsyncConnection.connect(conninfo, autocommit=True) as lock:
-                await lock.execute("SELECT pg_advisory_lock(hashtext('welip.langgraph.setup'))")
+                while not (await (await lock.execute(_TRY_LOCK)).fetchone())[0]:  # type: ignore[index]
+                    await asyncio.sleep(0.2)
                 try:
                     await saver.setup()
                 finally:
