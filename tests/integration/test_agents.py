@@ -322,7 +322,10 @@ def test_replicas_starting_together_set_up_the_postgresql_checkpointer_once() ->
 
     try:
         # Three at once, as replicas start: none blocks the others' migrations.
-        assert asyncio.run(asyncio.wait_for(asyncio.gather(one(), one(), one()), 60)) == [1, 1, 1]
+        async def together() -> list[int]:
+            return await asyncio.wait_for(asyncio.gather(one(), one(), one()), 60)
+
+        assert asyncio.run(together()) == [1, 1, 1]
         with psycopg.connect(url) as conn:
             (versions,) = conn.execute(
                 "SELECT count(DISTINCT v) = count(*) FROM checkpoint_migrations"
