@@ -1,4 +1,4 @@
-"""Serve app builder: the WeLIP gateway + one ``ray.serve.llm`` engine per model.
+"""Serve app builder: the WeLIP gateway, a ``ray.serve.llm`` engine per model, an embedding deployment each.
 
 Referenced from Serve YAML and the KubeRay RayService as
 ``import_path: deployments.gateway:build_app``.
@@ -14,7 +14,13 @@ from ray.serve.deployment import Application
 from ray.serve.llm import build_llm_deployment
 
 from welip.gateway import EngineGateway, Gateway, ServingConfig
-from welip.serving import ModelConfig, build_engine_deployment, build_llm_config
+from welip.serving import (
+    EmbeddingModelConfig,
+    ModelConfig,
+    build_embedding_deployment,
+    build_engine_deployment,
+    build_llm_config,
+)
 
 
 def model_card(model: ModelConfig, created: int) -> dict[str, Any]:
@@ -29,6 +35,18 @@ def model_card(model: ModelConfig, created: int) -> dict[str, Any]:
     }
 
 
+def embedding_card(model: EmbeddingModelConfig, created: int) -> dict[str, Any]:
+    """The ``/v1/models`` entry for one embedding model."""
+    return {
+        "id": model.model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "welip",
+        "root": model.source,
+        "max_inputs_per_request": model.max_inputs_per_request,
+    }
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Build the serving app from ``args`` (validated as :class:`ServingConfig`)."""
     config = ServingConfig.model_validate(args)
@@ -36,6 +54,8 @@ def build_app(args: dict[str, Any]) -> Application:
     cards = [model_card(m, created) for m in config.models]
     lora_models = [m.model_id for m in config.models if m.lora is not None]
     no_prompt_logprobs = [m.model_id for m in config.models if m.lora is not None and m.accelerator == "cpu"]
+    embedding_cards = [embedding_card(e, created) for e in config.embeddings]
+    embedders = {e.model_id: build_embedding_deployment(e) for e in config.embeddings}
     if config.gateway.placement == "standalone":
         gateway = serve.deployment(
             Gateway,
@@ -46,7 +66,13 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         engines = {m.model_id: build_engine_deployment(m) for m in config.models}
         return gateway.bind(
-            engines=engines, model_cards=cards, config=config.gateway, lora_models=lora_models
+            engines=engines,
+            model_cards=cards,
+            config=config.gateway,
+            lora_models=lora_models,
+            no_prompt_logprobs=no_prompt_logprobs,
+            embedders=embedders,
+            embedding_cards=embedding_cards,
         )
     first, *rest = config.models
     return build_llm_deployment(
@@ -58,5 +84,7 @@ def build_app(args: dict[str, Any]) -> Application:
             "gateway_config": config.gateway,
             "lora_models": lora_models,
             "no_prompt_logprobs": no_prompt_logprobs,
+            "embedders": embedders,
+            "embedding_cards": embedding_cards,
         },
     )

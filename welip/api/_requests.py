@@ -9,9 +9,9 @@ answered with a 400 before any streamed byte.
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray.serve.llm.openai_api_models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -21,10 +21,40 @@ from welip.api._errors import OpenAIError, invalid_request
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on `input` items
 
 _Request = TypeVar("_Request", bound=BaseModel)
 
-__all__ = ["CHAT_ROLES", "ChatCompletionRequest", "CompletionRequest", "parse_chat", "parse_completion"]
+__all__ = [
+    "CHAT_ROLES",
+    "MAX_EMBEDDING_INPUTS",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "parse_chat",
+    "parse_completion",
+    "parse_embedding",
+]
+
+
+class EmbeddingRequest(BaseModel):
+    """A ``/v1/embeddings`` body, OpenAI's shape; ``input`` is always a list of texts once parsed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="The embedding model's id.")
+    input: list[str] = Field(
+        min_length=1,
+        max_length=MAX_EMBEDDING_INPUTS,
+        description="Text, or array of texts, to embed; each non-empty. Token-id arrays are not accepted.",
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`float` arrays, or `base64` of little-endian float32 bytes."
+    )
+    dimensions: int | None = Field(
+        None, ge=1, description="Must equal the model's dimension if given (no shortening)."
+    )
+    user: str | None = Field(None, description="An end-user id, for the caller's own tracking.")
 
 
 def parse_chat(raw: bytes) -> ChatCompletionRequest:
@@ -79,6 +109,58 @@ def parse_completion(raw: bytes) -> CompletionRequest:
         )
     _check_positive_ints(payload)
     return _validate(CompletionRequest, payload)
+
+
+def parse_embedding(raw: bytes) -> EmbeddingRequest:
+    """Validate a ``/v1/embeddings`` body; a single string becomes a one-item ``input``.
+
+    Raises:
+        OpenAIError: 400 ``invalid_request_error`` naming the offending field; token-id
+            input is refused (``unsupported_value``): the tokens would be another model's.
+    """
+    payload = _load_object(raw)
+    _require_model(payload)
+    texts = payload.get("input")
+    if texts is None:
+        raise invalid_request("`input` is required.", param="input", code="missing_required_parameter")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list):
+        raise invalid_request(
+            "`input` must be a string or an array of strings.", param="input", code="invalid_type"
+        )
+    if not texts:
+        raise invalid_request("`input` must not be an empty array.", param="input")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise invalid_request(
+            f"`input` has {len(texts)} items; at most {MAX_EMBEDDING_INPUTS} are allowed per request.",
+            param="input",
+        )
+    for i, text in enumerate(texts):
+        if isinstance(text, int | list) and not isinstance(text, bool):
+            raise invalid_request(
+                "`input` as token ids is not supported: this server tokenizes with the embedding "
+                "model's own tokenizer, so send the text. (LangChain's OpenAIEmbeddings sends "
+                "token ids unless created with check_embedding_ctx_length=False.)",
+                param="input",
+                code="unsupported_value",
+            )
+        if not isinstance(text, str):
+            raise invalid_request(f"input[{i}] must be a string.", param="input", code="invalid_type")
+        if not text:
+            raise invalid_request(
+                f"input[{i}] is an empty string; every input must have text.", param="input"
+            )
+    encoding = payload.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise invalid_request(
+            f"`encoding_format` must be `float` or `base64`, got {encoding!r}.", param="encoding_format"
+        )
+    dimensions = payload.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)):
+        raise invalid_request("`dimensions` must be an integer.", param="dimensions", code="invalid_type")
+    request = _validate(EmbeddingRequest, {**payload, "input": texts, "encoding_format": encoding or "float"})
+    return request
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:

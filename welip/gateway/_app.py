@@ -17,7 +17,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import welip
-from welip.api import OpenAIError, invalid_request, parse_chat, parse_completion
+from welip.api import (
+    EmbeddingRequest,
+    OpenAIError,
+    invalid_request,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+)
 from welip.api._requests import ChatCompletionRequest, CompletionRequest
 from welip.gateway._admin import build_admin_router
 from welip.gateway._core import GatewayCore
@@ -50,7 +57,7 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
             "welip": _dist_version("welip"),
         }
 
-    @app.get("/ready", summary="Every engine answers its health check")
+    @app.get("/ready", summary="Every engine and embedding model answers its health check")
     async def ready() -> JSONResponse:
         return await core.ready()
 
@@ -71,6 +78,11 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
     async def completions(request: Request) -> Response:
         raw = await request.body()
         return await core.generate(parse_completion(raw), "completions", request, raw)
+
+    @app.post("/v1/embeddings", summary="Embeddings", openapi_extra=_body("EmbeddingRequest"))
+    async def embeddings(request: Request) -> Response:
+        raw = await request.body()
+        return await core.embed(parse_embedding(raw), request, raw)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -95,7 +107,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, CompletionRequest):
+    for model in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest):
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(model_schema.pop("$defs", {}))
         components[model.__name__] = model_schema

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from welip.serving import ModelConfig
+from welip.serving import EmbeddingModelConfig, ModelConfig
 
 Permission = Literal["inference", "embeddings", "agents", "eval_submit", "finetune_submit", "admin"]
 ALL_PERMISSIONS: tuple[Permission, ...] = (
@@ -263,14 +263,17 @@ class ServingConfig(_Strict):
     """Arguments of ``deployments.gateway:build_app`` (the Serve app's ``args``)."""
 
     models: list[ModelConfig] = Field(min_length=1, max_length=64, description="Engines to serve.")
+    embeddings: list[EmbeddingModelConfig] = Field(
+        default_factory=list, max_length=64, description="Embedding models, served at POST /v1/embeddings."
+    )
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Ingress settings.")
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ServingConfig:
-        ids = [m.model_id for m in self.models]
+        ids = [m.model_id for m in self.models] + [e.model_id for e in self.embeddings]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
-            raise ValueError(f"duplicate model_id: {', '.join(duplicates)}")
+            raise ValueError(f"duplicate model_id (across models and embeddings): {', '.join(duplicates)}")
         return self
 
 

@@ -1,15 +1,18 @@
 """What the gateway does per request, independent of where it runs.
 
 The gateway reaches engines through :class:`EngineClient`: a Ray Serve handle to an
-``LLMServer`` deployment, or the ``LLMServer`` of the replica it runs in. The HTTP
+``LLMServer`` deployment, or the ``LLMServer`` of the replica it runs in; embedding
+models through :class:`EmbeddingClient` (a handle to an ``EmbeddingServer``). The HTTP
 app (``_app.py``) and the two deployment shapes (``_deployments.py``) compose this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import struct
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
@@ -19,13 +22,20 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
-from welip.api import OpenAIError, engine_error, model_not_found, sse_events
+from welip.api import (
+    EmbeddingRequest,
+    OpenAIError,
+    engine_error,
+    invalid_request,
+    model_not_found,
+    sse_events,
+)
 from welip.gateway._cache import cache_key
 from welip.gateway._catalog import Catalog, Route
 from welip.gateway._config import GatewayConfig
 from welip.gateway._guardrails import StreamGuard, guard_response
 from welip.gateway._trust import RequestContext, Trust, context_of
-from welip.serving import AdapterNotFound
+from welip.serving import AdapterNotFound, EmbeddingResult
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
 # hands it to the replica as this header; the engine request reuses it.
@@ -73,6 +83,42 @@ class HandleEngine:
             )
         stream: EngineStream = getattr(handle, method).remote(body, None)
         return stream
+
+    async def check_health(self) -> None:
+        await self._handle.check_health.remote()
+
+
+class EmbeddingClient(Protocol):
+    """How the gateway talks to one embedding model."""
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        """Unit vectors and token counts of ``texts``, in order."""
+        ...
+
+    async def dimensions(self) -> int:
+        """Length of the model's vectors."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise if the model cannot serve."""
+        ...
+
+
+class HandleEmbedder:
+    """An ``EmbeddingServer`` deployment, reached through a Serve deployment handle."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+        self._dimensions: int | None = None
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        result: EmbeddingResult = await self._handle.embed.remote(texts)
+        return result
+
+    async def dimensions(self) -> int:
+        if self._dimensions is None:  # fixed for the model's life: asked once per gateway replica
+            self._dimensions = int(await self._handle.dimensions.remote())
+        return self._dimensions
 
     async def check_health(self) -> None:
         await self._handle.check_health.remote()
@@ -148,9 +194,18 @@ class GatewayCore:
         trust: Trust | None = None,
         catalog: Catalog | None = None,
         no_prompt_logprobs: set[str] | None = None,
+        embedders: dict[str, EmbeddingClient] | None = None,
+        embedding_cards: list[dict[str, Any]] | None = None,
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
+        self.embedders = embedders or {}
+        self.embedding_cards = embedding_cards or []
+        self._max_inputs = {
+            card["id"]: int(card["max_inputs_per_request"])
+            for card in self.embedding_cards
+            if "max_inputs_per_request" in card
+        }
         self.config = config
         self.trust = trust or Trust(config, database=None, redis=None)
         self.catalog = catalog
@@ -159,24 +214,26 @@ class GatewayCore:
         self.no_prompt_logprobs = no_prompt_logprobs or set()
 
     async def ready(self) -> JSONResponse:
-        """200 when every engine passes its health check in time, else 503."""
+        """200 when every engine and embedding model passes its health check in time, else 503."""
 
-        async def check(engine: EngineClient) -> str:
+        async def check(engine: EngineClient | EmbeddingClient) -> str:
             try:
                 await asyncio.wait_for(engine.check_health(), self.config.ready_timeout_s)
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 return f"unavailable: {type(exc).__name__}"
             return "ok"
 
-        results = await asyncio.gather(*(check(e) for e in self.engines.values()))
-        models = dict(zip(self.engines, results, strict=True))
+        served: dict[str, EngineClient | EmbeddingClient] = {**self.engines, **self.embedders}
+        results = await asyncio.gather(*(check(e) for e in served.values()))
+        models = dict(zip(served, results, strict=True))
         ok = all(r == "ok" for r in results)
         body = {"status": "ok" if ok else "unavailable", "models": models}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def visible_models(self, request: Request) -> list[dict[str, Any]]:
-        """The model cards the caller may use: served models, registered adapters, aliases."""
-        cards = self.model_cards + (await self.catalog.cards() if self.catalog is not None else [])
+        """The model cards the caller may use: served models, embedding models, adapters, aliases."""
+        cards = self.model_cards + self.embedding_cards
+        cards = cards + (await self.catalog.cards() if self.catalog is not None else [])
         ctx = context_of(request)
         if ctx is None:
             return cards
@@ -191,6 +248,13 @@ class GatewayCore:
 
     async def generate(self, body: Any, method: str, request: Request, raw: bytes) -> Response:
         """Run a checked request on its engine; errors are raised before any byte is sent."""
+        if body.model in self.embedders:
+            raise OpenAIError(
+                400,
+                f"The model `{body.model}` is an embedding model; send it to POST /v1/embeddings.",
+                param="model",
+                code="model_not_supported",
+            )
         engine = self.engines.get(body.model)
         route: Route | None = None
         if engine is None:
@@ -292,6 +356,78 @@ class GatewayCore:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", **headers},
         )
+
+    async def embed(self, body: EmbeddingRequest, request: Request, raw: bytes) -> Response:
+        """Embed a checked ``/v1/embeddings`` request through the trust layer."""
+        embedder = self.embedders.get(body.model)
+        if embedder is None:
+            if body.model in self.engines or (
+                self.catalog is not None and await self.catalog.route(body.model) is not None
+            ):
+                served = ", ".join(f"`{m}`" for m in self.embedders) or "none"
+                raise OpenAIError(
+                    400,
+                    f"The model `{body.model}` generates text; it has no embeddings. "
+                    f"Embedding models here: {served}.",
+                    param="model",
+                    code="model_not_supported",
+                )
+            raise model_not_found(body.model)
+        most = self._max_inputs.get(body.model)
+        if most is not None and len(body.input) > most:
+            raise invalid_request(
+                f"`input` has {len(body.input)} items; `{body.model}` takes at most {most} per request.",
+                param="input",
+            )
+        if body.dimensions is not None:
+            dimensions = await embedder.dimensions()
+            if body.dimensions != dimensions:
+                raise invalid_request(
+                    f"`{body.model}` returns {dimensions}-dimensional vectors and cannot shorten them; "
+                    f"`dimensions` {body.dimensions} is not available.",
+                    param="dimensions",
+                )
+        ctx = context_of(request)
+        headers: dict[str, str] = {}
+        if ctx is not None:
+            headers = await self.trust.admit(ctx, body)  # input guardrails may redact body.input
+            if self.trust.config.audit.record_prompts:
+                ctx.body = raw.decode("utf-8", "replace")
+        try:
+            result = await asyncio.wait_for(embedder.embed(body.input), self.config.first_response_timeout_s)
+        except TimeoutError:
+            raise OpenAIError(
+                504, "The embedding model did not answer in time.", type="server_error", code="timeout"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the replica failed (Ray wraps it): a 502, not a 500
+            cause = getattr(exc, "cause", None) or exc
+            raise OpenAIError(
+                502,
+                f"The embedding model failed: {type(cause).__name__}: {cause}",
+                type="server_error",
+                code="engine_error",
+            ) from None
+        tokens = sum(result.token_counts)
+        if ctx is not None:
+            ctx.prompt_tokens = tokens  # what the model read; admission's count is reconciled to it
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(vector, body.encoding_format)}
+            for i, vector in enumerate(result.vectors)
+        ]
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response(json.dumps(answer), media_type="application/json", headers=headers)
+
+
+def _encode_vector(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        # OpenAI's base64 is the little-endian float32 bytes of the vector.
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return vector
 
 
 def _asks_prompt_logprobs(body: Any) -> bool:

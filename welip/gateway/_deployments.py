@@ -6,6 +6,8 @@
   message per streamed chunk from the token path.
 * :class:`Gateway`: a separate ingress deployment over handles to every engine,
   scaled on its own (``gateway.num_replicas``).
+
+Both reach embedding models (``EmbeddingServer`` deployments) through handles.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from ray.serve.llm import LLMConfig
 from welip.gateway._app import build_gateway_app
 from welip.gateway._catalog import Catalog
 from welip.gateway._config import GatewayConfig
-from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
+from welip.gateway._core import (
+    EmbeddingClient,
+    EngineClient,
+    GatewayCore,
+    HandleEmbedder,
+    HandleEngine,
+    LocalEngine,
+)
 from welip.gateway._trust import build_trust
 from welip.serving import PreparedLLMServer
 
@@ -37,19 +46,30 @@ class Gateway:
         config: GatewayConfig,
         lora_models: list[str] | None = None,
         no_prompt_logprobs: list[str] | None = None,
+        embedders: dict[str, DeploymentHandle] | None = None,
+        embedding_cards: list[dict[str, Any]] | None = None,
     ) -> None:
         self._no_prompt_logprobs = set(no_prompt_logprobs or [])
         self._clients: dict[str, EngineClient] = {m: HandleEngine(h) for m, h in engines.items()}
+        self._embedders = _embedding_clients(embedders)
+        self._embedding_cards = embedding_cards or []
         self._model_cards = model_cards
         self._config = config
         self._catalog = Catalog(list(engines), lora_models or [], config.catalog_refresh_s)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        trust = await build_trust(self._config, {c["id"]: c["root"] for c in self._model_cards})
+        trust = await build_trust(self._config, _sources(self._model_cards), _sources(self._embedding_cards))
         self._trust = trust
         return build_gateway_app(
             GatewayCore(
-                self._clients, self._model_cards, self._config, trust, self._catalog, self._no_prompt_logprobs
+                self._clients,
+                self._model_cards,
+                self._config,
+                trust,
+                self._catalog,
+                self._no_prompt_logprobs,
+                embedders=self._embedders,
+                embedding_cards=self._embedding_cards,
             )
         )
 
@@ -73,13 +93,15 @@ class EngineGateway(PreparedLLMServer):
         gateway_config: GatewayConfig,
         lora_models: list[str] | None = None,
         no_prompt_logprobs: list[str] | None = None,
+        embedders: dict[str, DeploymentHandle] | None = None,
+        embedding_cards: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         await super().__init__(llm_config, **kwargs)
         clients: dict[str, EngineClient] = {llm_config.model_id: LocalEngine(self)}
         clients.update({m: HandleEngine(h) for m, h in peers.items()})
         order = [card["id"] for card in model_cards]
-        trust = await build_trust(gateway_config, {c["id"]: c["root"] for c in model_cards})
+        trust = await build_trust(gateway_config, _sources(model_cards), _sources(embedding_cards or []))
         catalog = Catalog(order, lora_models or [], gateway_config.catalog_refresh_s)
         self._core = GatewayCore(
             {m: clients[m] for m in order},
@@ -88,6 +110,8 @@ class EngineGateway(PreparedLLMServer):
             trust,
             catalog,
             set(no_prompt_logprobs or []),
+            embedders=_embedding_clients(embedders),
+            embedding_cards=embedding_cards,
         )
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
@@ -99,3 +123,11 @@ class EngineGateway(PreparedLLMServer):
         if core is not None:
             await asyncio.to_thread(core.trust.close)
         await super().__del__()
+
+
+def _sources(cards: list[dict[str, Any]]) -> dict[str, str]:
+    return {card["id"]: card["root"] for card in cards}
+
+
+def _embedding_clients(handles: dict[str, DeploymentHandle] | None) -> dict[str, EmbeddingClient]:
+    return {model: HandleEmbedder(handle) for model, handle in (handles or {}).items()}

@@ -175,7 +175,11 @@ class TextGuard:
 
 
 def guard_request(body: Any, guard: TextGuard, verdicts: Verdicts) -> None:
-    """Check (and redact in place) the prompt of a chat or completion request."""
+    """Check (and redact in place) the prompt of a chat or completion request, or embedding inputs."""
+    texts = getattr(body, "input", None)
+    if isinstance(texts, list):
+        body.input = [guard.apply(t, verdicts) if isinstance(t, str) else t for t in texts]
+        return
     messages = getattr(body, "messages", None)
     if messages is not None:
         for message in messages:

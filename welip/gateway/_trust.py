@@ -166,6 +166,10 @@ class TokenCounter:
     def _encode(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
+    def count_texts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text as the model's tokenizer encodes it, special tokens included."""
+        return [len(ids) for ids in self._tokenizer(texts, verbose=False)["input_ids"]]
+
     def count(self, body: Any) -> int:
         messages = getattr(body, "messages", None)
         if messages is not None:
@@ -316,16 +320,22 @@ class Trust:
             )
         if input_guard.active:
             guard_request(body, input_guard, ctx.verdicts)
-        prompt_tokens = 0
+        prompt_tokens = longest = 0
+        texts = getattr(body, "input", None)  # embeddings: each input is a prompt of its own
         counter = self.token_counters.get(model)
         if counter is not None and self.counts_tokens:
-            prompt_tokens = counter.count(body)
+            if isinstance(texts, list):
+                counts = counter.count_texts(texts)
+                prompt_tokens, longest = sum(counts), max(counts, default=0)
+            else:
+                prompt_tokens = longest = counter.count(body)
             ctx.prompt_tokens = prompt_tokens
         limit = self.config.guardrails.max_prompt_tokens
-        if limit is not None and prompt_tokens > limit:
+        if limit is not None and longest > limit:
             ctx.verdicts.add("input", "max_prompt_tokens", "block")
+            what = "An input" if isinstance(texts, list) else "The prompt"
             raise content_policy_violation(
-                f"The prompt has {prompt_tokens} tokens; this gateway allows at most {limit}."
+                f"{what} has {longest} tokens; this gateway allows at most {limit}."
             )
         bound = self.config.limits.max_in_flight_per_model
         if bound is not None:
@@ -523,16 +533,20 @@ class TrustMiddleware:
                 logger.exception("settling request %s failed", ctx.request_id)
 
 
-async def build_trust(config: GatewayConfig, model_sources: dict[str, str]) -> Trust:
+async def build_trust(
+    config: GatewayConfig, model_sources: dict[str, str], embedding_sources: dict[str, str] | None = None
+) -> Trust:
     """The trust layer of one replica, connected to the database and Redis named by the environment.
 
     The database (``WELIP_DATABASE_URL``, SQLite by default) is opened and migrated
     only when auth or audit needs it; Redis (``WELIP_REDIS_URL``) only when set.
-    Tokenizers are loaded for each model when a limit or guardrail counts tokens.
+    Tokenizers are loaded for each model (``embedding_sources``: embedding models) when a
+    limit or guardrail counts tokens.
     """
     from ray import serve
 
     from welip.models import resolve_model_path
+    from welip.serving import resolve_embedding_path
     from welip.store import redis_from_env
 
     database = None
@@ -548,6 +562,9 @@ async def build_trust(config: GatewayConfig, model_sources: dict[str, str]) -> T
     if trust.counts_tokens:
         for model_id, source in model_sources.items():
             path = await asyncio.to_thread(resolve_model_path, source)
+            trust.token_counters[model_id] = await asyncio.to_thread(TokenCounter.load, path)
+        for model_id, source in (embedding_sources or {}).items():
+            path = await asyncio.to_thread(resolve_embedding_path, source)
             trust.token_counters[model_id] = await asyncio.to_thread(TokenCounter.load, path)
     logger.info(
         "gateway trust: auth=%s database=%s redis=%s audit=%s cache=%s",

@@ -3,7 +3,8 @@ import pickle
 
 import pytest
 
-from welip.api import OpenAIError, parse_chat, parse_completion
+from welip.api import OpenAIError, parse_chat, parse_completion, parse_embedding
+from welip.api._requests import MAX_EMBEDDING_INPUTS
 
 
 def _chat(**overrides: object) -> bytes:
@@ -85,3 +86,50 @@ def test_completion_request_with_echo_and_logprobs() -> None:
 )
 def test_bad_completion_requests(body: dict, param: str) -> None:
     assert _error(json.dumps(body).encode(), parse_completion).param == param
+
+
+def _embedding(**overrides: object) -> bytes:
+    body: dict[str, object] = {"model": "e", "input": ["a", "b"]}
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+def test_embedding_request_takes_one_text_or_many_and_defaults_to_floats() -> None:
+    one = parse_embedding(_embedding(input="just one"))
+    assert (one.input, one.encoding_format, one.dimensions) == (["just one"], "float", None)
+    many = parse_embedding(_embedding(encoding_format="base64", dimensions=384, user="u-1"))
+    assert (many.input, many.encoding_format, many.dimensions, many.user) == (
+        ["a", "b"],
+        "base64",
+        384,
+        "u-1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "code"),
+    [
+        (b"{not json", None, "invalid_json"),
+        (_embedding(model=None), "model", "missing_required_parameter"),
+        (_embedding(input=None), "input", "missing_required_parameter"),
+        (_embedding(input=[]), "input", "invalid_value"),
+        (_embedding(input=""), "input", "invalid_value"),
+        (_embedding(input=["ok", ""]), "input", "invalid_value"),
+        (_embedding(input={"text": "x"}), "input", "invalid_type"),
+        (_embedding(input=["ok", None]), "input", "invalid_type"),
+        (_embedding(input=["x"] * (MAX_EMBEDDING_INPUTS + 1)), "input", "invalid_value"),
+        (_embedding(input=[101, 2023, 102]), "input", "unsupported_value"),
+        (_embedding(input=[[101, 2023, 102]]), "input", "unsupported_value"),
+        (_embedding(encoding_format="int8"), "encoding_format", "invalid_value"),
+        (_embedding(dimensions="384"), "dimensions", "invalid_type"),
+        (_embedding(dimensions=0), "dimensions", "invalid_value"),
+    ],
+)
+def test_bad_embedding_requests_name_the_field(raw: bytes, param: str | None, code: str) -> None:
+    error = _error(raw, parse_embedding)
+    assert (error.param, error.code) == (param, code)
+
+
+def test_token_id_input_is_refused_with_a_way_out_for_langchain() -> None:
+    error = _error(_embedding(input=[[1, 2, 3]]), parse_embedding)
+    assert "check_embedding_ctx_length=False" in error.message
