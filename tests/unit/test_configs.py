@@ -77,7 +77,8 @@ def reserved_cpus(config: ServingConfig) -> float:
         * (m.autoscaling.max_replicas if m.autoscaling else m.num_replicas)
         for m in config.models
     )
-    return engines + config.gateway.num_cpus * config.gateway.num_replicas
+    embedders = sum(e.num_cpus * e.num_replicas for e in config.embeddings)
+    return engines + embedders + config.gateway.num_cpus * config.gateway.num_replicas
 
 
 def rel(path: Path) -> str:
@@ -129,10 +130,11 @@ def test_reserved_cpus_counts_replicas() -> None:
                 {"model_id": "a", "source": "a", "cpus_per_replica": 1, "replica_actor_cpus": 0.5},
                 {"model_id": "b", "source": "b", "cpus_per_replica": 2, "autoscaling": {"max_replicas": 3}},
             ],
+            "embeddings": [{"model_id": "e", "num_cpus": 0.25, "num_replicas": 2}],
             "gateway": {"num_cpus": 0.25, "num_replicas": 2},
         }
     )
-    assert reserved_cpus(config) == pytest.approx(1.5 + (2 + 0.1) * 3 + 0.5)
+    assert reserved_cpus(config) == pytest.approx(1.5 + (2 + 0.1) * 3 + 0.5 + 0.5)
 
 
 @pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=[rel(p) for p in TRAINING_CONFIGS])
