@@ -397,10 +397,12 @@ def test_one_span_per_request_carries_principal_model_tokens_and_outcome(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # OpenTelemetry takes one provider per process
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     client, _ = _client(db, tmp_path, {"m": FakeEngine([_answer("4", 4, 6)])})
     _, key = db.create_key(name="u", role="user", rpm=1)
     client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
@@ -437,3 +439,26 @@ def test_config_refuses_roles_it_does_not_define() -> None:
         GatewayConfig.model_validate({"auth": {"oidc": {"issuer": "i", "audience": "a"}}})
     with pytest.raises(ValidationError, match="by_role names unknown roles: ghost"):
         GatewayConfig.model_validate({"guardrails": {"by_role": {"ghost": {}}}})
+
+
+def test_a_callers_traceparent_makes_the_gateway_span_its_child(
+    env: None, db: Database, tmp_path: Path
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    client, _ = _client(db, tmp_path, {"m": FakeEngine([_answer("4", 4, 6)])})
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {**_bearer(ADMIN_KEY), "traceparent": f"00-{trace_id}-{parent_id}-01"}
+    assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "welip.gateway.request"]
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_id
