@@ -59,6 +59,7 @@ def main(cfg: IngestConfig) -> dict[str, Any]:
     logger.info("%d documents; table %s holds %d chunks", len(documents), cfg.table, len(known))
 
     # 2. Read and chunk every document (Ray Data tasks, a quarter CPU each).
+    env = s3_env() if documents[0]["url"].startswith("s3://") else {}
     chunks = (
         ray.data.from_items(documents, override_num_blocks=min(len(documents), 64))
         .flat_map(
@@ -68,6 +69,7 @@ def main(cfg: IngestConfig) -> dict[str, Any]:
                 "chunk_overlap_chars": cfg.chunk_overlap_chars,
             },
             num_cpus=0.25,
+            **({"runtime_env": {"env_vars": env}} if env else {}),
         )
         .materialize()
     )
@@ -127,6 +129,12 @@ def main(cfg: IngestConfig) -> dict[str, Any]:
         f" {elapsed_s:.1f}s, {summary['documents_per_s']} documents/s"
     )
     return summary
+
+
+def s3_env() -> dict[str, str]:
+    """The S3 endpoint and AWS settings of this shell, for the read tasks: workers of an
+    existing cluster do not inherit the driver's environment."""
+    return {n: v for n, v in os.environ.items() if n == "WELIP_S3_ENDPOINT_URL" or n.startswith("AWS_")}
 
 
 def chunk_hashes_of(store: VectorStore, sources: set[str]) -> set[str]:
