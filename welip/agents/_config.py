@@ -62,6 +62,12 @@ class AgentConfig(_Strict):
         default_factory=list, description="Tools that wait for a human's approval (an interrupt)."
     )
     max_steps: int = Field(6, gt=0, le=50, description="Tool calls per run before the agent must answer.")
+    max_history_chars: int = Field(
+        3000,
+        gt=0,
+        le=1_000_000,
+        description="Latest conversation sent to the LLM (the last message always), to fit its context.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:

@@ -94,7 +94,21 @@ def last_question(messages: Sequence[BaseMessage]) -> str:
     return ""
 
 
-def _chat_history(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+def _chat_history(messages: Sequence[BaseMessage], max_chars: int) -> list[BaseMessage]:
+    """The conversation as the LLM sees it: the latest messages within ``max_chars``."""
+    history = _as_chat(messages)
+    kept: list[BaseMessage] = []
+    used = 0
+    for message in reversed(history):
+        size = len(_text(message))
+        if kept and used + size > max_chars:
+            break
+        kept.append(message)
+        used += size
+    return kept[::-1]
+
+
+def _as_chat(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
     # Small chat templates know only system/user/assistant: tool traffic becomes text.
     history: list[BaseMessage] = []
     for message in messages:
@@ -129,7 +143,7 @@ def build_rag_graph(config: AgentConfig, chat_model: BaseChatModel, retriever: R
         system = system_prompt.format(
             context=format_chunks(chunks, retrieval.max_context_chars), example=example
         )
-        prompt = [SystemMessage(system), *_chat_history(state["messages"])]
+        prompt = [SystemMessage(system), *_chat_history(state["messages"], config.max_history_chars)]
         with llm_span(config.llm.model) as span:
             reply = await chat_model.ainvoke(prompt)
             record_usage(span, reply)
@@ -219,7 +233,8 @@ def build_react_graph(
         if steps >= config.max_steps:
             return {"messages": [AIMessage(f"I stopped after {steps} tool calls without a final answer.")]}
         with llm_span(config.llm.model) as span:
-            reply = await decide_model.ainvoke([SystemMessage(system), *_chat_history(state["messages"])])
+            history = _chat_history(state["messages"], config.max_history_chars)
+            reply = await decide_model.ainvoke([SystemMessage(system), *history])
             record_usage(span, reply)
         action = parse_action(_text(reply), names)
         usage = getattr(reply, "usage_metadata", None)
