@@ -10,7 +10,14 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import ADMIN_KEY, MODEL, SHORT_CONTEXT, SHORT_MODEL, unfinished_requests
+from tests.integration.conftest import (
+    ADMIN_KEY,
+    EMBEDDING_MODEL,
+    MODEL,
+    SHORT_CONTEXT,
+    SHORT_MODEL,
+    unfinished_requests,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -58,10 +65,10 @@ def test_raw_stream_is_sse_ending_in_done(http: httpx.Client) -> None:
     assert all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:-1])
 
 
-def test_models_lists_both_engines(client) -> None:
+def test_models_lists_both_engines_and_the_embedding_model(client) -> None:
     models = client.models.list().data
-    engines = {m.id for m in models if getattr(m, "parent", None) is None}
-    assert engines == {MODEL, SHORT_MODEL}  # adapters and aliases, if any, name a parent
+    served = {m.id for m in models if getattr(m, "parent", None) is None}
+    assert served == {MODEL, SHORT_MODEL, EMBEDDING_MODEL}  # adapters and aliases, if any, name a parent
     assert client.models.retrieve(SHORT_MODEL).id == SHORT_MODEL
 
 
@@ -170,10 +177,17 @@ def test_health_ready_and_openapi(http: httpx.Client) -> None:
     assert http.get("/health").json() == {"status": "ok"}
     ready = http.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["models"] == {MODEL: "ok", SHORT_MODEL: "ok"}
+    assert ready.json()["models"] == {MODEL: "ok", SHORT_MODEL: "ok", EMBEDDING_MODEL: "ok"}
     spec = http.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/health",
+        "/ready",
+    ):
         assert path in spec["paths"]
     schema_ref = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
     assert schema_ref["schema"]["$ref"].rsplit("/", 1)[-1] in spec["components"]["schemas"]
