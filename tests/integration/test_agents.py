@@ -133,12 +133,19 @@ def test_a_thread_continues_across_replicas_and_a_replica_restart(
     victim = runs[-1]["replica"]
     actor = ray.get_actor(f"SERVE_REPLICA::{AGENTS_APP}#WelipAgents#{victim}", namespace="serve")
     ray.kill(actor, no_restart=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
+    prefix = f"SERVE_REPLICA::{AGENTS_APP}#WelipAgents#"
     while time.monotonic() < deadline:
-        status = serve.status().applications[AGENTS_APP]
-        if status.status == "RUNNING" and status.deployments["WelipAgents"].status == "HEALTHY":
+        # Serve noticed the loss and a new replica is up in its place.
+        names = [n["name"] for n in ray.util.list_named_actors(all_namespaces=True)]
+        alive = [n for n in names if n.startswith(prefix)]
+        status = serve.status().applications[AGENTS_APP].deployments["WelipAgents"].status
+        if len(alive) == 2 and prefix + victim not in alive and status == "HEALTHY":
             break
         time.sleep(1)
+    else:
+        pytest.fail(f"no replacement replica after killing {victim}")
+    time.sleep(3)  # the proxy's routing table follows the controller's
     body = {"assistant_id": "welip-docs", "input": user_message("And the agents?")}
     for _ in range(4):  # requests land on either replica, the new one included
         response = agents.post(f"/threads/{thread_id}/runs/wait", json=body)
@@ -286,9 +293,11 @@ def test_agent_runs_are_audited_and_counted(agents: httpx.Client, http: httpx.Cl
     while time.monotonic() < deadline:
         lines = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text.splitlines()
         series = [
-            line for line in lines if line.startswith("welip_agent_runs") and 'assistant="tools"' in line
+            line
+            for line in lines
+            if line.startswith("ray_welip_agent_runs_total{") and 'assistant="tools"' in line
         ]
-        if series and any("welip_agent_node_latency_s" in line for line in lines):
+        if series and any(line.startswith("ray_welip_agent_node_latency_s") for line in lines):
             break
         time.sleep(2)
     assert series and any('status="success"' in line for line in series)
