@@ -58,10 +58,10 @@ def main(cfg: IngestConfig) -> dict[str, Any]:
     known = store.content_hashes()
     logger.info("%d documents; table %s holds %d chunks", len(documents), cfg.table, len(known))
 
-    # 2. Read and chunk every document (Ray Data tasks, a quarter CPU each).
+    # 2. Read and chunk every document (Ray Data tasks, a quarter CPU each, a few at once).
     env = s3_env() if documents[0]["url"].startswith("s3://") else {}
     chunks = (
-        ray.data.from_items(documents, override_num_blocks=min(len(documents), 64))
+        ray.data.from_items(documents, override_num_blocks=min(len(documents), 4 * cfg.read_concurrency))
         .flat_map(
             read_chunks,
             fn_kwargs={
@@ -69,6 +69,7 @@ def main(cfg: IngestConfig) -> dict[str, Any]:
                 "chunk_overlap_chars": cfg.chunk_overlap_chars,
             },
             num_cpus=0.25,
+            concurrency=cfg.read_concurrency,
             **({"runtime_env": {"env_vars": env}} if env else {}),
         )
         .materialize()

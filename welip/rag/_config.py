@@ -69,6 +69,14 @@ class IngestConfig(BaseModel):
         description="The served id of the same model (the gateway's `/v1/embeddings` `model`); "
         "recorded in the table so queries are embedded with the model that built it.",
     )
+    read_concurrency: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Ray Data tasks reading and chunking documents at once. Each runs in its own "
+        "worker process, whose start costs more than reading a document: keep it near the cores "
+        "(more for documents on S3, where reads wait on the network).",
+    )
     batch_size: int = Field(64, ge=1, le=4096, description="Chunks per embedding batch.")
     embed_concurrency: int = Field(
         2, ge=1, le=256, description="Ray Data actors holding the embedding model."

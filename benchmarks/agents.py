@@ -1,0 +1,337 @@
+"""Agents and RAG benchmarks. Part ``ingest``: RAG ingestion, WeLIP's Ray Data job against a plain loop.
+
+    python benchmarks/agents.py                               # every part (now: ingest)
+    python benchmarks/agents.py --part ingest --copies 30 --repeats 2
+    python benchmarks/agents.py --part ingest --dry-run       # print the corpus size and commands
+
+``ingest``: the shipped documents (``data/docs``) replicated ``--copies`` times into a
+temporary folder, each copy in its own sub-folder with one line of its own appended to
+every markdown and text file, so no two documents share a content hash. Both sides read,
+chunk, embed and write the same documents with the same settings (``configs/rag/welip_docs.yaml``:
+chunk size, overlap, embedding model, batch size) into a fresh LanceDB table, and build its
+full-text index:
+
+* ``welip``: ``jobs/ingest.py``'s ``main(cfg)`` in a fresh process on a private local Ray
+  (``ray.init(address="local", num_cpus=8)``, as ``make run`` starts one; its own
+  ``RAY_TMPDIR``), so it neither joins nor disturbs a cluster someone else runs here. Ray Data
+  reads and chunks with ``flat_map`` tasks and embeds on ``embed_concurrency`` actors of
+  ``embed_num_cpus`` each (torch then runs one thread per actor); the driver adds the rows.
+  Ray's start-up is outside the time (a running cluster is the job's normal case); starting
+  the embedding actors (importing torch, loading the model) is inside it.
+* ``plain``: this file run as ``--plain SPEC`` in a fresh process: ``list_documents``, then per
+  document ``read_chunks``, ``Embedder.embed`` per ``batch_size`` chunks (torch with its default
+  threads: every core), ``VectorStore.add`` every 4096 rows, ``reindex`` at the end. Importing
+  the model's libraries and loading the model are inside the time, as for the job's actors.
+
+Documents/s = documents / that time. The sides alternate (plain, welip, plain, welip, ...)
+and each table is fresh; the medians and their ratio are reported, with the share of the
+CPUs that processes outside the run used while it ran (the box may be shared: only runs on
+a quiet box compare). Output: a table; ``benchmarks/results/agents-ingest-<stamp>.json``
+and the runs' logs in ``benchmarks/results/agents-ingest-<stamp>/``.
+
+Parts are functions ``bench_<part>(args) -> dict`` listed in ``PARTS``; a new part adds its line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+DOCS = REPO / "data" / "docs"
+INGEST_CONFIG = REPO / "configs" / "rag" / "welip_docs.yaml"
+RESULT = "BENCH_RESULT "
+RUN_TIMEOUT_S = 1800
+ADD_BATCH_ROWS = 4096  # as jobs/ingest.py
+SIDES = ("plain", "welip")
+
+
+# --- the two sides, each in a fresh process -----------------------------------------------
+
+
+def plain_ingest(spec_path: str) -> None:
+    """The anchor: a single-process loop doing what the job does; prints one result line."""
+    spec = json.loads(Path(spec_path).read_text())
+    started = time.perf_counter()
+    import pyarrow as pa
+
+    from welip.rag import VectorStore, embed_chunks, list_documents, read_chunks
+    from welip.serving import Embedder
+
+    embedder = Embedder.load(spec["embedding_source"])
+    store = VectorStore.open(spec["table"], spec["storage_url"])
+    documents = list_documents(spec["documents"], spec["include"])
+    known = store.content_hashes()
+    pending: list[dict[str, Any]] = []
+    embedded: list[pa.Table] = []
+    chunks = added = 0
+
+    def embed(rows: list[dict[str, Any]]) -> None:
+        batch = pa.Table.from_pylist(rows)
+        embedded.append(embed_chunks(embedder, batch, spec["embedding_model_id"]))
+
+    for document in documents:
+        rows = read_chunks(
+            document,
+            chunk_size_chars=spec["chunk_size_chars"],
+            chunk_overlap_chars=spec["chunk_overlap_chars"],
+        )
+        new = [r for r in rows if not r["error"] and r["content_hash"] not in known]
+        chunks += len(new)
+        pending.extend(new)
+        while len(pending) >= spec["batch_size"]:
+            embed(pending[: spec["batch_size"]])
+            del pending[: spec["batch_size"]]
+        if sum(t.num_rows for t in embedded) >= ADD_BATCH_ROWS:
+            added += store.add(pa.concat_tables(embedded), reindex=False)
+            embedded.clear()
+    if pending:
+        embed(pending)
+    if embedded:
+        added += store.add(pa.concat_tables(embedded), reindex=False)
+    store.reindex()
+    elapsed_s = time.perf_counter() - started
+    result = {"documents": len(documents), "chunks": chunks, "rows": added, "elapsed_s": elapsed_s}
+    print(RESULT + json.dumps(result), flush=True)
+
+
+def welip_ingest(spec_path: str) -> None:
+    """WeLIP's job: ``jobs/ingest.py``'s ``main`` on a private local Ray; prints one result line."""
+    import importlib.util
+
+    import ray
+
+    from welip.rag import load_ingest_config
+
+    spec = json.loads(Path(spec_path).read_text())
+    module_spec = importlib.util.spec_from_file_location("welip_jobs_ingest", REPO / "jobs" / "ingest.py")
+    assert module_spec is not None and module_spec.loader is not None
+    job = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(job)
+    cfg = load_ingest_config(spec["config"], spec["overrides"])
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    summary = job.main(cfg)
+    result = {
+        "documents": summary["documents"],
+        "chunks": summary["chunks"],
+        "rows": summary["new_chunks"],
+        "elapsed_s": summary["elapsed_s"],
+    }
+    print(RESULT + json.dumps(result), flush=True)
+    ray.shutdown()
+
+
+# --- driver -------------------------------------------------------------------------------------
+
+
+def make_corpus(root: Path, copies: int) -> int:
+    """``copies`` copies of the shipped documents under ``root``; returns how many documents."""
+    count = 0
+    for copy in range(copies):
+        folder = root / f"copy-{copy:03d}"
+        folder.mkdir(parents=True)
+        for path in sorted(DOCS.iterdir()):
+            data = path.read_bytes()
+            if path.suffix in (".md", ".txt"):
+                data += f"\n\nThis is copy {copy} of {path.name}, made by the ingestion benchmark.\n".encode()
+            (folder / path.name).write_bytes(data)
+            count += 1
+    return count
+
+
+def run_side(side: str, spec: dict[str, Any], scratch: Path, log_path: Path) -> dict[str, Any]:
+    """One run in a fresh process; its result line, wall time and how busy the rest of the box was."""
+    import psutil
+
+    spec_path = scratch / f"{log_path.stem}.json"
+    spec_path.write_text(json.dumps(spec))
+    argv = [sys.executable, str(Path(__file__).resolve()), f"--{side}", str(spec_path)]
+    env = {**os.environ, "RAY_TMPDIR": str(scratch / "ray"), "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    (scratch / "ray").mkdir(exist_ok=True)
+    busy_before = _busy_cpu_s()
+    ours: dict[int, float] = {}
+    started = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        root = psutil.Process(proc.pid)
+        stop = threading.Event()
+
+        def sample() -> None:  # CPU seconds of our process tree, to tell the box's other load apart
+            while not stop.wait(1.0):
+                with contextlib.suppress(psutil.Error):
+                    for p in [root, *root.children(recursive=True)]:
+                        with contextlib.suppress(psutil.Error):
+                            cpu = p.cpu_times()
+                            ours[p.pid] = cpu.user + cpu.system + cpu.children_user + cpu.children_system
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            proc.wait(RUN_TIMEOUT_S)
+        finally:
+            stop.set()
+            sampler.join()
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
+    wall_s = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side}: exited with {proc.returncode}; see {log_path}")
+    lines = [line for line in log_path.read_text().splitlines() if line.startswith(RESULT)]
+    if not lines:
+        raise RuntimeError(f"{side}: no result line; see {log_path}")
+    result = json.loads(lines[-1].removeprefix(RESULT))
+    others_s = _busy_cpu_s() - busy_before - sum(ours.values())
+    result.update(
+        side=side,
+        wall_s=round(wall_s, 2),
+        documents_per_s=result["documents"] / result["elapsed_s"],
+        others_cpu_share=round(max(0.0, others_s) / (wall_s * (os.cpu_count() or 1)), 3),
+    )
+    return result
+
+
+def _busy_cpu_s() -> float:
+    import psutil
+
+    times = psutil.cpu_times()._asdict()
+    return float(sum(v for k, v in times.items() if k not in ("idle", "iowait", "guest", "guest_nice")))
+
+
+def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    """Documents/s of ``jobs/ingest.py`` (Ray Data) and of a plain loop, alternating; medians and ratio."""
+    from welip.rag import load_ingest_config
+
+    cfg = load_ingest_config(INGEST_CONFIG, args.override)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    logs = RESULTS_DIR / f"agents-ingest-{stamp}"
+    scratch = Path(tempfile.mkdtemp(prefix="welip-bench-ingest-"))
+    try:
+        documents = make_corpus(scratch / "docs", args.copies)
+        print(
+            f"corpus: {documents} documents ({args.copies} copies of {DOCS.relative_to(REPO)}) in {scratch}"
+        )
+        order = [side for _ in range(args.repeats) for side in SIDES]
+        if args.dry_run:
+            print("runs:", ", ".join(order), "; each side in a fresh process (--plain/--welip SPEC)")
+            return {}
+        logs.mkdir(parents=True, exist_ok=True)
+        runs = []
+        for i, side in enumerate(order):
+            table_url = str(scratch / f"rag-{i}")  # a fresh table every run
+            overrides = [*args.override, f"documents={scratch / 'docs'}", f"storage_url={table_url}"]
+            spec: dict[str, Any] = (
+                {"config": str(INGEST_CONFIG), "overrides": overrides}
+                if side == "welip"
+                else {
+                    **load_ingest_config(INGEST_CONFIG, overrides).model_dump(),
+                    "documents": str(scratch / "docs"),
+                    "storage_url": table_url,
+                }
+            )
+            result = run_side(side, spec, scratch, logs / f"{i:02d}-{side}.log")
+            shutil.rmtree(table_url, ignore_errors=True)
+            runs.append(result)
+            r = result
+            print(
+                f"  {side:5s} {r['documents']} docs, {r['rows']} chunks in {r['elapsed_s']:.1f} s:"
+                f" {r['documents_per_s']:.2f} docs/s (others used {r['others_cpu_share']:.0%} of the CPUs)",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    medians = {side: median(r["documents_per_s"] for r in runs if r["side"] == side) for side in SIDES}
+    summary = {
+        "part": "ingest",
+        "documents": documents,
+        "copies": args.copies,
+        "config": {
+            k: getattr(cfg, k)
+            for k in (
+                "chunk_size_chars",
+                "chunk_overlap_chars",
+                "batch_size",
+                "embed_concurrency",
+                "embed_num_cpus",
+            )
+        },
+        "cpus": os.cpu_count(),
+        "runs": runs,
+        "median_documents_per_s": medians,
+        "ratio_welip_over_plain": medians["welip"] / medians["plain"],
+        "logs": str(logs),
+    }
+    print()
+    print("side   docs/s (median)  runs")
+    print("-----  ---------------  ----")
+    for side in SIDES:
+        each = ", ".join(f"{r['documents_per_s']:.2f}" for r in runs if r["side"] == side)
+        print(f"{side:5s}  {medians[side]:15.2f}  {each}")
+    print(f"welip / plain: {summary['ratio_welip_over_plain']:.2f}x (target >= 1.5x)")
+    return summary
+
+
+# Each part of the benchmark: a function of the parsed arguments; `all` runs them in this order.
+PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"ingest": bench_ingest}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--part", choices=[*PARTS, "all"], default="all", help="Which benchmark to run.")
+    parser.add_argument("--copies", type=int, default=30, help="ingest: copies of data/docs in the corpus.")
+    parser.add_argument("--repeats", type=int, default=2, help="Runs of each side, alternating.")
+    parser.add_argument(
+        "--override", action="append", default=[], help="ingest: key=value for configs/rag/welip_docs.yaml."
+    )
+    parser.add_argument("--out", default=None, help="Results JSON (default benchmarks/results/...).")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--plain", metavar="SPEC", help=argparse.SUPPRESS)  # the plain loop, in a child
+    parser.add_argument("--welip", metavar="SPEC", help=argparse.SUPPRESS)  # the job, in a child
+    args = parser.parse_args(argv)
+    if args.copies < 1 or args.repeats < 1:
+        parser.error("--copies and --repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.plain:
+        plain_ingest(args.plain)
+        return 0
+    if args.welip:
+        welip_ingest(args.welip)
+        return 0
+    parts = list(PARTS) if args.part == "all" else [args.part]
+    results = {part: PARTS[part](args) for part in parts}
+    if args.dry_run:
+        return 0
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    name = "-".join(parts)
+    out = Path(args.out) if args.out else RESULTS_DIR / f"agents-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
