@@ -144,9 +144,7 @@ agent_runs = sa.Table(
     sa.Column("thread_id", sa.String(64), nullable=False, index=True),
     sa.Column("assistant_id", sa.String(64), nullable=False),
     sa.Column("owner", sa.String(256), nullable=False),
-    sa.Column(
-        "status", sa.String(16), nullable=False, comment="pending | running | success | error | ..."
-    ),
+    sa.Column("status", sa.String(16), nullable=False, comment="pending | running | success | error | ..."),
     sa.Column("multitask_strategy", sa.String(16), nullable=False),
     sa.Column("kwargs", sa.JSON, nullable=False, comment="input or command, stream modes, config."),
     sa.Column("run_metadata", sa.JSON, nullable=False),

@@ -214,7 +214,8 @@ def test_run_verl_without_verl_raises_backend_unavailable(tmp_path: Path) -> Non
 
 
 def _served_models(manifest_or_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {m["model_id"]: m for app in manifest_or_config["applications"] for m in app["args"]["models"]}
+    apps = manifest_or_config["applications"]
+    return {m["model_id"]: m for app in apps for m in app["args"].get("models", [])}
 
 
 def test_shipped_cpu_adapter_can_be_hot_loaded_by_the_local_stack() -> None:
