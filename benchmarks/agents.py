@@ -1,6 +1,8 @@
-"""Agents and RAG benchmarks. Part ``ingest``: RAG ingestion, WeLIP's Ray Data job against a plain loop.
+"""Agents and RAG benchmarks. Part ``runs``: per-run overhead of a served agent against the same
+graph in-process. Part ``ingest``: RAG ingestion, WeLIP's Ray Data job against a plain loop.
 
-    python benchmarks/agents.py                               # every part (now: ingest)
+    python benchmarks/agents.py                               # every part: runs, then ingest
+    python benchmarks/agents.py --part runs --rounds 4 --runs-per-round 50
     python benchmarks/agents.py --part ingest --copies 30 --repeats 2
     python benchmarks/agents.py --part ingest --dry-run       # print the corpus size and commands
 
@@ -289,8 +291,183 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+# --- part runs: per-run overhead of the served agent ---------------------------------------
+
+FAKE_LLM = """
+import json, time
+from fastapi import FastAPI, Request
+app = FastAPI()
+ANSWER = json.dumps({"thought": "", "action": "final_answer", "action_input": "ok"})
+
+@app.post("/v1/chat/completions")
+async def chat(request: Request):
+    await request.body()
+    return {
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()), "model": "fake",
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": ANSWER}}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50_ms": round(1000 * ordered[len(ordered) // 2], 3),
+        "p95_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
+        "mean_ms": round(1000 * sum(ordered) / len(ordered), 3),
+    }
+
+
+def bench_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-run latency: the agent served (HTTP, Serve, trust middleware, run bookkeeping) vs in-process.
+
+    Both sides run the same compiled graph (``react``, one LLM call that answers at once)
+    against the same fake OpenAI endpoint (its own process) and the same kind of
+    checkpointer on the same database, one run at a time, a new thread per run. The
+    served side is timed around ``POST /threads/{id}/runs/wait`` (thread creation apart);
+    the in-process side around ``graph.ainvoke``. Rounds alternate in blocks.
+    """
+    import asyncio
+
+    import httpx
+    import ray
+    import uvicorn  # noqa: F401 - the fake endpoint's server, checked before starting it
+    from ray import serve
+
+    if args.dry_run:
+        print("runs: in-process graph vs served runs/wait, alternating blocks, fake LLM in its own process")
+        return {}
+    database_url, drop = _bench_database(args.database_url)
+    scratch = Path(tempfile.mkdtemp(prefix="welip-bench-agents-"))
+    (scratch / "fake_llm.py").write_text(FAKE_LLM)
+    llm_port, serve_port = _free_port(), _free_port()
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "fake_llm:app", "--port", str(llm_port), "--log-level", "warning"],
+        cwd=scratch,
+    )
+    agent = {
+        "assistant_id": "bench",
+        "name": "bench",
+        "graph": "react",
+        "tools": ["calculator"],
+        "llm": {"base_url": f"http://127.0.0.1:{llm_port}/v1", "model": "fake", "api_key_env": None},
+    }
+    os.environ["WELIP_DATABASE_URL"] = database_url
+    rounds, per_round = args.rounds, args.runs_per_round
+    served: list[float] = []
+    local: list[float] = []
+    try:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"http://127.0.0.1:{llm_port}/v1/chat/completions", json={}, timeout=1)
+                break
+            time.sleep(0.1)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+        from deployments.agents import build_app
+
+        app_args = {"agents": [agent], "num_cpus": 0.1, "env_vars": {"WELIP_DATABASE_URL": database_url}}
+        serve.run(build_app(app_args), name="agents", route_prefix="/agents")
+
+        async def measure() -> None:
+            from welip.agents import AgentConfig, compile_graphs, open_checkpointer
+
+            base = f"http://127.0.0.1:{serve_port}/agents"
+            body = {"assistant_id": "bench", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+            async with (
+                httpx.AsyncClient(base_url=base, timeout=60) as client,
+                open_checkpointer(database_url) as checkpointer,
+            ):
+                graph = compile_graphs([AgentConfig.model_validate(agent)], checkpointer)["bench"]
+
+                async def one_served() -> float:
+                    thread = (await client.post("/threads", json={})).json()["thread_id"]
+                    started = time.perf_counter()
+                    response = await client.post(f"/threads/{thread}/runs/wait", json=body)
+                    elapsed = time.perf_counter() - started
+                    assert response.status_code == 200 and "__error__" not in response.json(), response.text
+                    return elapsed
+
+                async def one_local() -> float:
+                    config = {"configurable": {"thread_id": f"local-{time.perf_counter_ns()}"}}
+                    started = time.perf_counter()
+                    values = await graph.ainvoke(body["input"], config)
+                    elapsed = time.perf_counter() - started
+                    assert values["messages"][-1].content == "ok"
+                    return elapsed
+
+                for _ in range(args.warmup):  # connections, caches, JIT-free but lazy imports
+                    await one_served()
+                    await one_local()
+                for _ in range(rounds):
+                    local.extend([await one_local() for _ in range(per_round)])
+                    served.extend([await one_served() for _ in range(per_round)])
+
+        asyncio.run(measure())
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+            ray.shutdown()
+        fake.send_signal(signal.SIGTERM)
+        fake.wait(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
+        drop()
+    local_stats, served_stats = _percentiles(local), _percentiles(served)
+    result = {
+        "part": "runs",
+        "database": database_url.split("://", 1)[0],
+        "runs_per_side": len(local),
+        "in_process": local_stats,
+        "served": served_stats,
+        "overhead_p50_ms": round(served_stats["p50_ms"] - local_stats["p50_ms"], 3),
+        "overhead_p95_ms": round(served_stats["p95_ms"] - local_stats["p95_ms"], 3),
+        "target_overhead_p50_ms": 15,
+    }
+    print(f"\nruns ({result['runs_per_side']} per side, {result['database']}):")
+    print("| side | p50 ms | p95 ms | mean ms |\n| --- | --- | --- | --- |")
+    for label, stats in (("in-process graph", local_stats), ("served (runs/wait)", served_stats)):
+        print(f"| {label} | {stats['p50_ms']} | {stats['p95_ms']} | {stats['mean_ms']} |")
+    print(
+        f"overhead: p50 {result['overhead_p50_ms']} ms, p95 {result['overhead_p95_ms']} ms"
+        " (target p50 <= 15 ms)"
+    )
+    return result
+
+
+def _bench_database(url: str | None) -> tuple[str, Callable[[], None]]:
+    """The given database, or a fresh PostgreSQL database on this machine (dropped after)."""
+    if url:
+        return url, lambda: None
+    import psycopg
+
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    name = f"welip_bench_agents_{os.getpid()}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"postgresql://postgres@127.0.0.1:5432/{name}", drop
+
+
 # Each part of the benchmark: a function of the parsed arguments; `all` runs them in this order.
-PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"ingest": bench_ingest}
+PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "runs": bench_runs,
+    "ingest": bench_ingest,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -302,6 +479,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="Runs of each side, alternating.")
     parser.add_argument(
         "--override", action="append", default=[], help="ingest: key=value for configs/rag/welip_docs.yaml."
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="runs: alternating blocks per side.")
+    parser.add_argument("--runs-per-round", type=int, default=50, help="runs: agent runs per block.")
+    parser.add_argument("--warmup", type=int, default=20, help="runs: untimed runs per side first.")
+    parser.add_argument(
+        "--database-url", default=None, help="runs: database (default: a fresh PostgreSQL database here)."
     )
     parser.add_argument("--out", default=None, help="Results JSON (default benchmarks/results/...).")
     parser.add_argument("--dry-run", action="store_true")

@@ -277,6 +277,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
                 run,
                 reject_if_busy=body.multitask_strategy == "reject",
                 max_pending=runtime.config.max_pending_runs_per_thread,
+                replica=runtime.replica,
             )
         except ThreadBusy as exc:
             raise OpenAIError(

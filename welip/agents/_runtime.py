@@ -126,6 +126,8 @@ class AgentRuntime:
         self.config = config
         self.replica = replica
         self._tasks: dict[str, asyncio.Task[str]] = {}
+        # Final values and interrupts of runs this replica finished, for `wait` (popped there).
+        self._outcomes: dict[str, tuple[Any, list[Any]] | None] = {}
         self._cleanup: asyncio.Task[None] | None = None
         # Store calls are blocking SQLAlchemy: off the event loop by default.
         self._call = call_store or asyncio.to_thread
@@ -193,9 +195,19 @@ class AgentRuntime:
 
     async def wait(self, run: RunRow) -> dict[str, Any]:
         """Execute ``run`` and answer the thread's values after it (interrupts included)."""
+        self._outcomes[run.run_id] = None
         task = self.start(run)
-        await asyncio.shield(task)  # a client that leaves does not cancel the run
-        return await self.final_values(run, with_error=True)
+        try:
+            status = await asyncio.shield(task)  # a client that leaves does not cancel the run
+        finally:
+            outcome = self._outcomes.pop(run.run_id, None)
+        if status == "success" and outcome is not None and outcome[0] is not None:
+            values = jsonable(outcome[0])
+            interrupts = _unique_interrupts(outcome[1])
+            if interrupts:
+                values["__interrupt__"] = interrupts
+            return values
+        return await self.final_values(run, with_error=status != "success")
 
     async def join(self, run: RunRow) -> dict[str, Any]:
         """Wait for a run started elsewhere (any replica) to end; answer the thread's values."""
@@ -246,12 +258,14 @@ class AgentRuntime:
 
     async def _execute(self, run: RunRow, emit: Callable[[str, Any], None] | None) -> str:
         emit = emit or (lambda mode, chunk: None)
-        while not await self.db(self.store.claim, run.run_id, run.thread_id, self.replica):
+        # A `reject` run holds its thread from creation; a queued one waits for its turn.
+        while run.status == "pending" and not await self.db(
+            self.store.claim, run.run_id, run.thread_id, self.replica
+        ):
             row = await self.db(self.store.get_run, run.run_id, run.owner)
             if row is None or row.status != "pending":
                 return row.status if row else "interrupted"
             await asyncio.sleep(CLAIM_POLL_S)
-        await self.db(self.store.set_thread_assistant, run.thread_id, run.assistant_id)
         current = asyncio.current_task()
         assert current is not None
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(run, current))
@@ -312,10 +326,18 @@ class AgentRuntime:
         modes = ["values", "updates"]
         if run.kwargs.get("wants_messages"):
             modes.append("messages")
+        values: Any = None
+        interrupts: list[Any] = []
         async for mode, chunk in graph.astream(_graph_input(run.kwargs), config, stream_mode=modes):
             emit(mode, chunk)
-        snapshot = await graph.aget_state({"configurable": {"thread_id": run.thread_id}})
-        return "success", "interrupted" if getattr(snapshot, "interrupts", ()) else "idle"
+            # The stream itself tells the end state: no checkpoint read after the run.
+            if isinstance(chunk, dict) and "__interrupt__" in chunk:
+                interrupts.extend(chunk["__interrupt__"])
+            elif mode == "values":
+                values = chunk
+        if run.run_id in self._outcomes:  # somebody waits for them (`wait`)
+            self._outcomes[run.run_id] = (values, interrupts)
+        return "success", "interrupted" if interrupts else "idle"
 
     async def _heartbeat(self, run: RunRow, task: asyncio.Task[Any]) -> None:
         while True:
@@ -354,6 +376,14 @@ class AgentRuntime:
             self._cleanup.cancel()
         for task in list(self._tasks.values()):
             task.cancel()
+
+
+def _unique_interrupts(items: list[Any]) -> list[dict[str, Any]]:
+    seen: dict[Any, dict[str, Any]] = {}
+    for item in items:
+        entry = _interrupt(item)
+        seen.setdefault(entry["id"] or len(seen), entry)
+    return list(seen.values())
 
 
 def _message_metadata(metadata: Any) -> dict[str, Any]:

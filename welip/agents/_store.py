@@ -218,41 +218,56 @@ class AgentStore:
 
     # -- runs ---------------------------------------------------------------------
 
-    def create_run(self, run: dict[str, Any], *, reject_if_busy: bool, max_pending: int) -> RunRow:
-        """Insert a pending run; with ``reject_if_busy`` take the thread at once or raise."""
+    def create_run(
+        self, run: dict[str, Any], *, reject_if_busy: bool, max_pending: int, replica: str | None = None
+    ) -> RunRow:
+        """Insert a run. With ``reject_if_busy`` it takes the thread at once (status ``running``,
+        on ``replica``) or raises :class:`ThreadBusy`; otherwise it queues (``pending``)."""
         now = utcnow()
         row = {
             **run,
-            "status": "pending",
+            "status": "running" if reject_if_busy else "pending",
             "error": None,
-            "replica": None,
-            "heartbeat_at": None,
+            "replica": replica if reject_if_busy else None,
+            "heartbeat_at": now if reject_if_busy else None,
             "cancel_requested_at": None,
             "created_at": now,
             "updated_at": now,
         }
+        thread_id = run["thread_id"]
         with self.engine.begin() as conn:
-            self._fail_stale(conn, run["thread_id"])
             if reject_if_busy:
-                taken = conn.execute(
-                    agent_threads.update()
-                    .where(
-                        agent_threads.c.thread_id == run["thread_id"], agent_threads.c.active_run_id.is_(None)
-                    )
-                    .values(active_run_id=run["run_id"], status="busy", updated_at=now)
-                ).rowcount
-                if not taken:
-                    raise ThreadBusy("the thread has a run in progress")
+                # The common case (a free thread) is one UPDATE; a held thread is checked
+                # for a dead holder before refusing.
+                if not self._take(conn, thread_id, run["run_id"], run["assistant_id"], now):
+                    self._fail_stale(conn, thread_id)
+                    if not self._take(conn, thread_id, run["run_id"], run["assistant_id"], now):
+                        raise ThreadBusy("the thread has a run in progress")
             else:
+                self._fail_stale(conn, thread_id)
                 pending = conn.execute(
                     sa.select(sa.func.count())
                     .select_from(agent_runs)
-                    .where(agent_runs.c.thread_id == run["thread_id"], agent_runs.c.status == "pending")
+                    .where(agent_runs.c.thread_id == thread_id, agent_runs.c.status == "pending")
                 ).scalar_one()
                 if pending >= max_pending:
                     raise ThreadBusy(f"the thread already has {pending} queued runs")
             conn.execute(agent_runs.insert().values(**row))
         return _run(_Row(row))
+
+    @staticmethod
+    def _take(conn: sa.Connection, thread_id: str, run_id: str, assistant_id: str, now: datetime) -> bool:
+        taken = conn.execute(
+            agent_threads.update()
+            .where(agent_threads.c.thread_id == thread_id, agent_threads.c.active_run_id.is_(None))
+            .values(
+                active_run_id=run_id,
+                status="busy",
+                updated_at=now,
+                assistant_id=sa.func.coalesce(agent_threads.c.assistant_id, assistant_id),
+            )
+        ).rowcount
+        return bool(taken)
 
     def claim(self, run_id: str, thread_id: str, replica: str | None) -> bool:
         """Start a pending run if it holds the thread or is next in line; True when it started."""
@@ -276,12 +291,10 @@ class AgentStore:
                 ).first()
                 if first is None or first[0] != run_id:
                     return False
-                taken = conn.execute(
-                    agent_threads.update()
-                    .where(agent_threads.c.thread_id == thread_id, agent_threads.c.active_run_id.is_(None))
-                    .values(active_run_id=run_id, status="busy", updated_at=now)
-                ).rowcount
-                if not taken:
+                assistant = conn.execute(
+                    sa.select(agent_runs.c.assistant_id).where(agent_runs.c.run_id == run_id)
+                ).scalar_one()
+                if not self._take(conn, thread_id, run_id, assistant, now):
                     return False
             started = conn.execute(
                 agent_runs.update()
@@ -385,14 +398,6 @@ class AgentStore:
                 .offset(offset)
             )
             return [_run(r) for r in rows]
-
-    def set_thread_assistant(self, thread_id: str, assistant_id: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                agent_threads.update()
-                .where(agent_threads.c.thread_id == thread_id, agent_threads.c.assistant_id.is_(None))
-                .values(assistant_id=assistant_id)
-            )
 
 
 class _Row:

@@ -322,7 +322,7 @@ def test_reject_answers_409_while_busy_and_enqueue_runs_in_order(tmp_path: Path)
                 }
 
             first = (await client.post(f"/threads/{tid}/runs", json=body("one", "reject"))).json()
-            assert first["status"] == "pending"
+            assert first["status"] == "running"  # reject: the run holds the thread from creation
             await asyncio.sleep(0.1)
             rejected = await client.post(f"/threads/{tid}/runs", json=body("two", "reject"))
             assert rejected.status_code == 409 and rejected.json()["error"]["code"] == "thread_busy"
