@@ -282,12 +282,11 @@ def test_agent_runs_are_audited_and_counted(agents: httpx.Client, http: httpx.Cl
         time.sleep(0.5)
     assert rows and rows[0]["model"] == "tools" and rows[0]["status"] == 200
     # The agent's own LLM calls went through the gateway under the service key.
-    llm_rows = [
-        r
-        for r in http.get("/admin/audit", params={"limit": 500}).json()["data"]
-        if r["route"] == "/v1/chat/completions"
-    ]
-    assert any(r["principal"].startswith("key:") or r["key_id"] for r in llm_rows)
+    keys = http.get("/admin/keys").json()["data"]
+    (service,) = [k["id"] for k in keys if k["name"] == "agents-service"]
+    audit = http.get("/admin/audit", params={"limit": 500}).json()["data"]
+    llm_rows = [r for r in audit if r["route"] == "/v1/chat/completions" and r["key_id"] == service]
+    assert llm_rows and all(r["status"] == 200 for r in llm_rows[:3])
     deadline = time.monotonic() + 60
     series: list[str] = []
     while time.monotonic() < deadline:
