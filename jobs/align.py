@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pydantic import ValidationError
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from welip.cluster import connect_ray
 from welip.models import resolve_model_path
 from welip.store import Database, join_url, storage_url_from_env
 from welip.training import (
@@ -189,17 +189,6 @@ def run_config(cfg: AlignConfig, run_name: str, root: str) -> RunConfig:
         failure_config=FailureConfig(max_failures=cfg.max_failures),
         worker_runtime_env={"env_vars": worker_env()},
     )
-
-
-def connect_ray() -> None:
-    """Join the cluster (``ray job submit`` sets RAY_ADDRESS; else a running local one), or start one."""
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        ray.init(num_cpus=max(os.cpu_count() or 1, 8))
 
 
 def parse_args(argv: list[str]) -> AlignConfig:

@@ -26,6 +26,7 @@ from typing import Any
 import ray
 from pydantic import ValidationError
 
+from welip.cluster import connect_ray
 from welip.evaluation import (
     EndpointInference,
     EndpointTarget,
@@ -215,21 +216,6 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
             **request_stage(judges, min(t.batch_size for t in judges)),
         )
     return sorted((json.loads(row["sample"]) for row in ds.iter_rows()), key=lambda s: s["row"])
-
-
-def connect_ray() -> None:
-    """Join the cluster (``ray job submit`` sets RAY_ADDRESS; else a running local one), or start one.
-
-    A cluster started here gets 8 logical CPUs at least, as ``make run`` does: in-job
-    vLLM and its light stages then schedule on a 2-core laptop.
-    """
-    if os.environ.get("RAY_ADDRESS"):  # explicit: Ray's token rules apply (export RAY_AUTH_MODE=token)
-        ray.init()
-        return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        ray.init(num_cpus=max(os.cpu_count() or 1, 8))
 
 
 def parse_args(argv: list[str]) -> SuiteConfig:

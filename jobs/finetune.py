@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from welip.cluster import connect_ray
 from welip.models import resolve_model_path
 from welip.store import Database, join_url, storage_url_from_env
 from welip.training import (
@@ -158,17 +158,6 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         summary["model"] = row["id"]
     print(json.dumps(summary, indent=2))
     return summary
-
-
-def connect_ray() -> None:
-    """Join the cluster (``ray job submit`` sets RAY_ADDRESS; else a running local one), or start one."""
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        ray.init(num_cpus=max(os.cpu_count() or 1, 8))
 
 
 def parse_args(argv: list[str]) -> FinetuneConfig:

@@ -23,6 +23,7 @@ import ray
 from pydantic import ValidationError
 from ray.data.expressions import col
 
+from welip.cluster import connect_ray
 from welip.rag import (
     ChunkEmbedder,
     IngestConfig,
@@ -144,21 +145,6 @@ def chunk_hashes_of(store: VectorStore, sources: set[str]) -> set[str]:
         return set()
     rows = store.rows(["source", "content_hash"])
     return {h for s, h in zip(rows["source"], rows["content_hash"], strict=True) if s in sources}
-
-
-def connect_ray() -> None:
-    """Join the cluster (``ray job submit`` sets RAY_ADDRESS; else a running local one), or start one.
-
-    A cluster started here gets 8 logical CPUs at least, as ``make run`` does, so the
-    embedding actors and the light read tasks schedule on a 2-core laptop.
-    """
-    if os.environ.get("RAY_ADDRESS"):  # explicit: Ray's token rules apply (export RAY_AUTH_MODE=token)
-        ray.init()
-        return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        ray.init(num_cpus=max(os.cpu_count() or 1, 8))
 
 
 def parse_args(argv: list[str]) -> IngestConfig:
