@@ -26,7 +26,7 @@ from opentelemetry import trace
 from pydantic import BaseModel
 
 from welip.agents._config import AgentConfig, AgentsConfig
-from welip.agents._store import AgentStore, RunRow, ThreadRow
+from welip.agents._store import ACTIVE_RUN_STATUSES, AgentStore, RunRow, ThreadRow
 from welip.agents._telemetry import agent_metrics, tracer
 
 logger = logging.getLogger("welip.agents")
@@ -217,7 +217,7 @@ class AgentRuntime:
         else:
             while True:
                 row = await self.db(self.store.get_run, run.run_id, run.owner)
-                if row is None or row.status not in ("pending", "running"):
+                if row is None or row.status not in ACTIVE_RUN_STATUSES:
                     break
                 await asyncio.sleep(0.1)
         return await self.final_values(run)
@@ -232,7 +232,7 @@ class AgentRuntime:
             values["__interrupt__"] = interrupts
         if with_error:
             row = await self.db(self.store.get_run, run.run_id, run.owner)
-            if row is not None and row.status not in ("success", "pending", "running"):
+            if row is not None and row.status not in ("success", *ACTIVE_RUN_STATUSES):
                 values["__error__"] = {"status": row.status, "message": row.error}
         return values
 
@@ -250,7 +250,7 @@ class AgentRuntime:
             deadline = time.monotonic() + 2 * HEARTBEAT_S + 1
             while time.monotonic() < deadline:
                 row = await self.db(self.store.get_run, run.run_id, run.owner)
-                if row is None or row.status not in ("pending", "running"):
+                if row is None or row.status not in ACTIVE_RUN_STATUSES:
                     break
                 await asyncio.sleep(0.1)
         row = await self.db(self.store.get_run, run.run_id, run.owner)

@@ -11,28 +11,18 @@ checkpoint tables, not here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from welip.store._schema import agent_runs, agent_threads
+from welip.store import agent_runs, agent_threads, as_utc, utcnow
 
 ACTIVE_RUN_STATUSES = ("pending", "running")
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
 def _iso(value: datetime | None) -> str | None:
-    value = _aware(value)
+    value = as_utc(value)
     return value.isoformat() if value is not None else None
 
 
@@ -98,8 +88,8 @@ def _thread(row: Any) -> ThreadRow:
         status=m["status"],
         metadata=m["thread_metadata"] or {},
         active_run_id=m["active_run_id"],
-        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
-        updated_at=_aware(m["updated_at"]),  # type: ignore[arg-type]
+        created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
+        updated_at=as_utc(m["updated_at"]),  # type: ignore[arg-type]
     )
 
 
@@ -116,10 +106,10 @@ def _run(row: Any) -> RunRow:
         metadata=m["run_metadata"] or {},
         error=m["error"],
         replica=m["replica"],
-        heartbeat_at=_aware(m["heartbeat_at"]),
-        cancel_requested_at=_aware(m["cancel_requested_at"]),
-        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
-        updated_at=_aware(m["updated_at"]),  # type: ignore[arg-type]
+        heartbeat_at=as_utc(m["heartbeat_at"]),
+        cancel_requested_at=as_utc(m["cancel_requested_at"]),
+        created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
+        updated_at=as_utc(m["updated_at"]),  # type: ignore[arg-type]
     )
 
 
@@ -320,7 +310,7 @@ class AgentStore:
         ).first()
         if holder is None or holder[2] != "running":
             return
-        beat = _aware(holder[1])
+        beat = as_utc(holder[1])
         if beat is not None and beat >= stale_before:
             return
         now = utcnow()

@@ -5,10 +5,13 @@ from welip.store._database import (
     KEY_PREFIX,
     Database,
     KeyRecord,
+    as_utc,
     database_url_from_env,
     hash_key,
+    utcnow,
 )
 from welip.store._redis import redis_from_env
+from welip.store._schema import agent_runs, agent_threads
 from welip.store._storage import filesystem, join_url, read_bytes, storage_url_from_env, write_bytes
 from welip.store._tracking import DEFAULT_MLFLOW_URI, mlflow_uri, use_mlflow
 
@@ -18,6 +21,9 @@ __all__ = [
     "KEY_PREFIX",
     "Database",
     "KeyRecord",
+    "agent_runs",
+    "agent_threads",
+    "as_utc",
     "database_url_from_env",
     "filesystem",
     "hash_key",
@@ -27,5 +33,6 @@ __all__ = [
     "redis_from_env",
     "storage_url_from_env",
     "use_mlflow",
+    "utcnow",
     "write_bytes",
 ]

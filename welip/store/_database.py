@@ -44,11 +44,13 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
+    """Now, in UTC (what every stored timestamp is)."""
     return datetime.now(timezone.utc)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value`` marked UTC where the database gave it back naive (SQLite)."""
     # SQLite gives naive datetimes back; everything WeLIP stores is UTC.
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
@@ -73,7 +75,7 @@ class KeyRecord:
 
     def usable(self, now: datetime | None = None) -> bool:
         """Neither revoked nor expired."""
-        now = now or _utcnow()
+        now = now or utcnow()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
     def public(self) -> dict[str, Any]:
@@ -183,7 +185,7 @@ class Database:
             "rpm": rpm,
             "tpm": tpm,
             "token_budget": token_budget,
-            "created_at": _utcnow(),
+            "created_at": utcnow(),
             "expires_at": expires_at,
             "revoked_at": None,
         }
@@ -211,7 +213,7 @@ class Database:
             result = conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=_utcnow())
+                .values(revoked_at=utcnow())
             )
         return bool(result.rowcount)
 
@@ -275,7 +277,7 @@ class Database:
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         for row in rows:
-            row["ts"] = _aware(row["ts"]).isoformat()  # type: ignore[union-attr]
+            row["ts"] = as_utc(row["ts"]).isoformat()  # type: ignore[union-attr]
         return rows
 
     def usage(self, *, since: date | None = None, until: date | None = None) -> list[dict[str, Any]]:
@@ -309,7 +311,7 @@ class Database:
 
     def record_eval_run(self, run: dict[str, Any]) -> None:
         """Insert one ``eval_runs`` row (columns as in the table; ``created_at`` defaults to now)."""
-        row = {"created_at": _utcnow(), **run}
+        row = {"created_at": utcnow(), **run}
         with self.engine.begin() as conn:
             conn.execute(eval_runs.insert().values(**row))
 
@@ -360,7 +362,7 @@ class Database:
                 "kind": kind,
                 "mlflow_run_id": mlflow_run_id,
                 "lineage": lineage,
-                "created_at": _utcnow(),
+                "created_at": utcnow(),
             }
             conn.execute(adapters.insert().values(**row))
         return _dated(row)
@@ -407,7 +409,7 @@ class Database:
                 "alias": alias,
                 "target": target,
                 "previous": previous,
-                "updated_at": _utcnow(),
+                "updated_at": utcnow(),
                 "updated_by": updated_by,
                 "decision": decision,
             }
@@ -433,12 +435,12 @@ class Database:
 
 
 def _dated(row: dict[str, Any], column: str = "created_at") -> dict[str, Any]:
-    row[column] = _aware(row[column]).isoformat()  # type: ignore[union-attr]
+    row[column] = as_utc(row[column]).isoformat()  # type: ignore[union-attr]
     return row
 
 
 def _eval_row(row: dict[str, Any]) -> dict[str, Any]:
-    row["created_at"] = _aware(row["created_at"]).isoformat()  # type: ignore[union-attr]
+    row["created_at"] = as_utc(row["created_at"]).isoformat()  # type: ignore[union-attr]
     return row
 
 
@@ -452,9 +454,9 @@ def _key_record(row: dict[str, Any]) -> KeyRecord:
         rpm=row["rpm"],
         tpm=row["tpm"],
         token_budget=row["token_budget"],
-        created_at=_aware(row["created_at"]),  # type: ignore[arg-type]
-        expires_at=_aware(row["expires_at"]),
-        revoked_at=_aware(row["revoked_at"]),
+        created_at=as_utc(row["created_at"]),  # type: ignore[arg-type]
+        expires_at=as_utc(row["expires_at"]),
+        revoked_at=as_utc(row["revoked_at"]),
     )
 
 
@@ -491,5 +493,5 @@ def _audit_row(record: dict[str, Any]) -> dict[str, Any]:
     ts = row["ts"]
     if isinstance(ts, str):  # records replayed from the spool carry ISO strings
         ts = datetime.fromisoformat(ts)
-    row["ts"] = _aware(ts)
+    row["ts"] = as_utc(ts)
     return row
