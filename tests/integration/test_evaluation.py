@@ -8,13 +8,11 @@ MLflow (a SQLite store per module) and local or S3 (moto) storage.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -28,6 +26,7 @@ from tests.integration.conftest import (
     MODEL,
     SHORT_CONTEXT,
     SHORT_MODEL,
+    load_job,
 )
 from welip.cli import app
 from welip.evaluation import EndpointUnavailable, load_suite, read_samples
@@ -38,15 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 24
 
 
-def load_job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("welip_jobs_evaluate", REPO_ROOT / "jobs" / "evaluate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-JOB = load_job()
+JOB = load_job("evaluate")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ evaluations as subprocesses joining the same cluster.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -27,7 +25,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.integration.conftest import ADMIN_KEY, MODEL
+from tests.integration.conftest import ADMIN_KEY, MODEL, load_job
 from welip.cli import app
 from welip.evaluation import token_f1
 from welip.store import Database
@@ -42,15 +40,7 @@ ANSWER = json.loads((REPO_ROOT / "data" / "finetune" / "welip_faq.jsonl").read_t
 ][-1]["content"]
 
 
-def load_job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("welip_jobs_finetune", REPO_ROOT / "jobs" / "finetune.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-JOB = load_job()
+JOB = load_job("finetune")
 
 
 @pytest.fixture(scope="module")

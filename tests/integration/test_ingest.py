@@ -9,17 +9,15 @@ session gateway's ``/v1/embeddings`` (the same model, served), as the RAG agent 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 
-from tests.integration.conftest import ADMIN_KEY, EMBEDDING_MODEL
+from tests.integration.conftest import ADMIN_KEY, EMBEDDING_MODEL, load_job
 from welip.rag import (
     GatewayEmbeddings,
     IngestConfig,
@@ -41,15 +39,7 @@ QUESTIONS = {
 }
 
 
-def load_job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("welip_jobs_ingest", REPO_ROOT / "jobs" / "ingest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-JOB = load_job()
+JOB = load_job("ingest")
 
 
 @pytest.fixture(scope="module")
