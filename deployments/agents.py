@@ -27,7 +27,7 @@ from welip.agents import (
     open_checkpointer,
     resolve_agents,
 )
-from welip.gateway import GatewayConfig, TrustMiddleware, build_trust, context_of
+from welip.gateway import GatewayConfig, TrustMiddleware, build_trust, context_of, record_error
 from welip.store import Database
 
 logger = logging.getLogger("welip.agents")
@@ -79,7 +79,7 @@ class AgentServer:
             if ctx is not None:
                 await trust.admit_route(ctx, assistant_id)
 
-        app = build_agents_app(runtime, owner_of, admit)
+        app = build_agents_app(runtime, owner_of, admit, on_error=record_error)
         app.add_middleware(TrustMiddleware, trust=trust)
         logger.info("agents replica %s serving %s", replica, sorted(graphs))
         return app

@@ -11,17 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
 from welip.agents._api import Admit, OwnerOf, build_agents_router
 from welip.agents._config import AgentConfig, ChatModelConfig, RetrievalConfig
 from welip.agents._graphs import GRAPHS
 from welip.agents._runtime import AgentRuntime
 from welip.agents._telemetry import inject_traceparent
-from welip.api import OpenAIError, invalid_request
+from welip.api import OnError, add_error_handlers
 
 logger = logging.getLogger("welip.agents")
 _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('welip.langgraph.setup'))"
@@ -136,8 +133,13 @@ def compile_graphs(
     return graphs
 
 
-def build_agents_app(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit | None = None) -> FastAPI:
-    """The FastAPI app of one agents replica (wrap it in the trust middleware to protect it)."""
+def build_agents_app(
+    runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit | None = None, on_error: OnError | None = None
+) -> FastAPI:
+    """The FastAPI app of one agents replica (wrap it in the trust middleware to protect it).
+
+    ``on_error`` sees every error answered (the trust layer records its code).
+    """
     import welip
 
     app = FastAPI(
@@ -151,36 +153,5 @@ def build_agents_app(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit | No
         return {"status": "ok"}
 
     app.include_router(build_agents_router(runtime, owner_of, admit))
-    add_error_handlers(app)
+    add_error_handlers(app, service="agents service", logger=logger, on_error=on_error)
     return app
-
-
-def add_error_handlers(app: FastAPI) -> None:
-    """Every error in WeLIP's OpenAI error body; never a bare 500."""
-
-    @app.exception_handler(OpenAIError)
-    async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
-        return exc.to_response()
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in first["loc"] if p not in ("query", "path", "body")) or None
-        return invalid_request(
-            f"{param}: {first['msg']}" if param else str(first["msg"]), param=param
-        ).to_response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return OpenAIError(exc.status_code, str(exc.detail), code=code).to_response()
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        return OpenAIError(
-            500,
-            "The agents service failed to handle the request.",
-            type="server_error",
-            code="internal_error",
-        ).to_response()

@@ -1,6 +1,7 @@
 """The OpenAI-compatible API surface: request checks, error bodies, SSE framing."""
 
 from welip.api._errors import OpenAIError, from_engine_error, invalid_request, model_not_found
+from welip.api._handlers import OnError, add_error_handlers
 from welip.api._requests import CHAT_ROLES, EmbeddingRequest, parse_chat, parse_completion, parse_embedding
 from welip.api._sse import DONE, engine_error, frame, sse_events
 
@@ -8,7 +9,9 @@ __all__ = [
     "CHAT_ROLES",
     "DONE",
     "EmbeddingRequest",
+    "OnError",
     "OpenAIError",
+    "add_error_handlers",
     "engine_error",
     "frame",
     "from_engine_error",

@@ -17,7 +17,14 @@ from welip.gateway._config import (
 from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
 from welip.gateway._deployments import EngineGateway, Gateway
 from welip.gateway._guardrails import find_pii
-from welip.gateway._trust import TokenCounter, Trust, TrustMiddleware, build_trust, context_of
+from welip.gateway._trust import (
+    TokenCounter,
+    Trust,
+    TrustMiddleware,
+    build_trust,
+    context_of,
+    record_error,
+)
 
 __all__ = [
     "AuditConfig",
@@ -45,4 +52,5 @@ __all__ = [
     "build_trust",
     "context_of",
     "find_pii",
+    "record_error",
 ]

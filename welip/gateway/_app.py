@@ -11,16 +11,13 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import welip
 from welip.api import (
     EmbeddingRequest,
-    OpenAIError,
-    invalid_request,
+    add_error_handlers,
     parse_chat,
     parse_completion,
     parse_embedding,
@@ -28,7 +25,7 @@ from welip.api import (
 from welip.api._requests import ChatCompletionRequest, CompletionRequest
 from welip.gateway._admin import build_admin_router
 from welip.gateway._core import GatewayCore
-from welip.gateway._trust import TrustMiddleware, context_of
+from welip.gateway._trust import TrustMiddleware, record_error
 
 logger = logging.getLogger("welip.gateway")
 
@@ -40,7 +37,7 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
         version=welip.__version__,
         description="OpenAI-compatible API in front of WeLIP's vLLM engines.",
     )
-    _add_error_handlers(app)
+    add_error_handlers(app, service="gateway", logger=logger, on_error=record_error)
     app.add_middleware(TrustMiddleware, trust=core.trust)
     app.include_router(build_admin_router(core.trust))
     if not core.trust.auth_enabled:
@@ -113,38 +110,3 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components[model.__name__] = model_schema
     app.openapi_schema = schema
     return schema
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(OpenAIError)
-    async def openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
-        return _answer(request, exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = str(first["msg"])
-        return _answer(request, invalid_request(f"{param}: {message}" if param else message, param=param))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        headers = dict(exc.headers or {})
-        return _answer(request, OpenAIError(exc.status_code, str(exc.detail), code=code, headers=headers))
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        error = OpenAIError(
-            500, "The gateway failed to handle the request.", type="server_error", code="internal_error"
-        )
-        return _answer(request, error)
-
-
-def _answer(request: Request, error: OpenAIError) -> JSONResponse:
-    ctx = context_of(request)
-    if ctx is not None:
-        ctx.error_code = error.code
-    return error.to_response()

@@ -487,6 +487,13 @@ def context_of(request: Any) -> RequestContext | None:
     return ctx if isinstance(ctx, RequestContext) else None
 
 
+def record_error(request: Any, error: OpenAIError) -> None:
+    """Note the code of the error a request is answered with, for its audit record and metrics."""
+    ctx = context_of(request)
+    if ctx is not None:
+        ctx.error_code = error.code
+
+
 class TrustMiddleware:
     """ASGI middleware: auth before any route, settlement after the last byte."""
 
