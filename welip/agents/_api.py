@@ -77,7 +77,7 @@ def _invalid(message: str, param: str | None, status: int = 422, code: str = "in
     return OpenAIError(status, message, param=param, code=code)
 
 
-def _parse(model: type[_Body], raw: bytes, *, prefix: str = "") -> Any:
+def _parse(model: type[_Body], raw: bytes) -> Any:
     try:
         data = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:
@@ -85,7 +85,7 @@ def _parse(model: type[_Body], raw: bytes, *, prefix: str = "") -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc, prefix) from None
+        raise _validation_error(exc) from None
 
 
 def _validation_error(exc: ValidationError, prefix: str = "") -> OpenAIError:
