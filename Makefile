@@ -16,7 +16,7 @@ RAY_PORT ?= 6390
 # The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
 CONFIG ?= configs/serve/local.yaml
 
-.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents
+.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,11 @@ ingest: install
 bench-agents: install services
 	$(BIN)/python benchmarks/agents.py
 
-clean:
+# Stop the local stack. Ray Serve's HAProxy (RAY_SERVE_ENABLE_HA_PROXY) was seen here to
+# outlive Ctrl-C and `ray stop`, holding :8000 so the next start failed.
+stop:
 	-$(BIN)/ray stop --force
+	-pkill -f '[r]ay_haproxy/bin/haproxy'
+
+clean: stop
 	rm -rf $(VENV) $(LMEVAL_VENV)
