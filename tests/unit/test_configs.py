@@ -19,6 +19,7 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.agents import AgentsAppConfig
 from welip.agents import AgentConfig, load_agent_config, resolve_agents
 from welip.gateway import ServingConfig
+from welip.observability._logging import SERVE_LOGGING_CONFIG
 from welip.rag import list_documents, load_ingest_config
 from welip.training import AlignConfig, FinetuneConfig, load_config
 
@@ -106,6 +107,14 @@ def test_serve_config_builds_valid_apps(path: Path) -> None:
         if isinstance(args, AgentsAppConfig):
             # The agent files an agents app names exist and validate.
             assert resolve_agents(args, REPO_ROOT)
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=[rel(p) for p in SERVE_CONFIGS])
+def test_serve_config_logs_json_lines(path: Path) -> None:
+    """Every app logs JSON with the logger's name and no Serve access log (the gateway writes its own)."""
+    config = load_yaml(path)
+    assert config.get("logging_config") == SERVE_LOGGING_CONFIG
+    assert all("logging_config" not in app for app in config["applications"]), "one logging config for all"
 
 
 def test_local_config_serves_smollm2_on_loopback() -> None:

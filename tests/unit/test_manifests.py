@@ -28,6 +28,7 @@ from deployments.agents import AgentsAppConfig
 from welip.agents import resolve_agents
 from welip.evaluation import load_suite
 from welip.gateway import ServingConfig
+from welip.observability._logging import SERVE_LOGGING_CONFIG
 from welip.rag import load_ingest_config
 from welip.training import AlignConfig, FinetuneConfig, load_config
 
@@ -201,6 +202,14 @@ def test_rayservice_serve_config(name: str, resource: dict[str, Any]) -> None:
         if isinstance(args, AgentsAppConfig):
             # The working_dir is the repository: the agent files it names exist and validate.
             assert resolve_agents(args, REPO_ROOT)
+
+
+@pytest.mark.parametrize(("name", "resource"), rayservices(), ids=ids(rayservices()))
+def test_rayservice_logs_json_lines(name: str, resource: dict[str, Any]) -> None:
+    """As the local Serve configs: JSON lines with the logger's name, no Serve access log."""
+    config = serve_config(resource)
+    assert config.get("logging_config") == SERVE_LOGGING_CONFIG
+    assert all("logging_config" not in app for app in config["applications"]), "one logging config for all"
 
 
 @pytest.mark.parametrize(("name", "resource"), rayservices(), ids=ids(rayservices()))
