@@ -18,6 +18,9 @@ import os
 # The modes WeLIP ships (Makefile, KubeRay): Ray's processes read them when they start.
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+# Throughput mode holds a replica's log lines in memory until 1000 of them (or an ERROR) are
+# there; the tests read the replicas' log files while the session runs.
+os.environ.setdefault("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
 
 import json
 import secrets
@@ -41,6 +44,7 @@ from ray import serve
 
 from deployments.agents import build_app as build_agents_app
 from deployments.gateway import build_app
+from welip.observability._logging import SERVE_LOGGING_CONFIG
 from welip.store import Database
 
 MODEL = "smollm2-135m-instruct"
@@ -243,11 +247,15 @@ def base_url(database_url: str, jwks_url: str) -> Iterator[str]:
         log_to_driver=False,
         _metrics_export_port=METRICS_PORT,
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(app_args(database_url, jwks_url)), name=APP_NAME, route_prefix="/", blocking=False)
+    # JSON log lines, as the shipped Serve configs ask (their top-level logging_config).
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=SERVE_LOGGING_CONFIG)
+    app = build_app(app_args(database_url, jwks_url))
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False, logging_config=SERVE_LOGGING_CONFIG)
     url = f"http://127.0.0.1:{port}"
     agents = build_agents_app(agents_args(database_url, jwks_url, url))
-    serve.run(agents, name=AGENTS_APP, route_prefix="/agents", blocking=False)
+    serve.run(
+        agents, name=AGENTS_APP, route_prefix="/agents", blocking=False, logging_config=SERVE_LOGGING_CONFIG
+    )
     deadline = time.monotonic() + READY_TIMEOUT_S
     status = None
     while time.monotonic() < deadline:
