@@ -24,6 +24,7 @@ import uuid
 from typing import Any
 
 import ray
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from welip.cluster import connect_ray
@@ -46,9 +47,11 @@ from welip.evaluation import (
     template_hash,
     write_results,
 )
+from welip.observability import flush_tracing, inject_context, setup_tracing
 from welip.store import Database, join_url, storage_url_from_env
 
 logger = logging.getLogger("welip.evaluate")
+tracer = trace.get_tracer("welip.evaluate")
 
 
 def engine_version(cfg: SuiteConfig) -> str:
@@ -65,8 +68,28 @@ def engine_version(cfg: SuiteConfig) -> str:
 
 
 def main(cfg: SuiteConfig) -> dict[str, Any]:
-    """Run the suite; return its summary (with ``run_id``, ``results_url``, ``mlflow_run_id``)."""
+    """Run the suite; return its summary (with ``run_id``, ``results_url``, ``mlflow_run_id``).
+
+    One trace per run: the job's span, a span per batch of each stage under it (and, for
+    an endpoint target, the gateway's spans of each request), exported if
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+    """
     run_id = cfg.run_id or uuid.uuid4().hex
+    setup_tracing("eval")
+    attributes = {
+        "openinference.span.kind": "CHAIN",
+        "welip.eval.run_id": run_id,
+        "welip.eval.task": cfg.task,
+    }
+    with tracer.start_as_current_span("eval.run", attributes={**attributes, "llm.model_name": cfg.model}):
+        try:
+            return evaluate(cfg, run_id)
+        finally:
+            flush_tracing()
+
+
+def evaluate(cfg: SuiteConfig, run_id: str) -> dict[str, Any]:
+    """The run itself, inside the job's span."""
     results_url = join_url(cfg.storage_url or storage_url_from_env(), "eval", cfg.task, run_id)
     started = time.perf_counter()
 
@@ -103,7 +126,7 @@ def main(cfg: SuiteConfig) -> dict[str, Any]:
         "results_url": results_url,
     }
     try:
-        scored = run_pipeline(cfg, samples)
+        scored = run_pipeline(cfg, samples, inject_context())
     except Exception as exc:
         # A run that dies mid-way still leaves its row, so nobody reads silence as success.
         record_run(
@@ -189,8 +212,13 @@ def request_stage(targets: list[EndpointTarget], batch_size: int) -> dict[str, A
     return stage
 
 
-def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Inference, scoring and judging over Ray Data; the scored samples in file order."""
+def run_pipeline(
+    cfg: SuiteConfig, samples: list[dict[str, Any]], trace_context: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Inference, scoring and judging over Ray Data; the scored samples in file order.
+
+    ``trace_context``: the job span's carrier, so each stage's batches are its children.
+    """
     rows = [{"sample": json.dumps(s, ensure_ascii=False)} for s in samples]
     batch_size = cfg.target.batch_size
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
@@ -201,18 +229,25 @@ def run_pipeline(cfg: SuiteConfig, samples: list[dict[str, Any]]) -> list[dict[s
                 "target": cfg.target,
                 "generation": cfg.generation_kwargs,
                 "seed": cfg.seed,
+                "trace_context": trace_context,
             },
             **request_stage([cfg.target], batch_size),
         )
     else:
         processor = batch_processor(cfg.target, cfg.generation_kwargs, cfg.seed, chat=cfg.mode == "chat")
         ds = processor(ds)
-    ds = ds.map_batches(score_batch, fn_kwargs={"metrics": cfg.metric_list}, batch_size=256, num_cpus=0.25)
+    scoring = {
+        "metrics": cfg.metric_list,
+        "suite": cfg.task,
+        "model": cfg.model,
+        "trace_context": trace_context,
+    }
+    ds = ds.map_batches(score_batch, fn_kwargs=scoring, batch_size=256, num_cpus=0.25)
     judges = [m.judge.target for m in cfg.metric_list if m.judge is not None]
     if judges:
         ds = ds.map_batches(
             JudgeStage,
-            fn_constructor_kwargs={"metrics": cfg.metric_list},
+            fn_constructor_kwargs={"metrics": cfg.metric_list, "trace_context": trace_context},
             **request_stage(judges, min(t.batch_size for t in judges)),
         )
     return sorted((json.loads(row["sample"]) for row in ds.iter_rows()), key=lambda s: s["row"])

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from opentelemetry import trace
 from pydantic import ValidationError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from welip.cluster import connect_ray
 from welip.models import resolve_model_path
+from welip.observability import flush_tracing, inject_context, setup_tracing
 from welip.store import Database, join_url, storage_url_from_env
 from welip.training import (
     ADAPTER_DIR,
@@ -51,11 +53,31 @@ from welip.training import (
 )
 
 logger = logging.getLogger("welip.finetune")
+tracer = trace.get_tracer("welip.finetune")
 
 
 def main(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Train, store and register; returns what a caller needs (adapter id, URLs, losses)."""
+    """Train, store and register; returns what a caller needs (adapter id, URLs, losses).
+
+    One trace per run (when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set): the job's span, a
+    span per optimizer step of each worker under it.
+    """
     run_id = uuid.uuid4().hex[:12]
+    setup_tracing("finetune")
+    attributes = {
+        "openinference.span.kind": "CHAIN",
+        "welip.finetune.run_id": run_id,
+        "llm.model_name": cfg.model,
+    }
+    with tracer.start_as_current_span("finetune.run", attributes=attributes):
+        try:
+            return finetune(cfg, run_id)
+        finally:
+            flush_tracing()
+
+
+def finetune(cfg: FinetuneConfig, run_id: str) -> dict[str, Any]:
+    """The run itself, inside the job's span."""
     run_name = f"{cfg.name}-{run_id}"
     root = cfg.storage_url or join_url(storage_url_from_env(), "finetune")
     outputs_url = join_url(root, cfg.name, run_id)
@@ -92,6 +114,7 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
             "total_steps": steps,
             "mlflow_run_id": mlflow_run_id,
             "mlflow_uri": mlflow_uri,
+            "trace_context": inject_context(),
         },
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

@@ -17,8 +17,8 @@ from welip.agents._api import Admit, OwnerOf, build_agents_router
 from welip.agents._config import AgentConfig, ChatModelConfig, RetrievalConfig
 from welip.agents._graphs import GRAPHS
 from welip.agents._runtime import AgentRuntime
-from welip.agents._telemetry import inject_traceparent
 from welip.api import OnError, add_error_handlers
+from welip.observability import inject_traceparent
 
 logger = logging.getLogger("welip.agents")
 _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('welip.langgraph.setup'))"

@@ -12,9 +12,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import httpx
 from langchain_core.runnables import RunnableConfig
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from ray.util import metrics
 
 tracer = trace.get_tracer("welip.agents")
@@ -114,10 +113,3 @@ def record_usage(span: Any, message: Any) -> None:
         span.set_attribute("gen_ai.usage.output_tokens", completion)
     if prompt is not None and completion is not None:
         span.set_attribute("llm.token_count.total", prompt + completion)
-
-
-async def inject_traceparent(request: httpx.Request) -> None:
-    """httpx request hook: carry the current span to the gateway (W3C ``traceparent``)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    request.headers.update(carrier)

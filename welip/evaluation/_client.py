@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from welip.evaluation._config import EndpointTarget
+from welip.observability import inject_traceparent
 
 _RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -106,6 +107,7 @@ class Endpoint:
             headers=_headers(target),
             timeout=httpx.Timeout(target.timeout_s, connect=target.connect_timeout_s),
             limits=httpx.Limits(max_connections=target.max_concurrency),
+            event_hooks={"request": [inject_traceparent]},  # the gateway's spans join the batch's trace
         )
         self._slots = asyncio.Semaphore(target.max_concurrency)
         self.retries = 0

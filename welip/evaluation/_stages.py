@@ -12,11 +12,13 @@ import json
 from typing import Any
 
 import numpy as np
+from opentelemetry import trace
 
 from welip.evaluation._client import Endpoint, RequestFailed
 from welip.evaluation._config import BatchTarget, EndpointTarget, GenerationConfig, MetricSpec
 from welip.evaluation._judge import run_judge
 from welip.evaluation._metrics import METRICS, acc
+from welip.observability import extract_context, setup_tracing
 
 Batch = dict[str, np.ndarray]
 
@@ -62,11 +64,49 @@ def loglikelihoods(answer: dict[str, Any], context: str, prompts: list[str]) -> 
     return out
 
 
-class EndpointInference:
-    """Ray Data UDF: sends each sample to an OpenAI-compatible endpoint, concurrently."""
+_tracer = trace.get_tracer("welip.evaluation")
+_scored: Any = None
 
-    def __init__(self, target: EndpointTarget, generation: GenerationConfig, seed: int) -> None:
+
+def batch_span(name: str, trace_context: dict[str, str] | None, samples: int) -> Any:
+    """A span for one Ray Data batch, a child of the job's span (``trace_context``: its carrier)."""
+    return _tracer.start_as_current_span(
+        name,
+        context=extract_context(trace_context),
+        attributes={"openinference.span.kind": "CHAIN", "welip.batch.samples": samples},
+    )
+
+
+def _samples_scored() -> Any:
+    global _scored
+    if _scored is None:  # once per worker process
+        from ray.util import metrics
+
+        _scored = metrics.Counter(
+            "welip_eval_samples_scored",
+            description="Evaluation samples scored (with an answer), by suite and model.",
+            tag_keys=("suite", "model"),
+        )
+    return _scored
+
+
+class EndpointInference:
+    """Ray Data UDF: sends each sample to an OpenAI-compatible endpoint, concurrently.
+
+    ``trace_context``: the job span's carrier; each batch is a span under it, and the
+    endpoint's spans (a WeLIP gateway's) join the batch's trace.
+    """
+
+    def __init__(
+        self,
+        target: EndpointTarget,
+        generation: GenerationConfig,
+        seed: int,
+        trace_context: dict[str, str] | None = None,
+    ) -> None:
+        setup_tracing("eval")
         self._target, self._generation, self._seed = target, generation, seed
+        self._trace_context = trace_context
         self._endpoint: Endpoint | None = None
 
     async def _one(self, endpoint: Endpoint, sample: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +148,10 @@ class EndpointInference:
     async def __call__(self, batch: Batch) -> Batch:
         if self._endpoint is None:  # on the UDF's own event loop
             self._endpoint = Endpoint(self._target)
-        samples = await asyncio.gather(*(self._one(self._endpoint, s) for s in decode(batch)))
+        endpoint, todo = self._endpoint, decode(batch)
+        with batch_span("eval.inference_batch", self._trace_context, len(todo)) as span:
+            samples = await asyncio.gather(*(self._one(endpoint, s) for s in todo))
+            span.set_attribute("welip.batch.errors", sum(1 for s in samples if s.get("error")))
         return encode(list(samples))
 
 
@@ -176,9 +219,28 @@ def batch_processor(target: BatchTarget, generation: GenerationConfig, seed: int
     )
 
 
-def score_batch(batch: Batch, metrics: list[MetricSpec]) -> Batch:
-    """Ray Data UDF: every rule-based metric of every sample that has an answer."""
+def score_batch(
+    batch: Batch,
+    metrics: list[MetricSpec],
+    suite: str = "",
+    model: str = "",
+    trace_context: dict[str, str] | None = None,
+) -> Batch:
+    """Ray Data UDF: every rule-based metric of every sample that has an answer.
+
+    Counts the answered samples in ``welip_eval_samples_scored`` (``suite``, ``model``).
+    """
     samples = decode(batch)
+    setup_tracing("eval")
+    with batch_span("eval.score_batch", trace_context, len(samples)):
+        _score(samples, metrics)
+    answered = sum(1 for s in samples if s.get("output") is not None)
+    if answered:
+        _samples_scored().inc(answered, tags={"suite": suite, "model": model})
+    return encode(samples)
+
+
+def _score(samples: list[dict[str, Any]], metrics: list[MetricSpec]) -> None:
     for sample in samples:
         scores: dict[str, float | None] = {}
         for spec in metrics:
@@ -196,13 +258,14 @@ def score_batch(batch: Batch, metrics: list[MetricSpec]) -> Batch:
                     scores[spec.label] = None
                     sample.setdefault("metric_errors", {})[spec.label] = str(exc)
         sample["scores"] = scores
-    return encode(samples)
 
 
 class JudgeStage:
     """Ray Data UDF: runs one suite's judges over every answered sample."""
 
-    def __init__(self, metrics: list[MetricSpec]) -> None:
+    def __init__(self, metrics: list[MetricSpec], trace_context: dict[str, str] | None = None) -> None:
+        setup_tracing("eval")
+        self._trace_context = trace_context
         self._judges = [m for m in metrics if m.judge is not None]
         self._endpoints: dict[str, Endpoint] = {}
 
@@ -231,5 +294,7 @@ class JudgeStage:
         return sample
 
     async def __call__(self, batch: Batch) -> Batch:
-        samples = await asyncio.gather(*(self._one(s) for s in decode(batch)))
+        todo = decode(batch)
+        with batch_span("eval.judge_batch", self._trace_context, len(todo)):
+            samples = await asyncio.gather(*(self._one(s) for s in todo))
         return encode(list(samples))

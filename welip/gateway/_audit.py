@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ray.util import metrics
+
 from welip.gateway._config import AuditConfig
 
 logger = logging.getLogger("welip.gateway")
@@ -41,6 +43,14 @@ class AuditWriter:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._spool_path = self.spool_dir / f"audit-{os.getpid()}.jsonl"
         self.database_up = True
+        self._spooled = 0  # records this writer spooled that are not in the database yet
+        self._queue_depth = metrics.Gauge(
+            "welip_audit_queue_depth", description="Audit records queued in memory, not yet written."
+        )
+        self._spool_depth = metrics.Gauge(
+            "welip_audit_spool_depth",
+            description="Audit records spooled to disk while the database was unreachable, not yet replayed.",
+        )
         self._thread = threading.Thread(target=self._run, name="welip-audit", daemon=True)
         self._thread.start()
 
@@ -60,6 +70,10 @@ class AuditWriter:
         """Records queued in memory."""
         return len(self._queue)
 
+    def spooled(self) -> int:
+        """Records this writer spooled to disk that are not in the database yet."""
+        return self._spooled
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self._config.flush_interval_s)
@@ -69,6 +83,8 @@ class AuditWriter:
                 self._flush()
             except Exception:
                 logger.exception("audit flush failed")
+            self._queue_depth.set(len(self._queue))
+            self._spool_depth.set(self._spooled)
             if stopping:
                 return
 
@@ -104,6 +120,7 @@ class AuditWriter:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+        self._spooled += len(batch)
 
     def _replay(self) -> None:
         for path in sorted(self.spool_dir.glob(SPOOL_GLOB)):
@@ -130,6 +147,8 @@ class AuditWriter:
             with contextlib.suppress(FileNotFoundError):
                 if path != self._spool_path:
                     path.unlink()
+        if path == self._spool_path:
+            self._spooled = 0
         if records:
             logger.info("replayed %d spooled audit records from %s", len(records), path.name)
 

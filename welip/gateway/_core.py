@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
@@ -36,6 +37,7 @@ from welip.gateway._catalog import Catalog, Route
 from welip.gateway._config import GatewayConfig
 from welip.gateway._guardrails import StreamGuard, guard_response
 from welip.gateway._trust import RequestContext, Trust, context_of
+from welip.observability import inject_context, trace_generation, tracing_enabled
 from welip.serving import AdapterNotFound, EmbeddingResult
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
@@ -82,7 +84,9 @@ class HandleEngine:
             handle = self._adapters.get(adapter) or self._adapters.setdefault(
                 adapter, self._handle.options(stream=True, multiplexed_model_id=adapter)
             )
-        stream: EngineStream = getattr(handle, method).remote(body, None)
+        # The engine replica's span joins this request's trace through a W3C header.
+        raw = RawRequestInfo(headers=inject_context()) if tracing_enabled() else None
+        stream: EngineStream = getattr(handle, method).remote(body, raw)
         return stream
 
     async def check_health(self) -> None:
@@ -113,7 +117,8 @@ class HandleEmbedder:
         self._dimensions: int | None = None
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
-        result: EmbeddingResult = await self._handle.embed.remote(texts)
+        carrier = inject_context() if tracing_enabled() else None
+        result: EmbeddingResult = await self._handle.embed.remote(texts, carrier)
         return result
 
     async def dimensions(self) -> int:
@@ -158,8 +163,12 @@ class LocalEngine:
 
     def generate(self, method: str, body: Any, adapter: str | None = None) -> EngineStream:
         if adapter is None:
-            return LocalStream(getattr(self._server.engine, method)(body, None))
-        return LocalStream(self._with_adapter(method, body, adapter))
+            gen = getattr(self._server.engine, method)(body, None)
+        else:
+            gen = self._with_adapter(method, body, adapter)
+        if tracing_enabled():
+            gen = trace_generation(gen, model=body.model, operation=method, request=body)
+        return LocalStream(gen)
 
     async def _with_adapter(self, method: str, body: Any, adapter: str) -> AsyncGenerator[Any, None]:
         try:
@@ -351,6 +360,8 @@ class GatewayCore:
             if key is not None and trust.cache is not None:
                 await trust.cache.put(key, data.encode())
             return Response(data, media_type="application/json", headers=headers)
+        if ctx is not None:
+            trust.observe_ttft(ctx)
         tap = _StreamTap(ctx, trust.stream_guard(ctx), strip_usage) if ctx is not None else None
         return StreamingResponse(
             _relay(first, stream, tap),

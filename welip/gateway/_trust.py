@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from ray.util import metrics
 
@@ -39,6 +40,8 @@ from welip.gateway._limits import Bucket, Decision, MemoryRateLimiter, RateLimit
 from welip.store import Database
 
 logger = logging.getLogger("welip.gateway")
+# One line per request, when its answer has been sent (JSON with the trace id in Serve's logs).
+access_log = logging.getLogger("welip.gateway.access")
 tracer = trace.get_tracer("welip.gateway")
 
 Scope = MutableMapping[str, Any]
@@ -94,6 +97,25 @@ class RequestContext:
     in_flight_model: str | None = None
     body: str | None = None
     span: Any = None
+
+    def log_fields(self, latency_s: float) -> dict[str, Any]:
+        """The request's access-log fields: never the key, never the prompt."""
+        p = self.principal
+        return {
+            "request_id": self.request_id[:128],
+            "principal": p.id,
+            "key_id": p.key_id,
+            "role": p.role,
+            "model": self.model,
+            "method": self.method,
+            "route": self.route[:256],
+            "status": self.status,
+            "error_code": self.error_code,
+            "latency_ms": round(latency_s * 1000, 3),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cache": self.cache,
+        }
 
     def record(self, replica: str | None) -> dict[str, Any]:
         """The audit record: never the key, the prompt only if asked for."""
@@ -210,14 +232,26 @@ class _Metrics:
         )
         self.rejections = metrics.Counter(
             "welip_gateway_rejections",
-            description="Requests refused, by reason (auth, permission, rate limit, guardrail, overload).",
-            tag_keys=("model", "key_id", "reason"),
+            description="Requests answered with an error, by reason (auth, permission, rate_limit, "
+            "guardrail, backpressure, invalid_request, not_found, engine, other) and OpenAI error code.",
+            tag_keys=("model", "key_id", "reason", "code"),
         )
         self.latency = metrics.Histogram(
             "welip_gateway_request_latency_s",
             description="Time from arrival to the last byte sent.",
             boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
             tag_keys=("model",),
+        )
+        self.ttft = metrics.Histogram(
+            "welip_gateway_ttft_s",
+            description="Time from arrival to the first streamed chunk of an answer.",
+            boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+            tag_keys=("model",),
+        )
+        self.cache_lookups = metrics.Counter(
+            "welip_gateway_cache_lookups",
+            description="Response cache lookups, by result (hit, miss).",
+            tag_keys=("model", "result"),
         )
 
 
@@ -289,8 +323,10 @@ class Trust:
         """Identify the caller and check the route family (raises 401/403)."""
         if self.authenticator is None or ctx.route in self.config.auth.public_paths:
             return
-        ctx.principal = await self.authenticator.authenticate(headers.get("authorization"))
-        authorize(ctx.principal, route_permission(ctx.route))
+        with tracer.start_as_current_span("welip.auth") as span:
+            ctx.principal = await self.authenticator.authenticate(headers.get("authorization"))
+            span.set_attributes({"welip.principal.kind": ctx.principal.kind, "user.id": ctx.principal.id})
+            authorize(ctx.principal, route_permission(ctx.route))
 
     def guards(self, principal: Principal) -> tuple[TextGuard, TextGuard]:
         return self._guards.get(principal.role, self._guards[None])
@@ -319,7 +355,10 @@ class Trust:
                 code="logprobs_not_allowed",
             )
         if input_guard.active:
-            guard_request(body, input_guard, ctx.verdicts)
+            with tracer.start_as_current_span("welip.guardrails.input") as span:
+                guard_request(body, input_guard, ctx.verdicts)
+                verdicts = [f"{v['kind']}:{v['action']}" for v in ctx.verdicts.items]
+                span.set_attribute("welip.guardrails", verdicts)
         prompt_tokens = longest = 0
         texts = getattr(body, "input", None)  # embeddings: each input is a prompt of its own
         counter = self.token_counters.get(model)
@@ -379,7 +418,10 @@ class Trust:
         if not buckets:
             return {}
         try:
-            decision: Decision = await self.limiter.admit(p.id, buckets, costs)
+            with tracer.start_as_current_span("welip.rate_limit") as span:
+                span.set_attribute("welip.rate_limit.buckets", [b.name for b in buckets])
+                decision: Decision = await self.limiter.admit(p.id, buckets, costs)
+                span.set_attribute("welip.rate_limit.allowed", decision.allowed)
         except Exception as exc:  # noqa: BLE001 - Redis down: refuse rather than admit unmetered
             logger.warning("rate limiter unavailable: %s", exc)
             raise OpenAIError(
@@ -417,23 +459,35 @@ class Trust:
             delta = used - ctx.charged_tokens
             self._spawn(self.limiter.charge(ctx.principal.id, ctx.buckets, [delta] * len(ctx.buckets)))
         model = ctx.model or ""
-        key_id = ctx.principal.key_id or ctx.principal.id
+        key_id = metric_key_id(ctx.principal)
+        latency_s = time.perf_counter() - ctx.started
         self._metrics.requests.inc(
             1, tags={"model": model, "key_id": key_id, "status": str(ctx.status), "cache": ctx.cache or ""}
         )
-        if ctx.status >= 400 and ctx.error_code:
-            self._metrics.rejections.inc(1, tags={"model": model, "key_id": key_id, "reason": ctx.error_code})
+        if ctx.status >= 400:
+            code = ctx.error_code or ""
+            reason = rejection_reason(ctx.status, code)
+            self._metrics.rejections.inc(
+                1, tags={"model": model, "key_id": key_id, "reason": reason, "code": code}
+            )
         for kind, count in (("prompt", ctx.prompt_tokens), ("completion", ctx.completion_tokens)):
             if count:
                 self._metrics.tokens.inc(count, tags={"model": model, "key_id": key_id, "kind": kind})
-        self._metrics.latency.observe(time.perf_counter() - ctx.started, tags={"model": model})
+        self._metrics.latency.observe(latency_s, tags={"model": model})
+        if ctx.cache:
+            self._metrics.cache_lookups.inc(1, tags={"model": model, "result": ctx.cache})
         if ctx.span is not None:
             _annotate(ctx.span, ctx)
             ctx.span.end()
+        access_log.info("request", extra=ctx.log_fields(latency_s))
         # Probes of the public paths (/health, /ready every few seconds) are not audited.
         probe = ctx.route in self.config.auth.public_paths and ctx.status < 400
         if self.audit is not None and not probe:
             self.audit.submit(ctx.record(self.replica))
+
+    def observe_ttft(self, ctx: RequestContext) -> None:
+        """The first chunk of a streamed answer is leaving now."""
+        self._metrics.ttft.observe(time.perf_counter() - ctx.started, tags={"model": ctx.model or ""})
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
@@ -447,15 +501,40 @@ class Trust:
         task.add_done_callback(self._tasks.discard)
 
 
+def metric_key_id(principal: Principal) -> str:
+    """The ``key_id`` label: the API key's id; for OIDC callers their role, so the label stays bounded."""
+    if principal.key_id:
+        return principal.key_id
+    if principal.kind == "oidc":
+        return f"oidc:{principal.role or 'none'}"
+    return principal.id
+
+
+def rejection_reason(status: int, code: str) -> str:
+    """The ``reason`` label of an error answer: a small fixed set, the exact code beside it."""
+    if code == "content_policy_violation":
+        return "guardrail"
+    if code in ("model_overloaded", "rate_limiter_unavailable"):
+        return "backpressure"
+    by_status = {401: "auth", 403: "permission", 404: "not_found", 429: "rate_limit"}
+    if status in by_status:
+        return by_status[status]
+    if status in (400, 409, 413, 415, 422):
+        return "invalid_request"
+    return "engine" if status >= 500 else "other"
+
+
 def _annotate(span: Any, ctx: RequestContext) -> None:
     attributes: dict[str, Any] = {
-        "openinference.span.kind": "LLM",
+        # The engine's own span under this one is the LLM span; this is the request's chain.
+        "openinference.span.kind": "CHAIN",
         "http.request.method": ctx.method,
         "http.route": ctx.route,
         "http.response.status_code": ctx.status,
         "welip.request_id": ctx.request_id,
         "welip.principal.id": ctx.principal.id,
         "welip.principal.role": ctx.principal.role or "",
+        "user.id": ctx.principal.id,
     }
     if ctx.model:
         attributes["llm.model_name"] = ctx.model
@@ -511,8 +590,12 @@ class TrustMiddleware:
             route=scope["path"],
             request_id=headers.get("x-request-id") or uuid.uuid4().hex,
         )
-        # A caller's W3C traceparent (an agent calling the gateway) makes this span its child.
-        ctx.span = tracer.start_span("welip.gateway.request", context=propagate.extract(headers))
+        # A caller's W3C traceparent (an agent calling the gateway) makes this span its child;
+        # it is the current span while the request runs, the parent of every span below it.
+        ctx.span = tracer.start_span(
+            "welip.gateway.request", context=propagate.extract(headers), kind=trace.SpanKind.SERVER
+        )
+        token = otel_context.attach(trace.set_span_in_context(ctx.span))
         scope.setdefault("state", {})["welip"] = ctx
 
         async def send_and_watch(message: Message) -> None:
@@ -538,6 +621,7 @@ class TrustMiddleware:
                 self.trust.finish(ctx)
             except Exception:
                 logger.exception("settling request %s failed", ctx.request_id)
+            otel_context.detach(token)
 
 
 async def build_trust(

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.deployment import Application
+
+from welip.observability import extract_context, setup_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +159,9 @@ class Embedder:
         )
 
 
+_tracer = trace.get_tracer("welip.embeddings")
+
+
 class EmbeddingServer:
     """Serve deployment: one :class:`Embedder` per replica, concurrent requests batched.
 
@@ -164,6 +170,7 @@ class EmbeddingServer:
     """
 
     def __init__(self, config: EmbeddingModelConfig) -> None:
+        setup_tracing("embeddings")
         if config.torch_threads is not None:
             import torch
 
@@ -174,12 +181,26 @@ class EmbeddingServer:
         batch.set_max_batch_size(config.max_batch_size)
         batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult:
-        """Embed ``texts``; they share forward passes with other requests' texts."""
-        results = await asyncio.gather(*(self._embed_batch(text) for text in texts))
-        return EmbeddingResult(
-            vectors=[vector for vector, _ in results], token_counts=[count for _, count in results]
-        )
+    async def embed(self, texts: list[str], trace_context: dict[str, str] | None = None) -> EmbeddingResult:
+        """Embed ``texts``; they share forward passes with other requests' texts.
+
+        ``trace_context``: the caller's W3C carrier; this request's ``EMBEDDING`` span joins its trace.
+        """
+        attributes: dict[str, Any] = {
+            "openinference.span.kind": "EMBEDDING",
+            "embedding.model_name": self._config.model_id,
+            "gen_ai.request.model": self._config.model_id,
+            "gen_ai.operation.name": "embeddings",
+            "welip.embedding.inputs": len(texts),
+        }
+        with _tracer.start_as_current_span(
+            "embeddings", context=extract_context(trace_context), attributes=attributes
+        ) as span:
+            results = await asyncio.gather(*(self._embed_batch(text) for text in texts))
+            tokens = [count for _, count in results]
+            span.set_attribute("llm.token_count.prompt", sum(tokens))
+            span.set_attribute("gen_ai.usage.input_tokens", sum(tokens))
+        return EmbeddingResult(vectors=[vector for vector, _ in results], token_counts=tokens)
 
     async def dimensions(self) -> int:
         """Length of every vector this model returns."""

@@ -10,6 +10,7 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from welip.models import resolve_model_path
+from welip.observability import extract_context, setup_tracing, trace_generation, tracing_enabled
 from welip.serving._config import ModelConfig
 from welip.serving._lora import CatalogLoraLoader
 
@@ -25,6 +26,7 @@ class PreparedLLMServer(LLMServer):
     """
 
     async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:  # type: ignore[misc]
+        setup_tracing("engine")
         kwargs.setdefault("model_downloader", CatalogLoraLoader)
         loading: Any = llm_config.model_loading_config
         if isinstance(loading.model_source, str):
@@ -37,6 +39,24 @@ class PreparedLLMServer(LLMServer):
             engine_config.hf_model_id = path
             logger.info("model %s: %s -> %s", llm_config.model_id, source, path)
         await super().__init__(llm_config, **kwargs)
+
+    async def chat(self, request: Any, raw_request_info: Any = None) -> Any:
+        """``LLMServer.chat``, inside an ``LLM`` span joined to the caller's trace."""
+        return self._traced(await super().chat(request, raw_request_info), "chat", request, raw_request_info)
+
+    async def completions(self, request: Any, raw_request_info: Any = None) -> Any:
+        """``LLMServer.completions``, inside an ``LLM`` span joined to the caller's trace."""
+        stream = await super().completions(request, raw_request_info)
+        return self._traced(stream, "completions", request, raw_request_info)
+
+    def _traced(self, stream: Any, operation: str, request: Any, raw_request_info: Any) -> Any:
+        if not tracing_enabled():
+            return stream
+        # The gateway sends its span as a W3C traceparent header (see gateway HandleEngine).
+        headers = getattr(raw_request_info, "headers", None)
+        return trace_generation(
+            stream, model=request.model, operation=operation, request=request, parent=extract_context(headers)
+        )
 
     async def num_unfinished_requests(self) -> int:
         """Requests the engine still holds (waiting or generating).

@@ -17,11 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from welip.models import resolve_model_path
+from welip.observability import extract_context, setup_tracing
 from welip.training._config import FinetuneConfig
 from welip.training._data import IGNORE_INDEX
 from welip.training._model import load_lora_model, load_tokenizer, save_adapter, torch_threads
 
+_tracer = trace.get_tracer("welip.training")
 logger = logging.getLogger("welip.finetune")
 
 STATE_FILE = "welip_state.json"
@@ -89,6 +93,9 @@ def sft_loop(loop_config: dict[str, Any]) -> None:
     cfg = FinetuneConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    setup_tracing("finetune")
+    parent = extract_context(loop_config.get("trace_context"))
+    tokens_seen, tokens_per_s = _finetune_metrics()
     steps = int(loop_config["total_steps"])
     examples: list[tuple[list[int], list[int]]] = ray.get(loop_config["data"][0])
     device = ray.train.torch.get_device()
@@ -136,6 +143,11 @@ def sft_loop(loop_config: dict[str, Any]) -> None:
             tracker.log_one("probe_loss", initial_probe, 0)
     run_started = time.perf_counter()
     for step in range(start_step + 1, steps + 1):
+        span = _tracer.start_span(
+            "finetune.step",
+            context=parent,
+            attributes={"openinference.span.kind": "CHAIN", "welip.finetune.step": step, "welip.rank": rank},
+        )
         started = time.perf_counter()
         group = [[examples[i] for i in next(batches)] for _ in range(cfg.grad_accum_steps)]
         label_tokens = sum(sum(1 for t in labs[1:] if t != IGNORE_INDEX) for mb in group for _, labs in mb)
@@ -164,6 +176,17 @@ def sft_loop(loop_config: dict[str, Any]) -> None:
             "resumed_from_step": start_step,
             "initial_probe_loss": initial_probe,
         }
+        span.set_attributes(
+            {
+                "welip.finetune.loss": loss_sum,
+                "welip.finetune.tokens": seen_tokens,
+                "llm.model_name": cfg.model,
+            }
+        )
+        span.end()
+        tokens_seen.inc(seen_tokens, tags={"model": cfg.model})
+        if rank == 0:  # the whole group's rate, as MLflow's tokens_per_s
+            tokens_per_s.set(metrics["tokens_per_s"], tags={"model": cfg.model})
         if rank == 0 and step == steps:
             metrics["probe_loss"] = probe_loss(model, probe, tokenizer.pad_token_id, device)
         if rank == 0 and (step % cfg.log_every_steps == 0 or step == steps):
@@ -181,6 +204,23 @@ def sft_loop(loop_config: dict[str, Any]) -> None:
             )
         if step % cfg.checkpoint_every_steps == 0 or step == steps:
             _report_checkpoint(model, tokenizer, optimizer, scheduler, metrics, rank)
+
+
+def _finetune_metrics() -> tuple[Any, Any]:
+    """Prometheus series of a training worker (through Ray's metrics agent)."""
+    from ray.util import metrics
+
+    tokens = metrics.Counter(
+        "welip_finetune_tokens",
+        description="Tokens trained on (inputs of every micro-batch), by base model.",
+        tag_keys=("model",),
+    )
+    rate = metrics.Gauge(
+        "welip_finetune_tokens_per_s",
+        description="Training throughput of the last optimizer step, all workers together.",
+        tag_keys=("model",),
+    )
+    return tokens, rate
 
 
 def _report_checkpoint(

@@ -410,8 +410,16 @@ def test_one_span_per_request_carries_principal_model_tokens_and_outcome(
     ok, limited = [s for s in exporter.get_finished_spans() if s.name == "welip.gateway.request"][-2:]
     assert ok.attributes["llm.model_name"] == "m" and ok.attributes["gen_ai.request.model"] == "m"
     assert (ok.attributes["llm.token_count.prompt"], ok.attributes["gen_ai.usage.output_tokens"]) == (4, 6)
-    assert ok.attributes["openinference.span.kind"] == "LLM"
+    assert ok.attributes["openinference.span.kind"] == "CHAIN"
     assert ok.attributes["welip.principal.id"].startswith("key_")
+    assert ok.attributes["user.id"] == ok.attributes["welip.principal.id"]
+    # Authentication and the rate limit are the request span's children, in its trace.
+    children = {
+        s.name
+        for s in exporter.get_finished_spans()
+        if s.parent is not None and s.parent.span_id == ok.context.span_id
+    }
+    assert {"welip.auth", "welip.rate_limit"} <= children
     assert (limited.attributes["http.response.status_code"], limited.attributes["welip.error_code"]) == (
         429,
         "rate_limit_exceeded",

@@ -1,0 +1,40 @@
+"""Observability: OpenTelemetry traces, span conventions, structured logs.
+
+Traces are exported over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (Phoenix is the
+local stack's UI: ``make phoenix``); Prometheus metrics go through Ray's metrics export
+(each area defines its own series); logs are JSON lines carrying the trace id.
+"""
+
+from welip.observability._spans import (
+    message_attributes,
+    model_attributes,
+    token_attributes,
+    trace_generation,
+)
+from welip.observability._tracing import (
+    CONTENT_ENV,
+    attached,
+    capture_content,
+    extract_context,
+    flush_tracing,
+    inject_context,
+    inject_traceparent,
+    setup_tracing,
+    tracing_enabled,
+)
+
+__all__ = [
+    "CONTENT_ENV",
+    "attached",
+    "capture_content",
+    "extract_context",
+    "flush_tracing",
+    "inject_context",
+    "inject_traceparent",
+    "message_attributes",
+    "model_attributes",
+    "setup_tracing",
+    "token_attributes",
+    "trace_generation",
+    "tracing_enabled",
+]
