@@ -7,6 +7,15 @@ from collections.abc import Iterator
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.phoenix_server import PhoenixServer, start_phoenix
+
+
+@pytest.fixture(scope="session")
+def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhoenixServer]:
+    """One Phoenix server (OTLP receiver and trace store) on loopback for the whole test run."""
+    with start_phoenix(tmp_path_factory.mktemp("phoenix")) as server:
+        yield server
+
 
 @pytest.fixture
 def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:

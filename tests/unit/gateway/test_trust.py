@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -470,3 +471,47 @@ def test_a_callers_traceparent_makes_the_gateway_span_its_child(
     (span,) = [s for s in exporter.get_finished_spans() if s.name == "welip.gateway.request"]
     assert f"{span.context.trace_id:032x}" == trace_id
     assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_id
+
+
+def test_one_trace_per_request_gateway_then_auth_limit_and_the_engines_llm_span(
+    env: None, db: Database, tmp_path: Path
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from welip.gateway._core import LocalEngine
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def answer(body: Any, raw: Any) -> Any:
+        yield _answer("4", 9, 2)
+
+    # The in-process engine of an EngineGateway replica: LLMServer's `engine.chat`.
+    server = SimpleNamespace(engine=SimpleNamespace(chat=answer))
+    client, _ = _client(db, tmp_path, {"m": LocalEngine(server)})  # type: ignore[dict-item]
+    _, key = db.create_key(name="u", role="user", rpm=100)
+    trace_id, caller = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    headers = {**_bearer(key), "traceparent": f"00-{trace_id}-{caller}-01"}
+    secret = "the launch code is 0000"
+    body = {"model": "m", "messages": [{"role": "user", "content": secret}]}
+    assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+
+    spans = [s for s in exporter.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id]
+    by_name = {s.name: s for s in spans}
+    request = by_name["welip.gateway.request"]
+    assert request.parent is not None and f"{request.parent.span_id:016x}" == caller
+    for child in ("welip.auth", "welip.rate_limit", "vllm.chat"):
+        parent = by_name[child].parent
+        assert parent is not None and parent.span_id == request.context.span_id, child
+    llm = by_name["vllm.chat"].attributes
+    assert (llm["openinference.span.kind"], llm["llm.model_name"]) == ("LLM", "m")
+    assert (llm["llm.token_count.prompt"], llm["gen_ai.usage.output_tokens"]) == (9, 2)
+    # Content capture is off by default: the prompt is on no span of the trace.
+    assert all(secret not in str(dict(s.attributes or {})) for s in spans)

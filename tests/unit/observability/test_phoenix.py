@@ -5,7 +5,6 @@ A real Phoenix server (no Ray). These tests fail, not skip, when it cannot start
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 
 from tests import phoenix_server
 from tests.phoenix_server import PhoenixServer, list_projects, spans_of_trace, start_phoenix
-
-
-@pytest.fixture(scope="module")
-def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhoenixServer]:
-    with start_phoenix(tmp_path_factory.mktemp("phoenix")) as server:
-        yield server
 
 
 def export_tree(exporter: SpanExporter, resource: dict[str, str]) -> int:
