@@ -3,7 +3,8 @@
 Three layers: the CRD's OpenAPI schema (types, required fields, enums), a strict pass for
 unknown fields (the API server prunes them silently, so a typo would just vanish), and the
 embedded Serve config (each app's ``args`` as :class:`ServingConfig`, its ``import_path``
-importable).
+importable). The monitoring manifests beside them are of kinds no KubeRay CRD serves: each kind
+gets a schema of the fields WeLIP sets (``MONITORING_SCHEMAS``), checked as strictly.
 """
 
 from __future__ import annotations
@@ -61,6 +62,65 @@ _OBJECT_META_SCHEMA: dict[str, Any] = {
     },
 }
 
+# The prometheus-operator fields the monitoring manifests may set (a subset of its CRDs).
+_RELABELING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "sourceLabels": {"type": "array", "items": {"type": "string"}},
+        "targetLabel": {"type": "string"},
+        "action": {"type": "string"},
+        "regex": {"type": "string"},
+        "replacement": {"type": "string"},
+        "separator": {"type": "string"},
+    },
+}
+_SELECTOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+}
+
+
+def _resource_schema(spec: dict[str, Any], top: str = "spec") -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", top],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {**_OBJECT_META_SCHEMA, "required": ["name"]},
+            top: spec,
+        },
+    }
+
+
+# Manifests of kinds no KubeRay CRD serves, by (apiVersion, kind); a new kind adds its line.
+MONITORING_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "PodMonitor"): _resource_schema(
+        {
+            "type": "object",
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "selector": _SELECTOR_SCHEMA,
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string"},
+                            "scrapeTimeout": {"type": "string"},
+                            "relabelings": {"type": "array", "items": _RELABELING_SCHEMA},
+                        },
+                    },
+                },
+            },
+        }
+    ),
+}
+
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are ~1 MB each
 
 
@@ -78,6 +138,14 @@ def load_manifests() -> list[tuple[str, dict[str, Any]]]:
 
 
 MANIFESTS = load_manifests()
+
+
+def kuberay_manifests() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, doc) for name, doc in MANIFESTS if doc.get("apiVersion", "").startswith("ray.io/")]
+
+
+def monitoring_manifests() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, doc) for name, doc in MANIFESTS if not doc.get("apiVersion", "").startswith("ray.io/")]
 
 
 @functools.cache
@@ -183,10 +251,47 @@ def test_kuberay_ships_a_rayservice() -> None:
     assert rayservices(), f"no RayService in {KUBERAY_DIR}"
 
 
-@pytest.mark.parametrize(("name", "resource"), MANIFESTS, ids=ids(MANIFESTS))
+@pytest.mark.parametrize(("name", "resource"), kuberay_manifests(), ids=ids(kuberay_manifests()))
 def test_manifest_matches_crd(name: str, resource: dict[str, Any]) -> None:
-    assert resource.get("apiVersion", "").startswith("ray.io/"), f"{name}: not a KubeRay resource"
     assert check_resource(resource) == []
+
+
+def test_every_manifest_is_validated() -> None:
+    kinds = {(doc.get("apiVersion"), doc.get("kind")) for _, doc in monitoring_manifests()}
+    assert kinds <= set(MONITORING_SCHEMAS), f"add a schema for {kinds - set(MONITORING_SCHEMAS)}"
+    assert set(MONITORING_SCHEMAS) <= kinds, "a schema no manifest uses"
+
+
+@pytest.mark.parametrize(("name", "resource"), monitoring_manifests(), ids=ids(monitoring_manifests()))
+def test_monitoring_manifest_matches_schema(name: str, resource: dict[str, Any]) -> None:
+    schema = MONITORING_SCHEMAS[(resource["apiVersion"], resource["kind"])]
+    unknown = [f"{path}: not in the schema" for path in unknown_fields(resource, schema)]
+    assert schema_errors(resource, schema) + unknown == []
+    assert resource["metadata"]["labels"]["app.kubernetes.io/name"] == "welip"
+
+
+def test_podmonitor_scrapes_every_ray_pod_on_kuberays_metrics_port() -> None:
+    """KubeRay labels every head and worker pod ``ray.io/is-ray-node: "yes"`` and gives its Ray
+    container a port named ``metrics`` (8080), unless the template already names one."""
+    (resource,) = [doc for _, doc in MANIFESTS if doc["kind"] == "PodMonitor"]
+    assert resource["spec"]["selector"] == {"matchLabels": {"ray.io/is-ray-node": "yes"}}
+    assert [e["port"] for e in resource["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    for name, doc in kuberay_manifests():
+        cluster = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+            ray_container = group["template"]["spec"]["containers"][0]
+            ports = {p.get("name"): p["containerPort"] for p in ray_container.get("ports", [])}
+            assert ports.get("metrics", 8080) == 8080, f"{name}: metrics port moved"
+            assert 8080 not in {v for k, v in ports.items() if k != "metrics"}, f"{name}: 8080 taken"
+            assert group.get("rayStartParams", {}).get("metrics-export-port", "8080") == "8080", name
+
+
+def test_monitoring_schema_catches_a_typo() -> None:
+    (resource,) = [doc for _, doc in MANIFESTS if doc["kind"] == "PodMonitor"]
+    broken = copy.deepcopy(resource)
+    broken["spec"]["podMetricsEndpoints"][0]["intervall"] = "15s"
+    schema = MONITORING_SCHEMAS[(broken["apiVersion"], broken["kind"])]
+    assert list(unknown_fields(broken, schema)) == ["$.spec.podMetricsEndpoints[0].intervall"]
 
 
 @pytest.mark.parametrize(("name", "resource"), rayservices(), ids=ids(rayservices()))
