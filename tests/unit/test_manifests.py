@@ -119,6 +119,9 @@ MONITORING_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             },
         }
     ),
+    ("v1", "ConfigMap"): _resource_schema(
+        {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}}, top="data"
+    ),
 }
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are ~1 MB each
