@@ -42,8 +42,9 @@ TRAINING_AREAS: dict[str, type[FinetuneConfig] | type[AlignConfig]] = {
     "align": AlignConfig,
 }
 TRAINING_CONFIGS = sorted(p for area in TRAINING_AREAS for p in (CONFIGS_DIR / area).glob("*.yaml"))
-# Areas whose files are validated by their own tests (tests/unit/evaluation/test_config.py).
-VALIDATED_ELSEWHERE = {"eval"}
+# Areas whose files are validated by their own tests (tests/unit/evaluation/test_config.py;
+# the alert rules and their promtool cases by tests/unit/test_alerts.py).
+VALIDATED_ELSEWHERE = {"eval", "prometheus"}
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -78,6 +78,18 @@ _SELECTOR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
 }
+_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["expr"],
+    "properties": {
+        "alert": {"type": "string"},
+        "record": {"type": "string"},
+        "expr": {"type": "string"},
+        "for": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
 
 
 def _resource_schema(spec: dict[str, Any], top: str = "spec") -> dict[str, Any]:
@@ -116,6 +128,27 @@ MONITORING_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                         },
                     },
                 },
+            },
+        }
+    ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _resource_schema(
+        {
+            "type": "object",
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "interval": {"type": "string"},
+                            "rules": {"type": "array", "minItems": 1, "items": _RULE_SCHEMA},
+                        },
+                    },
+                }
             },
         }
     ),
