@@ -80,12 +80,17 @@ def main(cfg: SuiteConfig) -> dict[str, Any]:
         "openinference.span.kind": "CHAIN",
         "welip.eval.run_id": run_id,
         "welip.eval.task": cfg.task,
+        "llm.model_name": cfg.model,
     }
-    with tracer.start_as_current_span("eval.run", attributes={**attributes, "llm.model_name": cfg.model}):
+    with tracer.start_as_current_span("eval.run", attributes=attributes) as span:
         try:
-            return evaluate(cfg, run_id)
+            summary = evaluate(cfg, run_id)
         finally:
             flush_tracing()
+    if span.get_span_context().is_valid:  # traced: where to find the run in the trace UI
+        summary["trace_id"] = format(span.get_span_context().trace_id, "032x")
+        logger.info("trace %s", summary["trace_id"])
+    return summary
 
 
 def evaluate(cfg: SuiteConfig, run_id: str) -> dict[str, Any]:

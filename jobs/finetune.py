@@ -69,11 +69,15 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         "welip.finetune.run_id": run_id,
         "llm.model_name": cfg.model,
     }
-    with tracer.start_as_current_span("finetune.run", attributes=attributes):
+    with tracer.start_as_current_span("finetune.run", attributes=attributes) as span:
         try:
-            return finetune(cfg, run_id)
+            summary = finetune(cfg, run_id)
         finally:
             flush_tracing()
+    if span.get_span_context().is_valid:  # traced: where to find the run in the trace UI
+        summary["trace_id"] = format(span.get_span_context().trace_id, "032x")
+        logger.info("trace %s", summary["trace_id"])
+    return summary
 
 
 def finetune(cfg: FinetuneConfig, run_id: str) -> dict[str, Any]:

@@ -44,6 +44,8 @@ from ray import serve
 
 from deployments.agents import build_app as build_agents_app
 from deployments.gateway import build_app
+from tests.phoenix_server import PhoenixServer
+from welip.observability import shutdown_tracing
 from welip.observability._logging import SERVE_LOGGING_CONFIG
 from welip.store import Database
 
@@ -235,8 +237,13 @@ METRICS_PORT = _free_port()
 
 
 @pytest.fixture(scope="session")
-def base_url(database_url: str, jwks_url: str) -> Iterator[str]:
+def base_url(database_url: str, jwks_url: str, phoenix: PhoenixServer) -> Iterator[str]:
     port = _free_port()
+    # Every process of the session traces to the session's Phoenix, as a deployment with
+    # OTEL_EXPORTER_OTLP_ENDPOINT would: set before Ray starts, so its workers inherit it.
+    # Spans are exported 0.2 s after they end (OTel's default 5 s would slow the tests).
+    trace_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": phoenix.otlp_http_endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    os.environ.update(trace_env)
     # More logical CPUs than the 2 cores: each engine reserves 1 + its replica's
     # share, the gateway 0.1; the OS shares the real cores. Ray's Prometheus
     # endpoint on a known port, where the gateway's metrics appear.
@@ -276,6 +283,10 @@ def base_url(database_url: str, jwks_url: str) -> Iterator[str]:
     yield url
     serve.shutdown()
     ray.shutdown()
+    # Jobs run in this process traced too; what comes after the session is not exported.
+    shutdown_tracing()
+    for name in trace_env:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")
@@ -329,3 +340,22 @@ def unfinished_requests(model_id: str) -> int:
         return int(await handle.num_unfinished_requests.remote())
 
     return _on_handle_loop(ask())
+
+
+def series_value(metric: str, labels: dict[str, str], at_least: float = 0, timeout_s: float = 60) -> float:
+    """The sum over the Prometheus series of ``metric`` with ``labels`` on Ray's metrics endpoint,
+    once it reaches ``at_least`` (workers report to the metrics agent every few seconds)."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    deadline = time.monotonic() + timeout_s
+    total = 0.0
+    while time.monotonic() < deadline:
+        lines = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text.splitlines()
+        total = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith(metric + "{") and all(w in line for w in wanted)
+        )
+        if total >= at_least and total > 0:
+            return total
+        time.sleep(2)
+    raise AssertionError(f"{metric}{labels} reached {total}, not {at_least}, in {timeout_s}s")

@@ -21,6 +21,7 @@ import ray
 from ray import serve
 
 from tests.integration.conftest import ADMIN_KEY, AGENTS_APP, METRICS_PORT, STORAGE_DIR
+from tests.phoenix_server import PhoenixServer
 
 pytestmark = pytest.mark.integration
 
@@ -342,3 +343,39 @@ def test_replicas_starting_together_set_up_the_postgresql_checkpointer_once() ->
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_an_agent_run_is_one_trace_from_the_request_to_the_engine(
+    agents: httpx.Client, docs_table: Path, phoenix: PhoenixServer
+) -> None:
+    from tests.integration.test_traces import children, named, traceparent, wait_for_trace
+
+    thread = agents.post("/threads", json={}).json()
+    trace_id, caller, header = traceparent()
+    body = {"assistant_id": "welip-docs", "input": user_message("How do I revoke an API key?")}
+    response = agents.post(f"/threads/{thread['thread_id']}/runs/wait", json=body, headers=header)
+    assert response.status_code == 200, response.text
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        return bool(named(spans, "agent.run welip-docs") and len(named(spans, "vllm.chat")) >= 1)
+
+    spans = wait_for_trace(phoenix, trace_id, complete)
+    (request,) = [s for s in named(spans, "welip.gateway.request") if s["parent_id"] == caller]
+    (run,) = named(spans, "agent.run welip-docs")
+    assert run["span_kind"] == "AGENT" and run["attributes"]["session.id"] == thread["thread_id"]
+    ancestors = {s["span_id"]: s["parent_id"] for s in spans}
+    node = run["parent_id"]
+    while node is not None and node != request["span_id"]:
+        node = ancestors.get(node)
+    assert node == request["span_id"], "the run span hangs under the agents request span"
+    nodes = {s["name"]: s for s in children(spans, run)}
+    assert {"welip-docs.retrieve", "welip-docs.generate"} <= set(nodes)
+    assert nodes["welip-docs.retrieve"]["span_kind"] == "RETRIEVER"
+    # The node's model call -> the gateway's request span (over HTTP) -> the engine's LLM span.
+    (llm,) = children(spans, nodes["welip-docs.generate"], "llm.chat")
+    (gateway,) = children(spans, llm, "welip.gateway.request")
+    (engine,) = children(spans, gateway, "vllm.chat")
+    assert engine["span_kind"] == "LLM" and engine["attributes"]["llm.token_count.completion"] > 0
+    # The retriever's question embedding went through the gateway too, in the same trace.
+    embedded = [s for s in named(spans, "embeddings") if s["span_kind"] == "EMBEDDING"]
+    assert embedded

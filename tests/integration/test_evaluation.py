@@ -27,7 +27,10 @@ from tests.integration.conftest import (
     SHORT_CONTEXT,
     SHORT_MODEL,
     load_job,
+    series_value,
 )
+from tests.integration.test_traces import children, named, wait_for_trace
+from tests.phoenix_server import PhoenixServer
 from welip.cli import app
 from welip.evaluation import EndpointUnavailable, load_suite, read_samples
 from welip.store import Database
@@ -262,3 +265,26 @@ def test_dataset_and_results_on_s3(env: dict[str, str], s3_endpoint: str) -> Non
     assert [s["id"] for s in read_samples(summary["results_url"])] == [f"arith-{i:03d}" for i in range(6)]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="welip", Prefix="results/")["Contents"]}
     assert {k.rsplit("/", 1)[1] for k in keys} == {"samples.jsonl", "summary.json", "suite.json"}
+
+
+def test_the_run_is_one_trace_and_its_samples_are_counted(
+    endpoint_run: dict[str, Any], phoenix: PhoenixServer
+) -> None:
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        return len(named(spans, "vllm.chat")) >= LIMIT and bool(named(spans, "eval.score_batch"))
+
+    spans = wait_for_trace(phoenix, endpoint_run["trace_id"], complete)
+    (run,) = named(spans, "eval.run")
+    assert run["parent_id"] is None and run["attributes"]["welip.eval.run_id"] == endpoint_run["run_id"]
+    batches = children(spans, run, "eval.inference_batch")
+    assert sum(b["attributes"]["welip.batch.samples"] for b in batches) == LIMIT
+    scoring = children(spans, run, "eval.score_batch")
+    assert sum(s["attributes"]["welip.batch.samples"] for s in scoring) == LIMIT
+    # Each sample's request: the gateway's span under its batch's span, the engine's under it.
+    requests = [r for b in batches for r in children(spans, b, "welip.gateway.request")]
+    assert len(requests) == LIMIT
+    assert sum(len(children(spans, r, "vllm.chat")) for r in requests) == LIMIT
+    scored = series_value(
+        "ray_welip_eval_samples_scored_total", {"suite": "arithmetic", "model": MODEL}, at_least=LIMIT
+    )
+    assert scored >= LIMIT

@@ -25,7 +25,9 @@ import ray
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.integration.conftest import ADMIN_KEY, MODEL, load_job
+from tests.integration.conftest import ADMIN_KEY, MODEL, load_job, series_value
+from tests.integration.test_traces import children, named, wait_for_trace
+from tests.phoenix_server import PhoenixServer
 from welip.cli import app
 from welip.evaluation import token_f1
 from welip.store import Database
@@ -119,6 +121,22 @@ def test_lora_steps_lower_the_loss_and_register_the_adapter(
     assert registered.tags["welip.kind"] == "sft"
     row = Database().get_adapter(trained["model"])
     assert row is not None and row["base_model_id"] == MODEL and row["uri"] == trained["adapter_url"]
+
+
+def test_the_run_is_one_trace_with_a_span_per_step_and_tokens_are_counted(
+    trained: dict[str, Any], phoenix: PhoenixServer
+) -> None:
+    steps, workers = trained["steps"], config().num_workers
+    spans = wait_for_trace(
+        phoenix, trained["trace_id"], lambda s: len(named(s, "finetune.step")) >= steps * workers
+    )
+    (run,) = named(spans, "finetune.run")
+    assert run["attributes"]["welip.finetune.run_id"] == trained["run_id"]
+    per_step = children(spans, run, "finetune.step")
+    assert len(per_step) == steps * workers  # every worker's every step, under the job's span
+    assert sorted({s["attributes"]["welip.finetune.step"] for s in per_step}) == list(range(1, steps + 1))
+    assert all(s["attributes"]["welip.finetune.tokens"] > 0 for s in per_step)
+    assert series_value("ray_welip_finetune_tokens_total", {"model": MODEL}) > 0
 
 
 def test_the_adapter_is_hot_loaded_and_changes_greedy_output(

@@ -40,6 +40,7 @@ DEFAULT_PROJECT = "welip"
 
 _lock = threading.Lock()
 _exporting = False
+_processor: Any = None
 
 
 def _endpoint() -> str | None:
@@ -80,7 +81,7 @@ def setup_tracing(component: str) -> bool:
     Returns:
         Whether spans of this process are exported.
     """
-    global _exporting
+    global _exporting, _processor
     if _exporting:
         return True
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or not _endpoint():
@@ -105,7 +106,8 @@ def setup_tracing(component: str) -> bool:
             provider = TracerProvider(resource=Resource.create(attributes))
             trace.set_tracer_provider(provider)
         # A provider set up before us (Ray Serve's own tracing, a test) exports ours too.
-        provider.add_span_processor(BatchSpanProcessor(_exporter()))
+        _processor = BatchSpanProcessor(_exporter())
+        provider.add_span_processor(_processor)
         _exporting = True
     logger.info("tracing: %s spans to %s (%s)", component, _endpoint(), _protocol())
     return True
@@ -154,6 +156,15 @@ def attached(carrier: Mapping[str, str] | None) -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+def shutdown_tracing() -> None:
+    """Export what is buffered and stop exporting (spans made later are not sent)."""
+    global _exporting, _processor
+    with _lock:
+        if _processor is not None:
+            _processor.shutdown()
+        _processor, _exporting = None, False
 
 
 def flush_tracing(timeout_s: float = 10) -> None:

@@ -6,6 +6,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from welip.observability import inject_traceparent
+
 
 class Embeddings(Protocol):
     """Anything that embeds texts asynchronously: :class:`GatewayEmbeddings`, or a fake in tests."""
@@ -65,7 +67,11 @@ class GatewayEmbeddings:
             return []
         url = f"{self.base_url}/embeddings"
         try:
-            async with httpx.AsyncClient(timeout=self._timeout_s, transport=self._transport) as client:
+            async with httpx.AsyncClient(
+                timeout=self._timeout_s,
+                transport=self._transport,
+                event_hooks={"request": [inject_traceparent]},  # the gateway joins the retriever's trace
+            ) as client:
                 response = await client.post(
                     url, json={"model": self.model, "input": texts}, headers=self._headers
                 )
