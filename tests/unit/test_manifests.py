@@ -543,3 +543,24 @@ def test_ingest_rayjob_reads_and_writes_s3_and_fits_its_embedding_actors() -> No
         workers = spec["rayClusterSpec"].get("workerGroupSpecs", [])
         cpus = sum(group_cpus(group) * group["maxReplicas"] for group in workers)
         assert cpus >= cfg.embed_concurrency * cfg.embed_num_cpus + 0.25
+
+
+def _ray_containers(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = resource["spec"]
+    cluster = spec.get("rayClusterConfig") or spec.get("rayClusterSpec")
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [c for group in groups for c in group["template"]["spec"]["containers"]]
+
+
+def test_every_ray_container_takes_the_optional_tracing_configmap() -> None:
+    (otel,) = [r for name, r in load_manifests() if name.startswith("otel-config.yaml")]
+    assert otel["kind"] == "ConfigMap" and all(key.startswith("OTEL_") for key in otel["data"])
+    clusters = [r for _, r in load_manifests() if r["kind"] in ("RayService", "RayJob")]
+    assert clusters
+    for resource in clusters:
+        for container in _ray_containers(resource):
+            refs = [e["configMapRef"] for e in container.get("envFrom", []) if "configMapRef" in e]
+            assert {"name": otel["metadata"]["name"], "optional": True} in refs, (
+                resource["metadata"]["name"],
+                container["name"],
+            )
