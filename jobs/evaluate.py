@@ -82,11 +82,11 @@ def main(cfg: SuiteConfig) -> dict[str, Any]:
         "welip.eval.task": cfg.task,
         "llm.model_name": cfg.model,
     }
-    with tracer.start_as_current_span("eval.run", attributes=attributes) as span:
-        try:
+    try:
+        with tracer.start_as_current_span("eval.run", attributes=attributes) as span:
             summary = evaluate(cfg, run_id)
-        finally:
-            flush_tracing()
+    finally:
+        flush_tracing()  # the job's span included: the process may exit right after
     if span.get_span_context().is_valid:  # traced: where to find the run in the trace UI
         summary["trace_id"] = format(span.get_span_context().trace_id, "032x")
         logger.info("trace %s", summary["trace_id"])

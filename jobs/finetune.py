@@ -69,11 +69,11 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         "welip.finetune.run_id": run_id,
         "llm.model_name": cfg.model,
     }
-    with tracer.start_as_current_span("finetune.run", attributes=attributes) as span:
-        try:
+    try:
+        with tracer.start_as_current_span("finetune.run", attributes=attributes) as span:
             summary = finetune(cfg, run_id)
-        finally:
-            flush_tracing()
+    finally:
+        flush_tracing()  # the job's span included: the process may exit right after
     if span.get_span_context().is_valid:  # traced: where to find the run in the trace UI
         summary["trace_id"] = format(span.get_span_context().trace_id, "032x")
         logger.info("trace %s", summary["trace_id"])

@@ -271,7 +271,8 @@ def test_the_run_is_one_trace_and_its_samples_are_counted(
     endpoint_run: dict[str, Any], phoenix: PhoenixServer
 ) -> None:
     def complete(spans: list[dict[str, Any]]) -> bool:
-        return len(named(spans, "vllm.chat")) >= LIMIT and bool(named(spans, "eval.score_batch"))
+        done = len(named(spans, "vllm.chat")) >= LIMIT
+        return done and bool(named(spans, "eval.score_batch")) and bool(named(spans, "eval.run"))
 
     spans = wait_for_trace(phoenix, endpoint_run["trace_id"], complete)
     (run,) = named(spans, "eval.run")

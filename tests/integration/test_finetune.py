@@ -128,7 +128,9 @@ def test_the_run_is_one_trace_with_a_span_per_step_and_tokens_are_counted(
 ) -> None:
     steps, workers = trained["steps"], config().num_workers
     spans = wait_for_trace(
-        phoenix, trained["trace_id"], lambda s: len(named(s, "finetune.step")) >= steps * workers
+        phoenix,
+        trained["trace_id"],
+        lambda s: len(named(s, "finetune.step")) >= steps * workers and bool(named(s, "finetune.run")),
     )
     (run,) = named(spans, "finetune.run")
     assert run["attributes"]["welip.finetune.run_id"] == trained["run_id"]
