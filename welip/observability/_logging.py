@@ -3,13 +3,15 @@
 In a Serve replica, Ray Serve writes the log file
 (``<session>/logs/serve/replica_<app>_<deployment>_<id>.log``) as JSON when the Serve
 config says ``logging_config: {encoding: JSON}``, but only for its own logger,
-``ray.serve``, and with no trace ids. :func:`install_log_context` (a replica's
-``__init__`` calls it) sends every other logger's records (``welip.*`` at the replica's
+``ray.serve``, and with no trace ids. :func:`install_log_context` (first thing in a
+replica's ``__init__``) sends every other logger's records (``welip.*`` at the replica's
 log level, third-party libraries at WARNING) through ``ray.serve``, and puts
 :class:`TraceContextFilter` on that logger, so WeLIP's lines land in the same file with
 Serve's fields (``asctime``, ``levelname``, ``name``, ``message``, ``request_id``,
 ``route``, ``application``, ``deployment``, ``replica``...) plus ``trace_id`` and
-``span_id``, and any ``extra`` fields.
+``span_id``, and any ``extra`` fields. Serve sets those five context fields itself, over
+an ``extra`` of the same name (ray/serve/_private/logging_utils.py, ``ServeContextFilter``
+and ``ServeComponentFilter``).
 
 A Ray Job's entrypoint calls :func:`configure_job_logging` instead of
 ``logging.basicConfig``: the same field names, one JSON object a line, on stderr (which
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import math
 import re
 import sys
 import traceback
+import weakref
 from typing import Any
 
 from opentelemetry import trace
@@ -187,6 +191,34 @@ class _ServeForwarder(logging.Handler):
             serve_logger.handle(record)
 
 
+class _ServeFileGuard(logging.Filter):
+    """Puts back the file behind Serve's log buffer when something has closed it.
+
+    vLLM sets up its logging with ``logging.config.dictConfig`` when an engine starts
+    (vllm/logger.py), which closes every handler in the process; Serve's buffer
+    (a ``MemoryHandler``) then drops its file and keeps every later record in memory,
+    unwritten, so an engine replica's log ends at engine start. Put on ``ray.serve``,
+    this filter remembers each buffer's file and reattaches it before the record is
+    handled (the file handler reopens its file on the next write), so nothing is lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._files: weakref.WeakKeyDictionary[logging.handlers.MemoryHandler, logging.Handler] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def filter(self, record: logging.LogRecord | None = None) -> bool:
+        for handler in logging.getLogger(SERVE_LOGGER).handlers:
+            if not isinstance(handler, logging.handlers.MemoryHandler):
+                continue
+            if handler.target is not None:
+                self._files[handler] = handler.target
+            elif handler in self._files:
+                handler.setTarget(self._files[handler])
+        return True
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (as logging's last-resort handler)."""
 
@@ -201,8 +233,9 @@ class _StderrHandler(logging.StreamHandler):
 def install_log_context() -> bool:
     """Make this Serve replica's log file carry WeLIP's lines, with trace ids (idempotent).
 
-    Call it from a deployment's ``__init__`` (Serve has set up its logger by then). It
-    puts :class:`TraceContextFilter` on ``ray.serve`` (Serve's own lines get the ids
+    Call it first thing in a deployment's ``__init__`` (Serve has set up its logger by
+    then; an engine has not started yet, see :class:`_ServeFileGuard`). It puts
+    :class:`TraceContextFilter` on ``ray.serve`` (Serve's own lines get the ids
     too), forwards the root logger's records to ``ray.serve`` (``ray.serve`` does not
     propagate, so nothing is written twice), and sets the ``welip`` logger to Serve's
     level if it has none, so ``welip.*`` INFO lines are kept (the root logger of a Ray
@@ -219,6 +252,10 @@ def install_log_context() -> bool:
     except RayServeException:
         return False
     serve_logger = logging.getLogger(SERVE_LOGGER)
+    if not any(isinstance(f, _ServeFileGuard) for f in serve_logger.filters):
+        guard = _ServeFileGuard()
+        guard.filter()  # remember the files now, before an engine's start closes them
+        serve_logger.addFilter(guard)
     if not any(isinstance(f, TraceContextFilter) for f in serve_logger.filters):
         serve_logger.addFilter(TraceContextFilter())
     root = logging.getLogger()

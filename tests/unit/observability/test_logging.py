@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.config
+import logging.handlers
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -220,34 +223,40 @@ def test_install_log_context_outside_a_replica_does_nothing(root_logger: logging
 
 
 @pytest.fixture
-def serve_replica_logging(
-    root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[io.StringIO]:
-    """Logging as Serve sets it up in a replica with JSON encoding: ``ray.serve`` alone,
-    not propagating, writing through Ray's own JSON formatter (here into a buffer)."""
+def serve_replica_log(
+    root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Path]:
+    """Logging as Serve sets it up in a replica with JSON encoding: ``ray.serve`` alone, not
+    propagating, a buffer in front of the replica's file, Ray's own JSON formatter."""
     from ray import serve
 
     monkeypatch.setattr(serve, "get_replica_context", lambda: object())
     serve_logger, welip = logging.getLogger("ray.serve"), logging.getLogger("welip")
     saved = (list(serve_logger.handlers), list(serve_logger.filters), serve_logger.propagate)
     saved_level = (serve_logger.level, welip.level)
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
+    path = tmp_path / "replica_welip_Gateway_abc.log"
+    file_handler = logging.handlers.RotatingFileHandler(path)
     formatter = JSONFormatter()
     formatter.set_additional_log_standard_attrs(["name"])
-    handler.setFormatter(formatter)
-    serve_logger.handlers[:] = [handler]
+    file_handler.setFormatter(formatter)
+    buffer = logging.handlers.MemoryHandler(capacity=1, target=file_handler, flushLevel=logging.ERROR)
+    serve_logger.handlers[:] = [buffer]
     serve_logger.propagate = False
     serve_logger.setLevel(logging.INFO)
     welip.setLevel(logging.NOTSET)
-    yield stream
+    yield path
     serve_logger.handlers[:], serve_logger.filters[:], serve_logger.propagate = saved
     serve_logger.setLevel(saved_level[0])
     welip.setLevel(saved_level[1])
+    file_handler.close()
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_install_log_context_in_a_replica(
-    serve_replica_logging: io.StringIO, root_logger: logging.Logger, tracer: Tracer
+    serve_replica_log: Path, root_logger: logging.Logger, tracer: Tracer
 ) -> None:
     root_logger.setLevel(logging.WARNING)  # as in a Ray worker
     assert install_log_context() is True
@@ -263,10 +272,31 @@ def test_install_log_context_in_a_replica(
         logging.getLogger("some.library").info("library INFO stays out (root at WARNING)")
         logging.getLogger("some.library").warning("library warning")
         serve_logger.info("serve's own line")
-    found = lines(serve_replica_logging)
+    found = read_log(serve_replica_log)
     assert [line["name"] for line in found] == ["welip.gateway.access", "some.library", "ray.serve"]
     trace_id = format(span.get_span_context().trace_id, "032x")
     assert all(line["trace_id"] == trace_id for line in found)
     request = found[0]
     assert (request["principal"], request["model"], request["status"]) == ("key_1", "m", 200)
-    assert request["odd"] == "<Opaque>" and KEY not in serve_replica_logging.getvalue()
+    assert request["odd"] == "<Opaque>" and KEY not in serve_replica_log.read_text()
+
+
+def test_replica_log_survives_a_library_reconfiguring_logging(serve_replica_log: Path) -> None:
+    """vLLM's engine start runs dictConfig, which closes every handler: the file comes back."""
+    install_log_context()
+    logging.getLogger("welip.gateway").info("before the engine starts")
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {"vllm": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"}},
+            "loggers": {"vllm": {"handlers": ["vllm"], "propagate": False}},
+        }
+    )
+    logging.getLogger("welip.gateway").info("after the engine started")
+    logging.getLogger("ray.serve").info("serve's line after")
+    assert [line["message"] for line in read_log(serve_replica_log)] == [
+        "before the engine starts",
+        "after the engine started",
+        "serve's line after",
+    ]
