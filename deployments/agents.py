@@ -28,7 +28,7 @@ from welip.agents import (
     resolve_agents,
 )
 from welip.gateway import GatewayConfig, TrustMiddleware, build_trust, context_of, record_error
-from welip.observability import setup_tracing
+from welip.observability import install_log_context, setup_tracing
 from welip.store import Database
 
 logger = logging.getLogger("welip.agents")
@@ -53,6 +53,7 @@ class AgentServer:
         self._stack = contextlib.AsyncExitStack()
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
+        install_log_context()
         setup_tracing("agents")
         config = self._config
         database = Database()

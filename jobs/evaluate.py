@@ -47,7 +47,7 @@ from welip.evaluation import (
     template_hash,
     write_results,
 )
-from welip.observability import flush_tracing, inject_context, setup_tracing
+from welip.observability import configure_job_logging, flush_tracing, inject_context, setup_tracing
 from welip.store import Database, join_url, storage_url_from_env
 
 logger = logging.getLogger("welip.evaluate")
@@ -272,7 +272,7 @@ def parse_args(argv: list[str]) -> SuiteConfig:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_job_logging()  # JSON lines on stderr, with the trace id
     suite = parse_args(sys.argv[1:])
     connect_ray()
     try:

@@ -30,7 +30,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from welip.cluster import connect_ray
 from welip.models import resolve_model_path
-from welip.observability import flush_tracing, inject_context, setup_tracing
+from welip.observability import configure_job_logging, flush_tracing, inject_context, setup_tracing
 from welip.store import Database, join_url, storage_url_from_env
 from welip.training import (
     ADAPTER_DIR,
@@ -201,7 +201,7 @@ def parse_args(argv: list[str]) -> FinetuneConfig:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_job_logging()  # JSON lines on stderr, with the trace id
     config = parse_args(sys.argv[1:])
     connect_ray()
     try:

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from ray.data.expressions import col
 
 from welip.cluster import connect_ray
+from welip.observability import configure_job_logging
 from welip.rag import (
     ChunkEmbedder,
     IngestConfig,
@@ -161,7 +162,7 @@ def parse_args(argv: list[str]) -> IngestConfig:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_job_logging()  # JSON lines on stderr, with the trace id
     config = parse_args(sys.argv[1:])
     connect_ray()
     try:

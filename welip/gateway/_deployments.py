@@ -32,7 +32,7 @@ from welip.gateway._core import (
     LocalEngine,
 )
 from welip.gateway._trust import build_trust
-from welip.observability import setup_tracing
+from welip.observability import install_log_context, setup_tracing
 from welip.serving import PreparedLLMServer
 
 
@@ -59,6 +59,7 @@ class Gateway:
         self._catalog = Catalog(list(engines), lora_models or [], config.catalog_refresh_s)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
+        install_log_context()
         setup_tracing("gateway")
         trust = await build_trust(self._config, _sources(self._model_cards), _sources(self._embedding_cards))
         self._trust = trust
@@ -99,6 +100,7 @@ class EngineGateway(PreparedLLMServer):
         embedding_cards: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
+        install_log_context()  # before vLLM reconfigures logging at engine start
         setup_tracing("gateway")  # before the engine's own call: this process is named the gateway
         await super().__init__(llm_config, **kwargs)
         clients: dict[str, EngineClient] = {llm_config.model_id: LocalEngine(self)}

@@ -5,6 +5,13 @@ local stack's UI: ``make phoenix``); Prometheus metrics go through Ray's metrics
 (each area defines its own series); logs are JSON lines carrying the trace id.
 """
 
+from welip.observability._logging import (
+    SERVE_LOGGING_CONFIG,
+    JsonLineFormatter,
+    TraceContextFilter,
+    configure_job_logging,
+    install_log_context,
+)
 from welip.observability._spans import (
     message_attributes,
     model_attributes,
@@ -20,20 +27,27 @@ from welip.observability._tracing import (
     inject_context,
     inject_traceparent,
     setup_tracing,
+    shutdown_tracing,
     tracing_enabled,
 )
 
 __all__ = [
     "CONTENT_ENV",
+    "SERVE_LOGGING_CONFIG",
+    "JsonLineFormatter",
+    "TraceContextFilter",
     "attached",
     "capture_content",
+    "configure_job_logging",
     "extract_context",
     "flush_tracing",
     "inject_context",
     "inject_traceparent",
+    "install_log_context",
     "message_attributes",
     "model_attributes",
     "setup_tracing",
+    "shutdown_tracing",
     "token_attributes",
     "trace_generation",
     "tracing_enabled",

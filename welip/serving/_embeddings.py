@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.deployment import Application
 
-from welip.observability import extract_context, setup_tracing
+from welip.observability import extract_context, install_log_context, setup_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ class EmbeddingServer:
     """
 
     def __init__(self, config: EmbeddingModelConfig) -> None:
+        install_log_context()
         setup_tracing("embeddings")
         if config.torch_threads is not None:
             import torch

@@ -10,7 +10,13 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from welip.models import resolve_model_path
-from welip.observability import extract_context, setup_tracing, trace_generation, tracing_enabled
+from welip.observability import (
+    extract_context,
+    install_log_context,
+    setup_tracing,
+    trace_generation,
+    tracing_enabled,
+)
 from welip.serving._config import ModelConfig
 from welip.serving._lora import CatalogLoraLoader
 
@@ -26,6 +32,7 @@ class PreparedLLMServer(LLMServer):
     """
 
     async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:  # type: ignore[misc]
+        install_log_context()
         setup_tracing("engine")
         kwargs.setdefault("model_downloader", CatalogLoraLoader)
         loading: Any = llm_config.model_loading_config
