@@ -108,7 +108,8 @@ class RequestContext:
             "role": p.role,
             "model": self.model,
             "method": self.method,
-            "route": self.route[:256],
+            # `path`: Serve puts its matched route template in the record's `route`.
+            "path": self.route[:256],
             "status": self.status,
             "error_code": self.error_code,
             "latency_ms": round(latency_s * 1000, 3),
