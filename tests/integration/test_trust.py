@@ -274,7 +274,8 @@ def test_prometheus_counts_requests_tokens_and_rejections_per_model_and_key(
     wanted = {
         "requests": ("ray_welip_gateway_requests_total", 'status="200"'),
         "tokens": ("ray_welip_gateway_tokens_total", 'kind="completion"'),
-        "rejections": ("ray_welip_gateway_rejections_total", 'reason="rate_limit_exceeded"'),
+        "rejections": ("ray_welip_gateway_rejections_total", 'code="rate_limit_exceeded"'),
+        "rejection reason": ("ray_welip_gateway_rejections_total", 'reason="rate_limit"'),
     }
     deadline = time.monotonic() + 60  # workers report to the metrics agent every few seconds
     found: set[str] = set()
