@@ -61,9 +61,11 @@ def test_records_written_while_the_database_is_down_arrive_once(tmp_path: Path) 
     _until(lambda: writer.pending() == 0 and not writer.database_up)
     spooled = sum(len(p.read_text().splitlines()) for p in tmp_path.glob("audit-*.jsonl"))
     assert spooled == 50 and db.count_audit() == 20
+    assert writer.spooled() == 50  # what the welip_audit_spool_depth gauge reports
     flaky.down = False
     writer.submit(_record(70))
     _until(lambda: db.count_audit() == 71)
+    _until(lambda: writer.spooled() == 0)
     writer.close()
     ids = {r["request_id"] for r in db.query_audit(limit=1000)}
     assert ids == {f"req-{i}" for i in range(71)}
