@@ -11,6 +11,9 @@ RAY_CPUS ?= 8
 # (Ray's rule); export RAY_SERVE_ENABLE_HA_PROXY=0 to keep a laptop on loopback only.
 export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+# Throughput mode keeps up to 1000 log lines of a replica in memory before writing them:
+# write each line as it is made (the gateway's one access line per request included).
+export RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE ?= 1
 # Ray's default GCS port is Redis's 6379; keep them apart.
 RAY_PORT ?= 6390
 # The Serve config `make run` starts; configs/serve/local-secure.yaml turns the trust layer on.
