@@ -24,7 +24,6 @@ import uuid
 from typing import Any
 
 import ray
-from opentelemetry import trace
 from pydantic import ValidationError
 
 from welip.cluster import connect_ray
@@ -47,11 +46,10 @@ from welip.evaluation import (
     template_hash,
     write_results,
 )
-from welip.observability import configure_job_logging, flush_tracing, inject_context, setup_tracing
+from welip.observability import configure_job_logging, inject_context, job_span, trace_id_of
 from welip.store import Database, join_url, storage_url_from_env
 
 logger = logging.getLogger("welip.evaluate")
-tracer = trace.get_tracer("welip.evaluate")
 
 
 def engine_version(cfg: SuiteConfig) -> str:
@@ -75,21 +73,18 @@ def main(cfg: SuiteConfig) -> dict[str, Any]:
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
     """
     run_id = cfg.run_id or uuid.uuid4().hex
-    setup_tracing("eval")
     attributes = {
         "openinference.span.kind": "CHAIN",
         "welip.eval.run_id": run_id,
         "welip.eval.task": cfg.task,
         "llm.model_name": cfg.model,
     }
-    try:
-        with tracer.start_as_current_span("eval.run", attributes=attributes) as span:
-            summary = evaluate(cfg, run_id)
-    finally:
-        flush_tracing()  # the job's span included: the process may exit right after
-    if span.get_span_context().is_valid:  # traced: where to find the run in the trace UI
-        summary["trace_id"] = format(span.get_span_context().trace_id, "032x")
-        logger.info("trace %s", summary["trace_id"])
+    with job_span("eval", "eval.run", attributes) as span:
+        summary = evaluate(cfg, run_id)
+    trace_id = trace_id_of(span)
+    if trace_id is not None:  # traced: where to find the run in the trace UI
+        summary["trace_id"] = trace_id
+        logger.info("trace %s", trace_id)
     return summary
 
 

@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from opentelemetry import trace
 from pydantic import ValidationError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from welip.cluster import connect_ray
 from welip.models import resolve_model_path
-from welip.observability import configure_job_logging, flush_tracing, inject_context, setup_tracing
+from welip.observability import configure_job_logging, inject_context, job_span, trace_id_of
 from welip.store import Database, join_url, storage_url_from_env
 from welip.training import (
     ADAPTER_DIR,
@@ -53,7 +52,6 @@ from welip.training import (
 )
 
 logger = logging.getLogger("welip.finetune")
-tracer = trace.get_tracer("welip.finetune")
 
 
 def main(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -63,20 +61,17 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     span per optimizer step of each worker under it.
     """
     run_id = uuid.uuid4().hex[:12]
-    setup_tracing("finetune")
     attributes = {
         "openinference.span.kind": "CHAIN",
         "welip.finetune.run_id": run_id,
         "llm.model_name": cfg.model,
     }
-    try:
-        with tracer.start_as_current_span("finetune.run", attributes=attributes) as span:
-            summary = finetune(cfg, run_id)
-    finally:
-        flush_tracing()  # the job's span included: the process may exit right after
-    if span.get_span_context().is_valid:  # traced: where to find the run in the trace UI
-        summary["trace_id"] = format(span.get_span_context().trace_id, "032x")
-        logger.info("trace %s", summary["trace_id"])
+    with job_span("finetune", "finetune.run", attributes) as span:
+        summary = finetune(cfg, run_id)
+    trace_id = trace_id_of(span)
+    if trace_id is not None:  # traced: where to find the run in the trace UI
+        summary["trace_id"] = trace_id
+        logger.info("trace %s", trace_id)
     return summary
 
 

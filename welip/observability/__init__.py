@@ -20,14 +20,15 @@ from welip.observability._spans import (
 )
 from welip.observability._tracing import (
     CONTENT_ENV,
-    attached,
     capture_content,
     extract_context,
     flush_tracing,
     inject_context,
     inject_traceparent,
+    job_span,
     setup_tracing,
     shutdown_tracing,
+    trace_id_of,
     tracing_enabled,
 )
 
@@ -36,7 +37,6 @@ __all__ = [
     "SERVE_LOGGING_CONFIG",
     "JsonLineFormatter",
     "TraceContextFilter",
-    "attached",
     "capture_content",
     "configure_job_logging",
     "extract_context",
@@ -44,11 +44,13 @@ __all__ = [
     "inject_context",
     "inject_traceparent",
     "install_log_context",
+    "job_span",
     "message_attributes",
     "model_attributes",
     "setup_tracing",
     "shutdown_tracing",
     "token_attributes",
     "trace_generation",
+    "trace_id_of",
     "tracing_enabled",
 ]

@@ -30,6 +30,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger("welip.observability")
 
@@ -87,7 +88,6 @@ def setup_tracing(component: str) -> bool:
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or not _endpoint():
         return False
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     with _lock:
@@ -115,8 +115,6 @@ def setup_tracing(component: str) -> bool:
 
 def tracing_enabled() -> bool:
     """Whether spans made here are recorded (an SDK provider is installed)."""
-    from opentelemetry.sdk.trace import TracerProvider
-
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
@@ -144,20 +142,6 @@ def extract_context(carrier: Mapping[str, str] | None) -> otel_context.Context |
     return propagate.extract(carrier)
 
 
-@contextlib.contextmanager
-def attached(carrier: Mapping[str, str] | None) -> Iterator[None]:
-    """Make the carrier's span the current parent for the block (no-op without one)."""
-    ctx = extract_context(carrier)
-    if ctx is None:
-        yield
-        return
-    token = otel_context.attach(ctx)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
-
-
 def shutdown_tracing() -> None:
     """Export what is buffered and stop exporting (spans made later are not sent)."""
     global _exporting, _processor
@@ -165,6 +149,25 @@ def shutdown_tracing() -> None:
         if _processor is not None:
             _processor.shutdown()
         _processor, _exporting = None, False
+
+
+@contextlib.contextmanager
+def job_span(component: str, name: str, attributes: Mapping[str, Any]) -> Iterator[Any]:
+    """A Ray Job's root span: tracing set up for ``component``, the span current inside the
+    block, and everything buffered (the span itself included) exported after it ends, since
+    a job's process may exit right after. Yields the span (see :func:`trace_id_of`)."""
+    setup_tracing(component)
+    try:
+        with trace.get_tracer("welip.jobs").start_as_current_span(name, attributes=attributes) as span:
+            yield span
+    finally:
+        flush_tracing()
+
+
+def trace_id_of(span: Any) -> str | None:
+    """A span's trace id as 32 hex digits, as trace UIs show it; None when it is not recorded."""
+    context = span.get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
 
 
 def flush_tracing(timeout_s: float = 10) -> None:
