@@ -16,6 +16,8 @@ from langchain_core.runnables import RunnableConfig
 from opentelemetry import trace
 from ray.util import metrics
 
+from welip.observability import model_attributes, token_attributes
+
 tracer = trace.get_tracer("welip.agents")
 
 
@@ -92,11 +94,7 @@ def traced_node(assistant_id: str, name: str, kind: str, fn: Callable[[Any, Any]
 @contextlib.contextmanager
 def llm_span(model: str) -> Iterator[Any]:
     """A client-side LLM span around one chat call (the gateway adds its own under it)."""
-    attributes = {
-        "openinference.span.kind": "LLM",
-        "llm.model_name": model,
-        "gen_ai.request.model": model,
-    }
+    attributes = {"openinference.span.kind": "LLM", **model_attributes(model)}
     with tracer.start_as_current_span("llm.chat", attributes=attributes) as span:
         yield span
 
@@ -104,12 +102,4 @@ def llm_span(model: str) -> Iterator[Any]:
 def record_usage(span: Any, message: Any) -> None:
     """Token counts of an LLM answer on its span (OpenInference and OTel GenAI names)."""
     usage = getattr(message, "usage_metadata", None) or {}
-    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
-    if prompt is not None:
-        span.set_attribute("llm.token_count.prompt", prompt)
-        span.set_attribute("gen_ai.usage.input_tokens", prompt)
-    if completion is not None:
-        span.set_attribute("llm.token_count.completion", completion)
-        span.set_attribute("gen_ai.usage.output_tokens", completion)
-    if prompt is not None and completion is not None:
-        span.set_attribute("llm.token_count.total", prompt + completion)
+    span.set_attributes(token_attributes(usage.get("input_tokens"), usage.get("output_tokens")))
