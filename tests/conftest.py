@@ -6,6 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from moto.server import ThreadedMotoServer
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.phoenix_server import PhoenixServer, start_phoenix
 
@@ -33,3 +37,17 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.setenv(key, value)
     yield endpoint
     server.stop()
+
+
+@pytest.fixture
+def span_exporter() -> Iterator[InMemorySpanExporter]:
+    """The spans this process finishes from now on, in memory (on the process's SDK provider:
+    OpenTelemetry takes one per process, so an existing one is reused)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()

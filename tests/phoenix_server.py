@@ -13,10 +13,11 @@ or "default" without one; Phoenix keeps no other resource attribute (not `servic
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,3 +266,43 @@ def spans_of_trace(
                     f"({project or 'any project'}) after {timeout_s:.0f} s: {[s['name'] for s in spans]}"
                 )
             time.sleep(_POLL_S)
+
+
+# Reading one request's trace back (the integration tests).
+Spans = list[dict[str, Any]]
+
+
+def traceparent() -> tuple[str, str, dict[str, str]]:
+    """A new trace id and caller span id, and the header that names them."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return trace_id, span_id, {"traceparent": f"00-{trace_id}-{span_id}-01"}
+
+
+def wait_for_trace(
+    phoenix: PhoenixServer, trace_id: str, complete: Callable[[Spans], bool], timeout_s: float = 60
+) -> Spans:
+    """The trace's spans once ``complete`` holds (spans of several processes arrive apart)."""
+    deadline = time.monotonic() + timeout_s
+    spans: Spans = []
+    while time.monotonic() < deadline:
+        try:
+            spans = spans_of_trace(phoenix.url, trace_id, project="welip", timeout_s=5)
+        except TimeoutError:
+            spans = []
+        if complete(spans):
+            return spans
+        time.sleep(0.5)
+    names = sorted(s["name"] for s in spans)
+    raise AssertionError(f"trace {trace_id} incomplete after {timeout_s}s: {names}")
+
+
+def named(spans: Spans, name: str) -> Spans:
+    return [s for s in spans if s["name"] == name]
+
+
+def children(spans: Spans, parent: dict[str, Any], name: str | None = None) -> Spans:
+    return [s for s in spans if s["parent_id"] == parent["span_id"] and (name is None or s["name"] == name)]
+
+
+def has(*names: str) -> Callable[[Spans], bool]:
+    return lambda spans: all(named(spans, n) for n in names)

@@ -21,7 +21,7 @@ import ray
 from ray import serve
 
 from tests.integration.conftest import ADMIN_KEY, AGENTS_APP, METRICS_PORT, STORAGE_DIR
-from tests.phoenix_server import PhoenixServer
+from tests.phoenix_server import PhoenixServer, children, named, traceparent, wait_for_trace
 
 pytestmark = pytest.mark.integration
 
@@ -348,8 +348,6 @@ def test_replicas_starting_together_set_up_the_postgresql_checkpointer_once() ->
 def test_an_agent_run_is_one_trace_from_the_request_to_the_engine(
     agents: httpx.Client, docs_table: Path, phoenix: PhoenixServer
 ) -> None:
-    from tests.integration.test_traces import children, named, traceparent, wait_for_trace
-
     thread = agents.post("/threads", json={}).json()
     trace_id, caller, header = traceparent()
     body = {"assistant_id": "welip-docs", "input": user_message("How do I revoke an API key?")}

@@ -29,8 +29,7 @@ from tests.integration.conftest import (
     load_job,
     series_value,
 )
-from tests.integration.test_traces import children, named, wait_for_trace
-from tests.phoenix_server import PhoenixServer
+from tests.phoenix_server import PhoenixServer, children, named, wait_for_trace
 from welip.cli import app
 from welip.evaluation import EndpointUnavailable, load_suite, read_samples
 from welip.store import Database

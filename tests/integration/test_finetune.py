@@ -26,8 +26,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from tests.integration.conftest import ADMIN_KEY, MODEL, load_job, series_value
-from tests.integration.test_traces import children, named, wait_for_trace
-from tests.phoenix_server import PhoenixServer
+from tests.phoenix_server import PhoenixServer, children, named, wait_for_trace
 from welip.cli import app
 from welip.evaluation import token_f1
 from welip.store import Database

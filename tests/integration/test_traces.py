@@ -8,52 +8,11 @@ W3C ``traceparent`` of its own and reads that trace back through Phoenix's API.
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable
-from typing import Any
 
 import httpx
 
 from tests.integration.conftest import EMBEDDING_MODEL, MODEL, SHORT_MODEL
-from tests.phoenix_server import PhoenixServer, spans_of_trace
-
-Spans = list[dict[str, Any]]
-
-
-def traceparent() -> tuple[str, str, dict[str, str]]:
-    """A new trace id and caller span id, and the header that names them."""
-    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
-    return trace_id, span_id, {"traceparent": f"00-{trace_id}-{span_id}-01"}
-
-
-def wait_for_trace(
-    phoenix: PhoenixServer, trace_id: str, complete: Callable[[Spans], bool], timeout_s: float = 60
-) -> Spans:
-    """The trace's spans once ``complete`` holds (spans of several processes arrive apart)."""
-    deadline = time.monotonic() + timeout_s
-    spans: Spans = []
-    while time.monotonic() < deadline:
-        try:
-            spans = spans_of_trace(phoenix.url, trace_id, project="welip", timeout_s=5)
-        except TimeoutError:
-            spans = []
-        if complete(spans):
-            return spans
-        time.sleep(0.5)
-    names = sorted(s["name"] for s in spans)
-    raise AssertionError(f"trace {trace_id} incomplete after {timeout_s}s: {names}")
-
-
-def named(spans: Spans, name: str) -> Spans:
-    return [s for s in spans if s["name"] == name]
-
-
-def children(spans: Spans, parent: dict[str, Any], name: str | None = None) -> Spans:
-    return [s for s in spans if s["parent_id"] == parent["span_id"] and (name is None or s["name"] == name)]
-
-
-def has(*names: str) -> Callable[[Spans], bool]:
-    return lambda spans: all(named(spans, n) for n in names)
+from tests.phoenix_server import PhoenixServer, children, has, named, traceparent, wait_for_trace
 
 
 def test_chat_through_a_handle_is_one_trace_gateway_auth_limit_engine(

@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from ray.serve.llm.openai_api_models import ChatCompletionResponse
 
 from tests.unit.gateway.test_app import FakeEngine
@@ -391,24 +392,13 @@ def test_every_request_is_audited_without_the_key(env: None, db: Database, tmp_p
 
 
 def test_one_span_per_request_carries_principal_model_tokens_and_outcome(
-    env: None, db: Database, tmp_path: Path
+    env: None, db: Database, tmp_path: Path, span_exporter: InMemorySpanExporter
 ) -> None:
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):  # OpenTelemetry takes one provider per process
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     client, _ = _client(db, tmp_path, {"m": FakeEngine([_answer("4", 4, 6)])})
     _, key = db.create_key(name="u", role="user", rpm=1)
     client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
     client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    ok, limited = [s for s in exporter.get_finished_spans() if s.name == "welip.gateway.request"][-2:]
+    ok, limited = [s for s in span_exporter.get_finished_spans() if s.name == "welip.gateway.request"][-2:]
     assert ok.attributes["llm.model_name"] == "m" and ok.attributes["gen_ai.request.model"] == "m"
     assert (ok.attributes["llm.token_count.prompt"], ok.attributes["gen_ai.usage.output_tokens"]) == (4, 6)
     assert ok.attributes["openinference.span.kind"] == "CHAIN"
@@ -417,7 +407,7 @@ def test_one_span_per_request_carries_principal_model_tokens_and_outcome(
     # Authentication and the rate limit are the request span's children, in its trace.
     children = {
         s.name
-        for s in exporter.get_finished_spans()
+        for s in span_exporter.get_finished_spans()
         if s.parent is not None and s.parent.span_id == ok.context.span_id
     }
     assert {"welip.auth", "welip.rate_limit"} <= children
@@ -451,44 +441,21 @@ def test_config_refuses_roles_it_does_not_define() -> None:
 
 
 def test_a_callers_traceparent_makes_the_gateway_span_its_child(
-    env: None, db: Database, tmp_path: Path
+    env: None, db: Database, tmp_path: Path, span_exporter: InMemorySpanExporter
 ) -> None:
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     client, _ = _client(db, tmp_path, {"m": FakeEngine([_answer("4", 4, 6)])})
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     headers = {**_bearer(ADMIN_KEY), "traceparent": f"00-{trace_id}-{parent_id}-01"}
     assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
-    (span,) = [s for s in exporter.get_finished_spans() if s.name == "welip.gateway.request"]
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "welip.gateway.request"]
     assert f"{span.context.trace_id:032x}" == trace_id
     assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_id
 
 
 def test_one_trace_per_request_gateway_then_auth_limit_and_the_engines_llm_span(
-    env: None, db: Database, tmp_path: Path
+    env: None, db: Database, tmp_path: Path, span_exporter: InMemorySpanExporter
 ) -> None:
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
     from welip.gateway._core import LocalEngine
-
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
 
     async def answer(body: Any, raw: Any) -> Any:
         yield _answer("4", 9, 2)
@@ -503,7 +470,7 @@ def test_one_trace_per_request_gateway_then_auth_limit_and_the_engines_llm_span(
     body = {"model": "m", "messages": [{"role": "user", "content": secret}]}
     assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
 
-    spans = [s for s in exporter.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id]
+    spans = [s for s in span_exporter.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id]
     by_name = {s.name: s for s in spans}
     request = by_name["welip.gateway.request"]
     assert request.parent is not None and f"{request.parent.span_id:016x}" == caller

@@ -12,14 +12,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from ray.serve.llm.openai_api_models import ChatCompletionResponse
 
@@ -80,18 +78,6 @@ def test_sampler_from_the_environment_drops_unsampled_traces(phoenix: PhoenixSer
         spans_of_trace(phoenix.url, result["trace_id"], timeout_s=3)
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):  # OpenTelemetry takes one provider per process
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()
-
-
 SECRET = "my secret prompt about the merger"
 
 
@@ -146,7 +132,7 @@ def _attributes_text(span: Any) -> str:
 
 
 def test_stream_span_has_model_tokens_ttft_under_the_current_span(
-    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+    span_exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(CONTENT_ENV, raising=False)
     closed: list[bool] = []
@@ -155,7 +141,7 @@ def test_stream_span_has_model_tokens_ttft_under_the_current_span(
             trace_generation(_items(STREAM, closed), model="m", operation="chat", request=_request(True))
         )
     assert relayed == STREAM and closed == [True]
-    (span,) = [s for s in spans.get_finished_spans() if s.name == "vllm.chat"]
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "vllm.chat"]
     assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
     a = span.attributes
     assert (a["openinference.span.kind"], a["llm.model_name"], a["gen_ai.request.model"]) == ("LLM", "m", "m")
@@ -170,17 +156,17 @@ def test_stream_span_has_model_tokens_ttft_under_the_current_span(
 
 
 def test_content_capture_puts_messages_and_answer_on_the_span(
-    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+    span_exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(CONTENT_ENV, "true")
     _run(trace_generation(_items(STREAM, []), model="m", operation="chat", request=_request(True)))
-    (span,) = [s for s in spans.get_finished_spans() if s.name == "vllm.chat"]
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "vllm.chat"]
     assert span.attributes["llm.input_messages.0.message.content"] == SECRET
     assert span.attributes["llm.input_messages.0.message.role"] == "user"
     assert span.attributes["llm.output_messages.0.message.content"] == "The answer is 4."
 
 
-def test_whole_answer_span_and_an_engine_error_marks_the_span(spans: InMemorySpanExporter) -> None:
+def test_whole_answer_span_and_an_engine_error_marks_the_span(span_exporter: InMemorySpanExporter) -> None:
     answer = ChatCompletionResponse(
         model="m",
         choices=[{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}],
@@ -191,16 +177,16 @@ def test_whole_answer_span_and_an_engine_error_marks_the_span(spans: InMemorySpa
     error = SimpleNamespace(message="prompt is too long", code=400)
     error_response = type("ErrorResponse", (), {"error": error})()
     _run(trace_generation(_items([error_response], []), model="m", operation="chat", request=_request(False)))
-    ok, failed = [s for s in spans.get_finished_spans() if s.name == "vllm.chat"][-2:]
+    ok, failed = [s for s in span_exporter.get_finished_spans() if s.name == "vllm.chat"][-2:]
     assert (ok.attributes["llm.token_count.prompt"], ok.attributes["llm.token_count.completion"]) == (3, 1)
     assert ok.status.status_code == trace.StatusCode.UNSET
     assert failed.status.status_code == trace.StatusCode.ERROR
     assert failed.status.description == "prompt is too long"
 
 
-def test_closing_the_span_stream_early_closes_the_engine_stream(spans: InMemorySpanExporter) -> None:
+def test_closing_the_span_stream_early_closes_the_engine_stream(span_exporter: InMemorySpanExporter) -> None:
     closed: list[bool] = []
     stream = trace_generation(_items(STREAM, closed), model="m", operation="chat", request=_request(True))
     assert len(_run(stream, limit=1)) == 1
     assert closed == [True]  # vLLM aborts the request when its generator is closed
-    assert [s.name for s in spans.get_finished_spans()][-1] == "vllm.chat"
+    assert [s.name for s in span_exporter.get_finished_spans()][-1] == "vllm.chat"
