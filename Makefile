@@ -108,10 +108,12 @@ bench-agents: install services
 	$(BIN)/python benchmarks/agents.py
 
 # Stop the local stack. Ray Serve's HAProxy (RAY_SERVE_ENABLE_HA_PROXY) was seen here to
-# outlive Ctrl-C and `ray stop`, holding :8000 so the next start failed.
+# outlive Ctrl-C and `ray stop`, holding :8000 so the next start failed; so were vLLM's
+# engine processes (VLLM::EngineCore, VLLM::Worker: ~4 GB each engine), until memory ran out.
 stop:
 	-$(BIN)/ray stop --force
 	-pkill -f '[r]ay_haproxy/bin/haproxy'
+	-pkill -f '[V]LLM::'
 
 clean: stop
 	rm -rf $(VENV) $(LMEVAL_VENV) $(PHOENIX_VENV)
