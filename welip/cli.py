@@ -212,14 +212,13 @@ def eval_job_spec(config: Path, overrides: list[str], python: str = "python") ->
 
 def submit_job(spec: dict[str, Any], address: str | None, wait: bool) -> None:
     """Submit ``spec`` to the cluster's Job API; follow its logs and exit 1 unless it succeeds."""
-    from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available,
-    )
     from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from welip._compat.ray import enable_token_auth_if_available
 
     # Clusters started here use token auth when a token exists (Ray's default): present
     # it, as a driver joining with ray.init() does, unless RAY_AUTH_MODE says otherwise.
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    enable_token_auth_if_available()
     client = JobSubmissionClient(_dashboard(address))
     job_id = client.submit_job(**spec)
     typer.echo(f"submitted {job_id}: {spec['entrypoint']}", err=True)

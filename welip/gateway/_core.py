@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from ray.serve.handle import DeploymentHandle
-from vllm.entrypoints.generate.base.protocol import StreamOptions
 
+from welip._compat.ray import RawRequestInfo
+from welip._compat.vllm import StreamOptions
 from welip.api import (
     EmbeddingRequest,
     OpenAIError,

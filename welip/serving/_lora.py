@@ -16,9 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ray.llm._internal.common.models import global_id_manager
-from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
-
+from welip._compat.ray import DiskMultiplexConfig, global_id_manager
 from welip.store import Database, filesystem
 
 logger = logging.getLogger(__name__)

