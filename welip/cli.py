@@ -11,10 +11,7 @@ import dataclasses
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,18 +19,17 @@ from urllib.parse import urlparse
 
 import typer
 
-from welip.evaluation import (
-    EndpointTarget,
-    EndpointUnavailable,
-    check_endpoint,
-    compare_samples,
-    comparison_table,
-    load_suite,
-    read_samples,
-)
+from welip.config import load_config
+from welip.evaluation import SuiteConfig, compare_samples, comparison_table, read_samples
 from welip.models import PACKAGED_MODELS, default_cache_dir, prepare_model
-from welip.serving import Requirement, decide
-from welip.serving import record as record_decision
+from welip.serving import (
+    PromotionFailed,
+    PromotionRefused,
+    PromotionRequest,
+    promote_candidate,
+    set_alias_ungated,
+    wait_until_routed,
+)
 from welip.store import Database
 
 app = typer.Typer(help="WeLIP: Ray-native LLM infrastructure.", no_args_is_help=True)
@@ -205,7 +201,7 @@ def eval_job_spec(config: Path, overrides: list[str], python: str = "python") ->
     The suite is validated here first, so a bad config fails before any job starts; the
     API key variables the suite names go into the job's runtime env.
     """
-    suite = load_suite(config, overrides)
+    suite = load_config(SuiteConfig, config, overrides)
     keys = tuple(t.api_key_env for t in suite.endpoints if t.api_key_env)
     return job_spec("evaluate.py", config, overrides, python, keys)
 
@@ -280,8 +276,6 @@ def _training_run(
     wait: bool,
     python: str | None,
 ) -> None:
-    from welip.training import load_config
-
     try:
         load_config(kind, config, overrides)  # a bad config fails here, before any job starts
     except (OSError, ValueError) as exc:
@@ -390,11 +384,11 @@ def alias_set(
 ) -> None:
     """Point an alias at a model without a gate (first setup, rollback); audited."""
     db = _database()
-    if db.get_alias(target) is not None:
-        typer.echo(f"error: {target} is itself an alias; point {alias} at a model", err=True)
-        raise typer.Exit(2)
-    row = db.set_alias(alias, target, updated_by=_user())
-    db.write_audit([_cli_audit("welip alias set", alias, {"target": target, "previous": row["previous"]})])
+    try:
+        row = set_alias_ungated(db, alias, target)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(row, default=str))
 
 
@@ -419,112 +413,28 @@ def promote(
     the decision and both eval run ids go to the audit log and MLflow either way. Exit
     status: 0 promoted, 1 gate failed, 2 bad input.
     """
-    extra = list(overrides or [])
     try:
-        requirements = [Requirement.parse(r) for r in require]
-        suite = load_suite(gate, extra)
-    except (OSError, ValueError) as exc:
+        request = PromotionRequest.parse(
+            candidate, alias=alias, gate=gate, requirements=require, overrides=overrides or []
+        )
+        result = promote_candidate(request, db=_database(), progress=lambda line: typer.echo(line, err=True))
+    except PromotionRefused as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if not isinstance(suite.target, EndpointTarget):
-        typer.echo(
-            "error: a gate suite evaluates through the gateway: its target must be an endpoint", err=True
-        )
-        raise typer.Exit(2)
-    db = _database()
-    row = db.get_alias(alias)
-    current = row["target"] if row is not None else None
-    if current == candidate:
-        typer.echo(f"error: {alias} already points at {candidate}", err=True)
-        raise typer.Exit(2)
-    if current is None and any(r.against_current for r in requirements):
-        typer.echo(
-            f"error: alias {alias} does not exist yet, so `current` means nothing: create it with "
-            f"`welip alias set {alias} MODEL`, or require absolute values",
-            err=True,
-        )
-        raise typer.Exit(2)
-    try:
-        served = check_endpoint(suite.target.model_copy(update={"model": candidate}))
-    except EndpointUnavailable as exc:
+    except PromotionFailed as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if alias in served and db.get_alias(alias) is None:
-        typer.echo(f"error: {alias} is a model the gateway serves, not an alias", err=True)
-        raise typer.Exit(2)
-
-    runs: dict[str, dict[str, Any]] = {}
-    for model in [candidate, *([current] if current else [])]:
-        run_id = uuid.uuid4().hex
-        typer.echo(f"evaluating {model} on {gate} (eval run {run_id})", err=True)
-        command = [sys.executable, "jobs/evaluate.py", "--config", str(gate), *extra]
-        status = subprocess.run([*command, f"target.model={model}", f"run_id={run_id}"]).returncode
-        found = db.get_eval_run(run_id)
-        if status != 0 or found is None:
-            typer.echo(f"error: the evaluation of {model} failed (exit {status}); nothing switched", err=True)
-            raise typer.Exit(1)
-        runs[model] = found
-    decision = decide(
-        alias, candidate, current, str(gate), requirements, runs[candidate], runs.get(current or "")
-    )
-    try:
-        mlflow_run = record_decision(decision, db)
-    except ValueError as exc:  # the alias moved while we evaluated
-        typer.echo(f"error: {exc}; nothing switched", err=True)
         raise typer.Exit(1) from None
+    decision = result.decision
     for line in decision.checks:
         typer.echo(f"  {line}")
     evidence = ", ".join(r for r in (decision.candidate_eval_run, decision.current_eval_run) if r)
     verdict = "promoted" if decision.promoted else "not promoted"
-    serving = candidate if decision.promoted else current
-    typer.echo(f"{verdict}: {alias} -> {serving} (eval runs {evidence}; MLflow run {mlflow_run})")
+    serving = candidate if decision.promoted else decision.current
+    typer.echo(f"{verdict}: {alias} -> {serving} (eval runs {evidence}; MLflow run {result.mlflow_run_id})")
     if not decision.promoted:
         raise typer.Exit(1)
-    if wait_s and not _routed(suite.target, alias, candidate, wait_s):
+    if wait_s and not wait_until_routed(request.endpoint, alias, candidate, wait_s):
         typer.echo(f"warning: the gateway did not route {alias} to {candidate} within {wait_s:g}s", err=True)
-
-
-def _routed(target: EndpointTarget, alias: str, model: str, wait_s: float) -> bool:
-    """Poll the gateway until ``/v1/models/{alias}`` names ``model`` as its root."""
-    import logging
-
-    import httpx
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    key = os.environ.get(target.api_key_env or "") if target.api_key_env else None
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            card = httpx.get(f"{target.base_url.rstrip('/')}/models/{alias}", headers=headers, timeout=5)
-            if card.status_code == 200 and card.json().get("root") == model:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
-def _user() -> str:
-    import getpass
-
-    return getpass.getuser()
-
-
-def _cli_audit(route: str, model: str, detail: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": uuid.uuid4().hex,
-        "ts": datetime.now(timezone.utc),
-        "request_id": f"cli-{uuid.uuid4().hex[:12]}",
-        "principal": _user(),
-        "principal_kind": "cli",
-        "method": "CLI",
-        "route": route,
-        "model": model,
-        "status": 200,
-        "latency_ms": 0.0,
-        "body": json.dumps(detail),
-    }
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -142,3 +142,29 @@ def test_training_jobs_are_submitted_with_their_commit_and_refused_when_invalid(
         app, ["align", "run", "configs/align/smollm2_arithmetic.yaml", "reward_metric=nope"]
     )
     assert bad.exit_code == 2 and "unknown reward_metric" in bad.output
+
+
+def test_alias_set_and_a_promotion_refused_before_any_evaluation(database_url: str) -> None:
+    runner = CliRunner()
+    gate = str(Path(__file__).resolve().parents[2] / "configs/eval/arithmetic.yaml")
+    refused = runner.invoke(
+        app, ["promote", "faq-v2", "--alias", "prod", "--gate", gate, "--require", "em >= current"]
+    )
+    assert refused.exit_code == 2 and "error: alias prod does not exist yet" in refused.output
+    malformed = runner.invoke(
+        app, ["promote", "faq-v2", "--alias", "prod", "--gate", gate, "--require", "em"]
+    )
+    assert malformed.exit_code == 2 and "is not `METRIC OP current" in malformed.output
+    created = runner.invoke(app, ["alias", "set", "prod", "faq-v1"])
+    assert created.exit_code == 0, created.output
+    row = json.loads(created.stdout)
+    assert (row["alias"], row["target"], row["previous"]) == ("prod", "faq-v1", None)
+    same = runner.invoke(
+        app, ["promote", "faq-v1", "--alias", "prod", "--gate", gate, "--require", "em >= 0"]
+    )
+    assert same.exit_code == 2 and "error: prod already points at faq-v1" in same.output
+    chained = runner.invoke(app, ["alias", "set", "staging", "prod"])
+    assert (
+        chained.exit_code == 2
+        and "error: prod is itself an alias; point staging at a model" in chained.output
+    )

@@ -11,7 +11,19 @@ from welip.serving._embeddings import (
 )
 from welip.serving._engine import PreparedLLMServer, build_engine_deployment, build_llm_config
 from welip.serving._lora import AdapterNotFound, CatalogLoraLoader, local_adapter_dir
-from welip.serving._promote import Decision, Requirement, decide, record
+from welip.serving._promote import (
+    Decision,
+    PromotionFailed,
+    PromotionRefused,
+    PromotionRequest,
+    PromotionResult,
+    Requirement,
+    decide,
+    promote_candidate,
+    record,
+    set_alias_ungated,
+    wait_until_routed,
+)
 
 __all__ = [
     "AdapterNotFound",
@@ -25,12 +37,19 @@ __all__ = [
     "LoraServingConfig",
     "ModelConfig",
     "PreparedLLMServer",
+    "PromotionFailed",
+    "PromotionRefused",
+    "PromotionRequest",
+    "PromotionResult",
     "Requirement",
     "build_embedding_deployment",
     "build_engine_deployment",
     "build_llm_config",
     "decide",
     "local_adapter_dir",
+    "promote_candidate",
     "record",
     "resolve_embedding_path",
+    "set_alias_ungated",
+    "wait_until_routed",
 ]

@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import operator
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from welip.config import load_config
+from welip.evaluation import EndpointTarget, EndpointUnavailable, SuiteConfig, check_endpoint
 from welip.store import Database, use_mlflow
+
+logger = logging.getLogger(__name__)
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -101,6 +110,173 @@ class Decision:
         return asdict(self)
 
 
+class PromotionRefused(ValueError):
+    """The promotion cannot start (bad input, or a gate that would mean nothing); nothing evaluated."""
+
+
+class PromotionFailed(RuntimeError):
+    """An evaluation failed, or the alias moved while the gate ran; nothing switched."""
+
+
+@dataclass(frozen=True)
+class PromotionRequest:
+    """A promotion to decide, validated: what to promote, where, and the gate it must pass."""
+
+    candidate: str
+    """An adapter id (``<name>-v<N>``) or a served model id."""
+    alias: str
+    gate: Path
+    """The evaluation suite; its target is the gateway's endpoint."""
+    endpoint: EndpointTarget
+    requirements: tuple[Requirement, ...]
+    overrides: tuple[str, ...]
+    """``key=value`` overrides of the gate suite."""
+
+    @classmethod
+    def parse(
+        cls,
+        candidate: str,
+        *,
+        alias: str,
+        gate: Path,
+        requirements: Sequence[str],
+        overrides: Sequence[str] = (),
+    ) -> PromotionRequest:
+        """Parse the requirements and load the gate suite (with ``overrides``).
+
+        Raises:
+            PromotionRefused: a malformed requirement, or a suite that is invalid or
+                does not evaluate through an endpoint.
+        """
+        try:
+            parsed = tuple(Requirement.parse(r) for r in requirements)
+            suite = load_config(SuiteConfig, gate, list(overrides))
+        except (OSError, ValueError) as exc:
+            raise PromotionRefused(str(exc)) from None
+        if not isinstance(suite.target, EndpointTarget):
+            raise PromotionRefused(
+                "a gate suite evaluates through the gateway: its target must be an endpoint"
+            )
+        return cls(candidate, alias, gate, suite.target, parsed, tuple(overrides))
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """What :func:`promote_candidate` decided, and the MLflow run that records it."""
+
+    decision: Decision
+    mlflow_run_id: str | None
+
+
+def promote_candidate(
+    request: PromotionRequest, *, db: Database, progress: Callable[[str], None] = logger.info
+) -> PromotionResult:
+    """Evaluate the candidate and the alias's current model on the gate; switch the alias only if it passes.
+
+    Both evaluations run ``jobs/evaluate.py`` (from the working directory, joining the
+    Ray cluster as it does by hand); the decision and both eval run ids go to the audit
+    log and MLflow either way.
+
+    Args:
+        request: the validated promotion.
+        db: the metadata database (aliases, eval runs, audit).
+        progress: told a line as each evaluation starts.
+
+    Raises:
+        PromotionRefused: the alias or endpoint make the gate meaningless; nothing evaluated.
+        PromotionFailed: an evaluation failed or the alias moved meanwhile; nothing switched.
+    """
+    current = _current_model(db, request)
+    _check_candidate_served(db, request)
+    models = [request.candidate, *([current] if current else [])]
+    runs = {model: _evaluate_on_gate(model, request, db, progress) for model in models}
+    decision = decide(
+        request.alias,
+        request.candidate,
+        current,
+        str(request.gate),
+        list(request.requirements),
+        runs[request.candidate],
+        runs.get(current or ""),
+    )
+    try:
+        mlflow_run_id = record(decision, db)
+    except ValueError as exc:  # the alias moved while we evaluated
+        raise PromotionFailed(f"{exc}; nothing switched") from None
+    return PromotionResult(decision, mlflow_run_id)
+
+
+def _current_model(db: Database, request: PromotionRequest) -> str | None:
+    row = db.get_alias(request.alias)
+    current: str | None = row["target"] if row is not None else None
+    if current == request.candidate:
+        raise PromotionRefused(f"{request.alias} already points at {request.candidate}")
+    if current is None and any(r.against_current for r in request.requirements):
+        raise PromotionRefused(
+            f"alias {request.alias} does not exist yet, so `current` means nothing: create it with "
+            f"`welip alias set {request.alias} MODEL`, or require absolute values"
+        )
+    return current
+
+
+def _check_candidate_served(db: Database, request: PromotionRequest) -> None:
+    try:
+        served = check_endpoint(request.endpoint.model_copy(update={"model": request.candidate}))
+    except EndpointUnavailable as exc:
+        raise PromotionRefused(str(exc)) from None
+    if request.alias in served and db.get_alias(request.alias) is None:
+        raise PromotionRefused(f"{request.alias} is a model the gateway serves, not an alias")
+
+
+def _evaluate_on_gate(
+    model: str, request: PromotionRequest, db: Database, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex
+    progress(f"evaluating {model} on {request.gate} (eval run {run_id})")
+    command = [sys.executable, "jobs/evaluate.py", "--config", str(request.gate), *request.overrides]
+    status = subprocess.run([*command, f"target.model={model}", f"run_id={run_id}"]).returncode
+    found = db.get_eval_run(run_id)
+    if status != 0 or found is None:
+        raise PromotionFailed(f"the evaluation of {model} failed (exit {status}); nothing switched")
+    return found
+
+
+def wait_until_routed(endpoint: EndpointTarget, alias: str, model: str, wait_s: float) -> bool:
+    """Poll the gateway until ``/v1/models/{alias}`` names ``model`` as its root; False after ``wait_s``."""
+    import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    key = os.environ.get(endpoint.api_key_env or "") if endpoint.api_key_env else None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            card = httpx.get(f"{endpoint.base_url.rstrip('/')}/models/{alias}", headers=headers, timeout=5)
+            if card.status_code == 200 and card.json().get("root") == model:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def set_alias_ungated(db: Database, alias: str, target: str) -> dict[str, Any]:
+    """Point ``alias`` at ``target`` without a gate (first setup, rollback), and audit it.
+
+    Returns the alias row.
+
+    Raises:
+        ValueError: ``target`` is itself an alias.
+    """
+    if db.get_alias(target) is not None:
+        raise ValueError(f"{target} is itself an alias; point {alias} at a model")
+    user = getpass.getuser()
+    row = db.set_alias(alias, target, updated_by=user)
+    detail = {"target": target, "previous": row["previous"]}
+    db.write_audit([_cli_audit_record("welip alias set", alias, user, json.dumps(detail))])
+    return row
+
+
 def decide(
     alias: str,
     candidate: str,
@@ -162,24 +338,16 @@ def record(
             decision=decision.as_dict(),
             expect=decision.current,
         )
-    db.write_audit(
-        [
-            {
-                "id": uuid.uuid4().hex,
-                "ts": datetime.now(timezone.utc),
-                "request_id": f"promote-{decision.candidate_eval_run[:12]}",
-                "principal": decision.decided_by,
-                "principal_kind": "cli",
-                "method": "CLI",
-                "route": "welip promote",
-                "model": decision.alias,
-                "status": 200 if decision.promoted else 412,
-                "error_code": None if decision.promoted else "gate_failed",
-                "latency_ms": 0.0,
-                "body": body,
-            }
-        ]
+    audit = _cli_audit_record(
+        "welip promote",
+        decision.alias,
+        decision.decided_by,
+        body,
+        request_id=f"promote-{decision.candidate_eval_run[:12]}",
+        status=200 if decision.promoted else 412,
+        error_code=None if decision.promoted else "gate_failed",
     )
+    db.write_audit([audit])
     return (
         _log_mlflow(decision, mlflow_experiment, db.get_adapter(decision.candidate))
         if mlflow_experiment
@@ -220,3 +388,30 @@ def _log_mlflow(decision: Decision, experiment: str, adapter: dict[str, Any] | N
         except MlflowException:
             pass  # an adapter registered with MLflow off has no version to tag
     return str(run.info.run_id)
+
+
+def _cli_audit_record(
+    route: str,
+    model: str,
+    principal: str,
+    body: str,
+    *,
+    request_id: str | None = None,
+    status: int = 200,
+    error_code: str | None = None,
+) -> dict[str, Any]:
+    """An audit record of a change made from the command line (not a gateway request)."""
+    return {
+        "id": uuid.uuid4().hex,
+        "ts": datetime.now(timezone.utc),
+        "request_id": request_id or f"cli-{uuid.uuid4().hex[:12]}",
+        "principal": principal,
+        "principal_kind": "cli",
+        "method": "CLI",
+        "route": route,
+        "model": model,
+        "status": status,
+        "error_code": error_code,
+        "latency_ms": 0.0,
+        "body": body,
+    }
