@@ -199,10 +199,10 @@ class Workload:
 
 def load_workload(args: argparse.Namespace) -> Workload:
     """The job's config with the benchmark's overrides, tokenized as the job tokenizes it."""
+    from welip.config import load_config
     from welip.models import resolve_model_path
     from welip.training import (
         FinetuneConfig,
-        load_config,
         load_tokenizer,
         load_training_data,
         micro_batch_indices,

@@ -30,6 +30,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from welip.cluster import connect_ray
+from welip.config import load_config
 from welip.models import resolve_model_path
 from welip.observability import configure_job_logging
 from welip.store import Database, join_url, storage_url_from_env
@@ -42,7 +43,6 @@ from welip.training import (
     grpo_loop,
     lineage,
     load_align_data,
-    load_config,
     load_tokenizer,
     log_outputs,
     merge_adapter,

@@ -28,6 +28,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from welip.cluster import connect_ray
+from welip.config import load_config
 from welip.models import resolve_model_path
 from welip.observability import configure_job_logging, inject_context, job_span, trace_id_of
 from welip.store import Database, join_url, storage_url_from_env
@@ -38,7 +39,6 @@ from welip.training import (
     check_backend,
     copy_tree,
     lineage,
-    load_config,
     load_tokenizer,
     load_training_data,
     log_outputs,

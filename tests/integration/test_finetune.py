@@ -28,9 +28,10 @@ from typer.testing import CliRunner
 from tests.integration.conftest import ADMIN_KEY, MODEL, load_job, series_value
 from tests.phoenix_server import PhoenixServer, children, named, wait_for_trace
 from welip.cli import app
+from welip.config import load_config
 from welip.evaluation import token_f1
 from welip.store import Database
-from welip.training import BackendUnavailable, FinetuneConfig, load_config
+from welip.training import BackendUnavailable, FinetuneConfig
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]

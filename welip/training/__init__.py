@@ -17,7 +17,7 @@ from welip.training._align import (
     verl_rows,
     write_parquet,
 )
-from welip.training._config import AlignConfig, FinetuneConfig, load_config
+from welip.training._config import AlignConfig, FinetuneConfig
 from welip.training._data import (
     IGNORE_INDEX,
     Example,
@@ -67,7 +67,6 @@ __all__ = [
     "grpo_loop",
     "lineage",
     "load_align_data",
-    "load_config",
     "load_lora_model",
     "load_tokenizer",
     "load_training_data",

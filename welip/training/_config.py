@@ -1,29 +1,27 @@
 """Fine-tuning and alignment configuration: flat YAML, as LLaMA-Factory's.
 
 ``configs/finetune/<model>_<variant>.yaml`` and ``configs/align/<model>_<variant>.yaml``
-hold one mapping each; ``key=value`` overrides on the command line change single keys.
-Everything here is inert: no file is read, no model loaded while a config validates.
+hold one mapping each, read by :func:`welip.config.load_config`; ``key=value`` overrides
+on the command line change single keys. No top-level key has a dot: a dotted override
+reaches into a mapping (``verl.trainer.nnodes=2`` sets ``{"trainer": {"nnodes": 2}}`` in
+``verl``, which VeRL's config merges). Everything here is inert: no file is read, no
+model loaded while a config validates.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from welip.config import StrictModel
 from welip.evaluation import METRICS
 
 _NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Common(_Strict):
+class _Common(StrictModel):
     """What supervised fine-tuning and RL alignment share: model, LoRA, workers, outputs."""
 
     name: str = Field(
@@ -165,24 +163,3 @@ class AlignConfig(_Common):
         if self.verl and self.rl_backend != "verl":
             raise ValueError("`verl` options apply to rl_backend verl only")
         return self
-
-
-_C = TypeVar("_C", bound="_Common")
-
-
-def load_config(cls: type[_C], path: str | Path, overrides: list[str] | None = None) -> _C:
-    """Read a flat YAML config of type ``cls``, apply ``key=value`` overrides, validate.
-
-    Raises:
-        ValueError: a malformed override; pydantic.ValidationError: an invalid config.
-    """
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config is a mapping")
-    for override in overrides or []:
-        key, sep, raw = override.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {override!r} is not key=value")
-        data[key.strip()] = yaml.safe_load(raw)
-    return cls.model_validate(data)

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from welip.config import load_config
 from welip.training import (
     AlignConfig,
     BackendUnavailable,
     check_align_backend,
-    load_config,
     run_verl,
     verl_config,
 )
@@ -40,6 +40,12 @@ def test_shipped_cpu_config_is_a_small_trl_run() -> None:
 def test_overrides_change_single_keys_with_yaml_values() -> None:
     cfg = load_config(AlignConfig, SMOLLM2, ["max_steps=2", "reward_kwargs={tolerance: 1}", "beta=0.04"])
     assert (cfg.max_steps, cfg.reward_kwargs, cfg.beta) == (2, {"tolerance": 1}, 0.04)
+
+
+def test_a_dotted_override_reaches_into_the_verl_mapping_whose_yaml_keys_keep_their_dots() -> None:
+    cfg = load_config(AlignConfig, VERL_GPU, ["verl.trainer.nnodes=2"])
+    assert cfg.verl["trainer"] == {"nnodes": 2}
+    assert cfg.verl["actor_rollout_ref.rollout.gpu_memory_utilization"] == 0.6
 
 
 @pytest.mark.parametrize(

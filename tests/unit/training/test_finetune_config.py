@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from welip.training import BackendUnavailable, FinetuneConfig, check_backend, load_config
+from welip.config import load_config
+from welip.training import BackendUnavailable, FinetuneConfig, check_backend
 
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "configs" / "finetune" / "smollm2_faq.yaml"
