@@ -117,14 +117,15 @@ def welip_ingest(spec_path: str) -> None:
 
     import ray
 
-    from welip.rag import load_ingest_config
+    from welip.config import load_config
+    from welip.rag import IngestConfig
 
     spec = json.loads(Path(spec_path).read_text())
     module_spec = importlib.util.spec_from_file_location("welip_jobs_ingest", REPO / "jobs" / "ingest.py")
     assert module_spec is not None and module_spec.loader is not None
     job = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(job)
-    cfg = load_ingest_config(spec["config"], spec["overrides"])
+    cfg = load_config(IngestConfig, spec["config"], spec["overrides"])
     ray.init(address="local", num_cpus=8, include_dashboard=False)
     summary = job.main(cfg)
     result = {
@@ -220,9 +221,10 @@ def _busy_cpu_s() -> float:
 
 def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     """Documents/s of ``jobs/ingest.py`` (Ray Data) and of a plain loop, alternating; medians and ratio."""
-    from welip.rag import load_ingest_config
+    from welip.config import load_config
+    from welip.rag import IngestConfig
 
-    cfg = load_ingest_config(INGEST_CONFIG, args.override)
+    cfg = load_config(IngestConfig, INGEST_CONFIG, args.override)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logs = RESULTS_DIR / f"agents-ingest-{stamp}"
     scratch = Path(tempfile.mkdtemp(prefix="welip-bench-ingest-"))
@@ -244,7 +246,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
                 {"config": str(INGEST_CONFIG), "overrides": overrides}
                 if side == "welip"
                 else {
-                    **load_ingest_config(INGEST_CONFIG, overrides).model_dump(),
+                    **load_config(IngestConfig, INGEST_CONFIG, overrides).model_dump(),
                     "documents": str(scratch / "docs"),
                     "storage_url": table_url,
                 }

@@ -27,6 +27,7 @@ import ray
 from pydantic import ValidationError
 
 from welip.cluster import connect_ray
+from welip.config import load_config
 from welip.evaluation import (
     EndpointInference,
     EndpointTarget,
@@ -38,7 +39,6 @@ from welip.evaluation import (
     check_endpoint,
     endpoint_version,
     load_dataset,
-    load_suite,
     log_mlflow,
     score_batch,
     summarize,
@@ -261,7 +261,7 @@ def parse_args(argv: list[str]) -> SuiteConfig:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys (target.model=...).")
     args = parser.parse_args(argv)
     try:
-        return load_suite(args.config, args.overrides)
+        return load_config(SuiteConfig, args.config, args.overrides)
     except (OSError, ValueError, ValidationError) as exc:
         parser.exit(2, f"error: invalid suite {args.config}: {exc}\n")
 

@@ -24,13 +24,13 @@ from pydantic import ValidationError
 from ray.data.expressions import col
 
 from welip.cluster import connect_ray
+from welip.config import load_config
 from welip.observability import configure_job_logging
 from welip.rag import (
     ChunkEmbedder,
     IngestConfig,
     VectorStore,
     list_documents,
-    load_ingest_config,
     read_chunks,
 )
 from welip.store import join_url, storage_url_from_env
@@ -156,7 +156,7 @@ def parse_args(argv: list[str]) -> IngestConfig:
     parser.add_argument("overrides", nargs="*", help="key=value overrides (documents=s3://bucket/docs).")
     args = parser.parse_args(argv)
     try:
-        return load_ingest_config(args.config, args.overrides)
+        return load_config(IngestConfig, args.config, args.overrides)
     except (OSError, ValueError, ValidationError) as exc:
         parser.exit(2, f"error: invalid config {args.config}: {exc}\n")
 

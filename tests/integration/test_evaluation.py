@@ -31,7 +31,8 @@ from tests.integration.conftest import (
 )
 from tests.phoenix_server import PhoenixServer, children, named, wait_for_trace
 from welip.cli import app
-from welip.evaluation import EndpointUnavailable, load_suite, read_samples
+from welip.config import load_config
+from welip.evaluation import EndpointUnavailable, SuiteConfig, read_samples
 from welip.store import Database
 
 pytestmark = pytest.mark.integration
@@ -66,8 +67,10 @@ def env(
 
 
 def run(env: dict[str, str], suite: str, *overrides: str) -> dict[str, Any]:
-    cfg = load_suite(
-        REPO_ROOT / "configs" / "eval" / suite, [f"target.base_url={env['base_url']}", *overrides]
+    cfg = load_config(
+        SuiteConfig,
+        REPO_ROOT / "configs" / "eval" / suite,
+        [f"target.base_url={env['base_url']}", *overrides],
     )
     return JOB.main(cfg)
 
@@ -168,7 +171,7 @@ def test_compare_reports_paired_wins_and_losses(env: dict[str, str], endpoint_ru
 
 
 def test_judge_scores_with_guided_json_and_counts_parse_failures(env: dict[str, str]) -> None:
-    cfg = load_suite(REPO_ROOT / "configs" / "eval" / "open_questions_judge.yaml", ["limit=8"])
+    cfg = load_config(SuiteConfig, REPO_ROOT / "configs" / "eval" / "open_questions_judge.yaml", ["limit=8"])
     data = cfg.model_dump(mode="json")
     data["target"]["base_url"] = env["base_url"]
     guided = data["metric_list"][1]
@@ -237,7 +240,11 @@ def test_unreachable_endpoint_or_bad_key_fails_fast_with_a_clear_message(
     started = time.perf_counter()
     with pytest.raises(EndpointUnavailable, match=r"http://127.0.0.1:9/v1 is unreachable"):
         JOB.main(
-            load_suite(REPO_ROOT / "configs/eval/arithmetic.yaml", ["target.base_url=http://127.0.0.1:9/v1"])
+            load_config(
+                SuiteConfig,
+                REPO_ROOT / "configs/eval/arithmetic.yaml",
+                ["target.base_url=http://127.0.0.1:9/v1"],
+            )
         )
     assert time.perf_counter() - started < 10
     with pytest.raises(EndpointUnavailable, match="refused the credentials"):

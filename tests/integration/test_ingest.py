@@ -18,13 +18,13 @@ import boto3
 import pytest
 
 from tests.integration.conftest import ADMIN_KEY, EMBEDDING_MODEL, load_job
+from welip.config import load_config
 from welip.rag import (
     GatewayEmbeddings,
     IngestConfig,
     Retriever,
     VectorStore,
     list_documents,
-    load_ingest_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def storage(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def config(*overrides: str) -> IngestConfig:
-    return load_ingest_config(CONFIG, list(overrides))
+    return load_config(IngestConfig, CONFIG, list(overrides))
 
 
 @pytest.fixture(scope="module")

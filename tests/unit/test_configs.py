@@ -18,10 +18,11 @@ from ray.serve.schema import ServeDeploySchema
 
 from deployments.agents import AgentsAppConfig
 from welip.agents import AgentConfig, load_agent_config, resolve_agents
+from welip.config import load_config
 from welip.gateway import ServingConfig
 from welip.observability._logging import SERVE_LOGGING_CONFIG
-from welip.rag import list_documents, load_ingest_config
-from welip.training import AlignConfig, FinetuneConfig, load_config
+from welip.rag import IngestConfig, list_documents
+from welip.training import AlignConfig, FinetuneConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -162,7 +163,7 @@ def test_agent_config_validates(path: Path) -> None:
 def test_rag_config_validates_and_names_shipped_documents(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = load_ingest_config(path)
+    cfg = load_config(IngestConfig, path)
     if not cfg.documents.startswith("s3://"):
         monkeypatch.chdir(REPO_ROOT)  # the job resolves local documents against the working directory
         assert list_documents(cfg.documents, cfg.include), f"{rel(path)}: no documents in {cfg.documents}"

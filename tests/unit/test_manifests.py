@@ -27,11 +27,12 @@ from ray.serve.schema import ServeDeploySchema
 
 from deployments.agents import AgentsAppConfig
 from welip.agents import resolve_agents
-from welip.evaluation import load_suite
+from welip.config import load_config
+from welip.evaluation import SuiteConfig
 from welip.gateway import ServingConfig
 from welip.observability._logging import SERVE_LOGGING_CONFIG
-from welip.rag import load_ingest_config
-from welip.training import AlignConfig, FinetuneConfig, load_config
+from welip.rag import IngestConfig
+from welip.training import AlignConfig, FinetuneConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERAY_DIR = REPO_ROOT / "kuberay"
@@ -456,9 +457,9 @@ def test_rayjob_entrypoint_runs_a_shipped_job_with_a_valid_config(
     if argv[1] == "jobs/evaluate.py":
         config_at = argv.index("--config")
         overrides = [a for a in argv[2:] if "=" in a]
-        load_suite(argv[config_at + 1], overrides)
+        load_config(SuiteConfig, argv[config_at + 1], overrides)
     if argv[1] == "jobs/ingest.py":
-        load_ingest_config(argv[argv.index("--config") + 1], [a for a in argv[2:] if "=" in a])
+        load_config(IngestConfig, argv[argv.index("--config") + 1], [a for a in argv[2:] if "=" in a])
     if argv[1] in TRAINING_JOBS:
         config_at = argv.index("--config")
         overrides = [a for a in argv[2:] if "=" in a]
@@ -533,8 +534,8 @@ def test_ingest_rayjob_reads_and_writes_s3_and_fits_its_embedding_actors() -> No
     for resource in jobs:
         spec = resource["spec"]
         argv = shlex.split(spec["entrypoint"])
-        cfg = load_ingest_config(
-            REPO_ROOT / argv[argv.index("--config") + 1], [a for a in argv[2:] if "=" in a]
+        cfg = load_config(
+            IngestConfig, REPO_ROOT / argv[argv.index("--config") + 1], [a for a in argv[2:] if "=" in a]
         )
         assert cfg.documents.startswith("s3://")
         runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from welip.config import StrictModel, load_config
 
 ToolName = Literal["calculator", "current_time", "retrieve", "create_ticket"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ChatModelConfig(_Strict):
+class ChatModelConfig(StrictModel):
     """The LLM an agent calls: any OpenAI-compatible endpoint, by default the WeLIP gateway."""
 
     base_url: str = Field(
@@ -33,7 +30,7 @@ class ChatModelConfig(_Strict):
     max_retries: int = Field(1, ge=0, le=10)
 
 
-class RetrievalConfig(_Strict):
+class RetrievalConfig(StrictModel):
     """Where an agent retrieves from: a LanceDB table written by ``jobs/ingest.py``."""
 
     table: str = Field("welip_docs", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -47,7 +44,7 @@ class RetrievalConfig(_Strict):
     max_context_chars: int = Field(3000, gt=0, le=200_000, description="Retrieved text given to the LLM.")
 
 
-class AgentConfig(_Strict):
+class AgentConfig(StrictModel):
     """One assistant: a graph from :data:`welip.agents.GRAPHS` with its model, tools and prompts."""
 
     assistant_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -83,7 +80,7 @@ class AgentConfig(_Strict):
         return self
 
 
-class AgentsConfig(_Strict):
+class AgentsConfig(StrictModel):
     """The agents runtime: its assistants, replicas, retention and run bounds.
 
     ``deployments/agents.py`` adds the trust layer's config (``gateway``) to it.
@@ -118,10 +115,8 @@ class AgentsConfig(_Strict):
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
-    """Read and validate one agent YAML."""
-    with open(path) as fh:
-        data: dict[str, Any] = yaml.safe_load(fh) or {}
-    return AgentConfig.model_validate(data)
+    """Read and validate one agent YAML (``welip.config.load_config``, no overrides)."""
+    return load_config(AgentConfig, path)
 
 
 def resolve_agents(config: AgentsConfig, root: Path | None = None) -> list[AgentConfig]:

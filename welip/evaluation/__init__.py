@@ -15,7 +15,6 @@ from welip.evaluation._config import (
     MetricSpec,
     MLflowConfig,
     SuiteConfig,
-    load_suite,
 )
 from welip.evaluation._dataset import Dataset, Document, Malformed, load_dataset
 from welip.evaluation._judge import Feedback, pairwise_score, parse_feedback, result_schema
@@ -78,7 +77,6 @@ __all__ = [
     "json_schema",
     "json_valid",
     "load_dataset",
-    "load_suite",
     "log_mlflow",
     "numeric_match",
     "pairwise_score",

@@ -11,20 +11,15 @@ and no endpoint called while a config validates.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
+from welip.config import StrictModel
 from welip.evaluation._metrics import METRICS
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EndpointTarget(_Strict):
+class EndpointTarget(StrictModel):
     """An OpenAI-compatible endpoint: the WeLIP gateway, a bare ``vllm serve``, any API."""
 
     kind: Literal["endpoint"] = "endpoint"
@@ -58,7 +53,7 @@ class EndpointTarget(_Strict):
     )
 
 
-class BatchTarget(_Strict):
+class BatchTarget(StrictModel):
     """In-job batch inference with ``ray.data.llm``'s vLLM processor: no server needed."""
 
     kind: Literal["batch"] = "batch"
@@ -105,7 +100,7 @@ Target = Annotated[
 ]
 
 
-class GenerationConfig(_Strict):
+class GenerationConfig(StrictModel):
     """Sampling for generated answers (OpenAI names; lm-eval's ``until`` is ``stop``)."""
 
     max_tokens: int = Field(256, ge=1, le=131072, description="Longest answer in tokens.")
@@ -119,7 +114,7 @@ class GenerationConfig(_Strict):
     )
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(StrictModel):
     """An LLM judge, shaped like MLflow's ``make_judge``.
 
     ``instructions`` is a Jinja2 template over ``inputs`` (the rendered prompt),
@@ -172,7 +167,7 @@ class JudgeConfig(_Strict):
         return self
 
 
-class MetricSpec(_Strict):
+class MetricSpec(StrictModel):
     """One entry of ``metric_list``: a metric function, or a judge."""
 
     metric: str = Field(description="A rule-based metric name (see METRICS) or `judge`.")
@@ -209,14 +204,14 @@ class MetricSpec(_Strict):
         return self
 
 
-class MLflowConfig(_Strict):
+class MLflowConfig(StrictModel):
     """Where a run is tracked. The tracking URI comes from ``MLFLOW_TRACKING_URI``."""
 
     enabled: bool = Field(True, description="Log a run (params, metrics, artifacts).")
     experiment: str = Field("welip-eval", min_length=1, max_length=256, description="Experiment name.")
 
 
-class SuiteConfig(_Strict):
+class SuiteConfig(StrictModel):
     """One evaluation suite (``configs/eval/<suite>.yaml``)."""
 
     task: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Suite name.")
@@ -298,33 +293,3 @@ class SuiteConfig(_Strict):
         targets = [self.target] if isinstance(self.target, EndpointTarget) else []
         return targets + [m.judge.target for m in self.metric_list if m.judge is not None]
 
-
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
-        node = child
-    node[leaf] = value
-
-
-def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteConfig:
-    """Read a suite YAML, apply ``key=value`` overrides (dotted keys, YAML values), validate.
-
-    Example: ``load_suite("configs/eval/arithmetic.yaml", ["limit=10", "target.max_concurrency=4"])``.
-
-    Raises:
-        ValueError: a malformed override; pydantic.ValidationError: an invalid suite.
-    """
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a suite is a mapping")
-    for override in overrides or []:
-        key, sep, raw = override.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {override!r} is not key=value")
-        _set_path(data, key.strip(), yaml.safe_load(raw))
-    return SuiteConfig.model_validate(data)

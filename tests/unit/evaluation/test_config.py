@@ -8,7 +8,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from welip.evaluation import Prompter, SuiteConfig, load_dataset, load_suite
+from welip.config import load_config
+from welip.evaluation import Prompter, SuiteConfig, load_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SUITES = sorted((REPO_ROOT / "configs" / "eval").glob("*.yaml"))
@@ -30,7 +31,7 @@ def suite(**changes: object) -> dict:
 @pytest.mark.parametrize("path", SUITES, ids=[p.name for p in SUITES])
 def test_shipped_suite_renders_every_row(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO_ROOT)  # dataset paths are relative to the repository root
-    cfg = load_suite(path)
+    cfg = load_config(SuiteConfig, path)
     dataset = load_dataset(cfg.dataset_path, cfg.dataset_format, id_field=cfg.id_field)
     samples, bad = Prompter(cfg, dataset.documents).samples(dataset.documents)
     assert dataset.malformed == [] and bad == []
@@ -38,7 +39,7 @@ def test_shipped_suite_renders_every_row(path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_shipped_suites_cover_the_promised_kinds() -> None:
-    loaded = [load_suite(p) for p in SUITES]
+    loaded = [load_config(SuiteConfig, p) for p in SUITES]
     metrics = {m.metric for cfg in loaded for m in cfg.metric_list}
     assert {"numeric_match", "json_schema", "judge", "acc", "token_f1"} <= metrics
     langs = {yaml.safe_load(line)["lang"] for line in (REPO_ROOT / "data/eval/factual_qa.jsonl").open()}
@@ -86,12 +87,14 @@ def test_multiple_choice_needs_an_endpoint_and_choices() -> None:
 def test_overrides_are_dotted_yaml_values(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(suite()))
-    cfg = load_suite(path, ["limit=5", "target.max_concurrency=3", "generation_kwargs.stop=[x, y]"])
+    cfg = load_config(
+        SuiteConfig, path, ["limit=5", "target.max_concurrency=3", "generation_kwargs.stop=[x, y]"]
+    )
     assert cfg.limit == 5 and cfg.target.max_concurrency == 3
     assert cfg.generation_kwargs.stop == ["x", "y"]
-    batch = load_suite(path, ["target={kind: batch, model: m, source: s}"])
+    batch = load_config(SuiteConfig, path, ["target={kind: batch, model: m, source: s}"])
     assert batch.target.kind == "batch"
     with pytest.raises(ValueError, match="not key=value"):
-        load_suite(path, ["limit"])
+        load_config(SuiteConfig, path, ["limit"])
     with pytest.raises(ValidationError):
-        load_suite(path, ["target.max_concurrency=0"])
+        load_config(SuiteConfig, path, ["target.max_concurrency=0"])

