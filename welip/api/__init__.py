@@ -3,7 +3,7 @@
 from welip.api._errors import OpenAIError, from_engine_error, invalid_request, model_not_found
 from welip.api._handlers import OnError, add_error_handlers
 from welip.api._requests import CHAT_ROLES, EmbeddingRequest, parse_chat, parse_completion, parse_embedding
-from welip.api._sse import DONE, engine_error, frame, sse_events
+from welip.api._sse import DONE, engine_error, sse_events, sse_frame
 
 __all__ = [
     "CHAT_ROLES",
@@ -13,7 +13,6 @@ __all__ = [
     "OpenAIError",
     "add_error_handlers",
     "engine_error",
-    "frame",
     "from_engine_error",
     "invalid_request",
     "model_not_found",
@@ -21,4 +20,5 @@ __all__ = [
     "parse_completion",
     "parse_embedding",
     "sse_events",
+    "sse_frame",
 ]

@@ -23,12 +23,12 @@ def engine_error(item: Any) -> OpenAIError | None:
     return from_engine_error(error.message, getattr(error, "code", None), getattr(error, "type", None))
 
 
-def frame(item: Any) -> str:
+def sse_frame(item: Any) -> str:
     """One engine item (a string, a batch of them, a model or an error) as SSE text."""
     if isinstance(item, str):
         return item
     if isinstance(item, list | tuple):
-        return "".join(frame(part) for part in item)
+        return "".join(sse_frame(part) for part in item)
     error = engine_error(item)
     if error is not None:
         return error.to_sse()
@@ -39,7 +39,7 @@ async def sse_events(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[str]
     """Frame ``first`` and then ``rest``; end with a single ``data: [DONE]``."""
     done = False
     async for item in _chain([first], rest):
-        text = frame(item)
+        text = sse_frame(item)
         if text.endswith(DONE):
             done = True
         if text:

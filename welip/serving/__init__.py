@@ -1,4 +1,4 @@
-"""Serving: vLLM engines as ``ray.serve.llm`` deployments, and embedding models, configured by WeLIP."""
+"""Serving: vLLM engines as ``ray.serve.llm`` deployments, embedding models, and promotion behind aliases."""
 
 from welip.serving._config import AutoscalingConfig, LoraServingConfig, ModelConfig
 from welip.serving._embeddings import (
@@ -12,15 +12,15 @@ from welip.serving._embeddings import (
 from welip.serving._engine import PreparedLLMServer, build_engine_deployment, build_llm_config
 from welip.serving._lora import AdapterNotFound, CatalogLoraLoader, local_adapter_dir
 from welip.serving._promote import (
-    Decision,
+    GateRequirement,
+    PromotionDecision,
     PromotionFailed,
     PromotionRefused,
     PromotionRequest,
     PromotionResult,
-    Requirement,
-    decide,
+    decide_promotion,
     promote_candidate,
-    record,
+    record_promotion,
     set_alias_ungated,
     wait_until_routed,
 )
@@ -29,26 +29,26 @@ __all__ = [
     "AdapterNotFound",
     "AutoscalingConfig",
     "CatalogLoraLoader",
-    "Decision",
     "Embedder",
     "EmbeddingModelConfig",
     "EmbeddingResult",
     "EmbeddingServer",
+    "GateRequirement",
     "LoraServingConfig",
     "ModelConfig",
     "PreparedLLMServer",
+    "PromotionDecision",
     "PromotionFailed",
     "PromotionRefused",
     "PromotionRequest",
     "PromotionResult",
-    "Requirement",
     "build_embedding_deployment",
     "build_engine_deployment",
     "build_llm_config",
-    "decide",
+    "decide_promotion",
     "local_adapter_dir",
     "promote_candidate",
-    "record",
+    "record_promotion",
     "resolve_embedding_path",
     "set_alias_ungated",
     "wait_until_routed",

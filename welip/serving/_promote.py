@@ -45,7 +45,7 @@ _REQUIREMENT = re.compile(
 
 
 @dataclass(frozen=True)
-class Requirement:
+class GateRequirement:
     """``metric op current [± margin]`` or ``metric op value``."""
 
     metric: str
@@ -55,7 +55,7 @@ class Requirement:
     text: str
 
     @classmethod
-    def parse(cls, text: str) -> Requirement:
+    def parse(cls, text: str) -> GateRequirement:
         """Parse ``"token_f1 >= current"``, ``"exact_match > current + 0.02"`` or ``"acc >= 0.5"``.
 
         Raises:
@@ -89,7 +89,7 @@ class Requirement:
 
 
 @dataclass
-class Decision:
+class PromotionDecision:
     """What a promotion decided, and from which evidence."""
 
     alias: str
@@ -128,7 +128,7 @@ class PromotionRequest:
     gate: Path
     """The evaluation suite; its target is the gateway's endpoint."""
     endpoint: EndpointTarget
-    requirements: tuple[Requirement, ...]
+    requirements: tuple[GateRequirement, ...]
     overrides: tuple[str, ...]
     """``key=value`` overrides of the gate suite."""
 
@@ -149,7 +149,7 @@ class PromotionRequest:
                 does not evaluate through an endpoint.
         """
         try:
-            parsed = tuple(Requirement.parse(r) for r in requirements)
+            parsed = tuple(GateRequirement.parse(r) for r in requirements)
             suite = load_config(SuiteConfig, gate, list(overrides))
         except (OSError, ValueError) as exc:
             raise PromotionRefused(str(exc)) from None
@@ -164,7 +164,7 @@ class PromotionRequest:
 class PromotionResult:
     """What :func:`promote_candidate` decided, and the MLflow run that records it."""
 
-    decision: Decision
+    decision: PromotionDecision
     mlflow_run_id: str | None
 
 
@@ -190,7 +190,7 @@ def promote_candidate(
     _check_candidate_served(db, request)
     models = [request.candidate, *([current] if current else [])]
     runs = {model: _evaluate_on_gate(model, request, db, progress) for model in models}
-    decision = decide(
+    decision = decide_promotion(
         request.alias,
         request.candidate,
         current,
@@ -200,7 +200,7 @@ def promote_candidate(
         runs.get(current or ""),
     )
     try:
-        mlflow_run_id = record(decision, db)
+        mlflow_run_id = record_promotion(decision, db)
     except ValueError as exc:  # the alias moved while we evaluated
         raise PromotionFailed(f"{exc}; nothing switched") from None
     return PromotionResult(decision, mlflow_run_id)
@@ -277,17 +277,17 @@ def set_alias_ungated(db: Database, alias: str, target: str) -> dict[str, Any]:
     return row
 
 
-def decide(
+def decide_promotion(
     alias: str,
     candidate: str,
     current: str | None,
     gate: str,
-    requirements: list[Requirement],
+    requirements: list[GateRequirement],
     candidate_run: dict[str, Any],
     current_run: dict[str, Any] | None,
-) -> Decision:
+) -> PromotionDecision:
     """Check every requirement against the two eval runs (rows of ``eval_runs``)."""
-    decision = Decision(
+    decision = PromotionDecision(
         alias=alias,
         candidate=candidate,
         current=current,
@@ -322,8 +322,8 @@ def _run_problems(run: dict[str, Any] | None, who: str) -> list[str]:
     return []
 
 
-def record(
-    decision: Decision, db: Database, *, mlflow_experiment: str | None = "welip-promotions"
+def record_promotion(
+    decision: PromotionDecision, db: Database, *, mlflow_experiment: str | None = "welip-promotions"
 ) -> str | None:
     """Write the decision to the audit log (and the alias row when promoted) and to MLflow.
 
@@ -355,7 +355,7 @@ def record(
     )
 
 
-def _log_mlflow(decision: Decision, experiment: str, adapter: dict[str, Any] | None) -> str:
+def _log_mlflow(decision: PromotionDecision, experiment: str, adapter: dict[str, Any] | None) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 from ray.serve.llm.openai_api_models import ErrorResponse
 
-from welip.api import DONE, frame, sse_events
+from welip.api import DONE, sse_events, sse_frame
 
 
 async def _collect(first: object, rest: list[object]) -> str:
@@ -46,4 +46,4 @@ def test_mid_stream_engine_error_becomes_an_openai_error_event() -> None:
 
 
 def test_frame_of_plain_string_is_unchanged() -> None:
-    assert frame(_chunk("x")) == _chunk("x")
+    assert sse_frame(_chunk("x")) == _chunk("x")

@@ -10,12 +10,12 @@ import mlflow
 import pytest
 
 from welip.serving import (
+    GateRequirement,
     PromotionRefused,
     PromotionRequest,
-    Requirement,
-    decide,
+    decide_promotion,
     promote_candidate,
-    record,
+    record_promotion,
     set_alias_ungated,
 )
 from welip.store import Database
@@ -36,19 +36,19 @@ def _run(run_id: str, status: str = "finished", errors: int = 0, **metrics: floa
     ],
 )
 def test_requirements_parse(text: str, metric: str, op: str, current: bool, value: float) -> None:
-    req = Requirement.parse(text)
+    req = GateRequirement.parse(text)
     assert (req.metric, req.op, req.against_current, req.value) == (metric, op, current, pytest.approx(value))
 
 
 @pytest.mark.parametrize("text", ["token_f1", "token_f1 => current", "token_f1 >= best", "x >= current * 2"])
 def test_malformed_requirements_are_refused_with_the_expected_shape(text: str) -> None:
     with pytest.raises(ValueError, match="METRIC OP current"):
-        Requirement.parse(text)
+        GateRequirement.parse(text)
 
 
 def test_the_gate_passes_only_when_every_requirement_holds() -> None:
-    reqs = [Requirement.parse("token_f1 >= current"), Requirement.parse("rouge_l >= 0.2")]
-    ok = decide(
+    reqs = [GateRequirement.parse("token_f1 >= current"), GateRequirement.parse("rouge_l >= 0.2")]
+    ok = decide_promotion(
         "prod",
         "faq-v2",
         "faq-v1",
@@ -61,7 +61,7 @@ def test_the_gate_passes_only_when_every_requirement_holds() -> None:
         "token_f1 >= current: 0.5000 >= 0.4000 -> pass",
         "rouge_l >= 0.2: 0.3000 >= 0.2000 -> pass",
     ]
-    worse = decide(
+    worse = decide_promotion(
         "prod",
         "faq-v2",
         "faq-v1",
@@ -71,12 +71,12 @@ def test_the_gate_passes_only_when_every_requirement_holds() -> None:
         _run("b", token_f1=0.4),
     )
     assert not worse.promoted and "FAIL" in worse.checks[0]
-    margin = decide(
+    margin = decide_promotion(
         "prod",
         "c",
         "d",
         "g.yaml",
-        [Requirement.parse("token_f1 > current + 0.2")],
+        [GateRequirement.parse("token_f1 > current + 0.2")],
         _run("a", token_f1=0.5),
         _run("b", token_f1=0.4),
     )
@@ -84,10 +84,10 @@ def test_the_gate_passes_only_when_every_requirement_holds() -> None:
 
 
 def test_a_missing_metric_or_a_broken_eval_run_fails_the_gate() -> None:
-    req = [Requirement.parse("acc >= current")]
-    missing = decide("p", "c", "d", "g", req, _run("a", token_f1=1.0), _run("b", acc=0.1))
+    req = [GateRequirement.parse("acc >= current")]
+    missing = decide_promotion("p", "c", "d", "g", req, _run("a", token_f1=1.0), _run("b", acc=0.1))
     assert not missing.promoted and "has no metric acc" in missing.checks[0]
-    errored = decide("p", "c", "d", "g", req, _run("a", errors=3, acc=1.0), _run("b", acc=0.1))
+    errored = decide_promotion("p", "c", "d", "g", req, _run("a", errors=3, acc=1.0), _run("b", acc=0.1))
     assert not errored.promoted and "had 3 failed requests" in errored.checks[0]
 
 
@@ -96,16 +96,16 @@ def test_recording_a_pass_switches_the_alias_and_logs_both_runs(tmp_path: Path, 
     db = Database(f"sqlite:///{tmp_path}/welip.db")
     db.upgrade()
     db.set_alias("prod", "faq-v1")
-    decision = decide(
+    decision = decide_promotion(
         "prod",
         "faq-v2",
         "faq-v1",
         "g.yaml",
-        [Requirement.parse("token_f1 >= current")],
+        [GateRequirement.parse("token_f1 >= current")],
         _run("run-a", token_f1=0.5),
         _run("run-b", token_f1=0.4),
     )
-    run_id = record(decision, db)
+    run_id = record_promotion(decision, db)
     alias = db.get_alias("prod")
     assert alias is not None and (alias["target"], alias["previous"]) == ("faq-v2", "faq-v1")
     assert alias["decision"]["candidate_eval_run"] == "run-a"
@@ -122,16 +122,16 @@ def test_a_failed_gate_is_recorded_and_switches_nothing(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/welip.db")
     db.upgrade()
     db.set_alias("prod", "faq-v1")
-    decision = decide(
+    decision = decide_promotion(
         "prod",
         "faq-v2",
         "faq-v1",
         "g.yaml",
-        [Requirement.parse("token_f1 >= current")],
+        [GateRequirement.parse("token_f1 >= current")],
         _run("a", token_f1=0.1),
         _run("b", token_f1=0.4),
     )
-    assert record(decision, db, mlflow_experiment=None) is None
+    assert record_promotion(decision, db, mlflow_experiment=None) is None
     assert db.get_alias("prod")["target"] == "faq-v1"  # type: ignore[index]
     [audit] = db.query_audit(model="prod")
     assert (audit["status"], audit["error_code"]) == (412, "gate_failed")
@@ -141,18 +141,18 @@ def test_a_switch_made_while_the_gate_ran_is_not_overwritten(tmp_path: Path) -> 
     db = Database(f"sqlite:///{tmp_path}/welip.db")
     db.upgrade()
     db.set_alias("prod", "faq-v1")
-    decision = decide(
+    decision = decide_promotion(
         "prod",
         "faq-v2",
         "faq-v1",
         "g.yaml",
-        [Requirement.parse("token_f1 >= 0")],
+        [GateRequirement.parse("token_f1 >= 0")],
         _run("a", token_f1=0.5),
         _run("b", token_f1=0.4),
     )
     db.set_alias("prod", "faq-v3")  # someone else, meanwhile
     with pytest.raises(ValueError, match="switched meanwhile"):
-        record(decision, db, mlflow_experiment=None)
+        record_promotion(decision, db, mlflow_experiment=None)
     assert db.get_alias("prod")["target"] == "faq-v3"  # type: ignore[index]
 
 
