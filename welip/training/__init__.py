@@ -5,15 +5,12 @@ configs, data rendering with assistant-only labels, the per-worker loops, and th
 registration of adapters in MLflow and the WeLIP catalog the gateway loads from.
 """
 
-from welip.training._align import (
+from welip.training._align import check_align_backend
+from welip.training._align_data import (
     AlignData,
     Prompt,
-    check_align_backend,
-    grpo_loop,
     load_align_data,
-    run_verl,
     trl_rows,
-    verl_config,
     verl_rows,
     write_parquet,
 )
@@ -26,6 +23,7 @@ from welip.training._data import (
     to_messages,
     tokenize_chat,
 )
+from welip.training._grpo import grpo_loop
 from welip.training._model import (
     BackendUnavailable,
     check_backend,
@@ -47,6 +45,7 @@ from welip.training._registry import (
 )
 from welip.training._rewards import compute_score, reward_function
 from welip.training._sft import ADAPTER_DIR, micro_batch_indices, sft_loop, total_steps
+from welip.training._verl import run_verl, verl_config
 
 __all__ = [
     "ADAPTER_DIR",

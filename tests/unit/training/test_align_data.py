@@ -13,7 +13,7 @@ import pytest
 
 from welip.evaluation import Document
 from welip.training import load_align_data, trl_rows, verl_rows, write_parquet
-from welip.training._align import to_prompt
+from welip.training._align_data import to_prompt
 
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "data" / "align" / "arithmetic.jsonl"

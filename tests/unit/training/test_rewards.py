@@ -14,8 +14,8 @@ import pytest
 
 from welip.evaluation import METRICS
 from welip.training import AlignConfig, compute_score, reward_function, verl_config
-from welip.training._align import VERL_REWARD_NAME, VERL_REWARD_PATH
 from welip.training._rewards import completion_text, plain, reference_text
+from welip.training._verl import VERL_REWARD_NAME, VERL_REWARD_PATH
 
 REWARDS_FILE = Path(__file__).resolve().parents[3] / "welip" / "training" / "_rewards.py"
 
