@@ -318,7 +318,7 @@ def _run_samples(run: str, db: Database | None) -> tuple[str, list[dict[str, Any
         row = db.get_eval_run(run)
         if row is None:
             raise ValueError(f"no eval run {run} in the database")
-        return f"{row['task']} {row['model']} ({run[:8]})", read_samples(row["results_url"])
+        return f"{row.task} {row.model} ({run[:8]})", read_samples(row.results_url)
     return run, read_samples(run)
 
 
@@ -360,21 +360,21 @@ def eval_list(
 ) -> None:
     """Recent eval runs from the database, one JSON object per line."""
     for row in _database().list_eval_runs(task=task, model=model, limit=limit):
-        typer.echo(json.dumps(row, default=str))
+        typer.echo(json.dumps(row.public(), default=str))
 
 
 @adapters_app.command("list")
 def adapters_list(name: str | None = typer.Option(None, help="Only versions of this adapter.")) -> None:
     """Registered adapters, newest first, one JSON object per line."""
     for row in _database().list_adapters(name=name):
-        typer.echo(json.dumps(row, default=str))
+        typer.echo(json.dumps(row.public(), default=str))
 
 
 @alias_app.command("list")
 def alias_list() -> None:
     """Every alias and its target, one JSON object per line."""
     for row in _database().list_aliases():
-        typer.echo(json.dumps(row, default=str))
+        typer.echo(json.dumps(row.public(), default=str))
 
 
 @alias_app.command("set")
@@ -389,7 +389,7 @@ def alias_set(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(json.dumps(row, default=str))
+    typer.echo(json.dumps(row.public(), default=str))
 
 
 @app.command("promote")

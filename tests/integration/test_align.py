@@ -106,8 +106,8 @@ def test_the_catalog_lists_a_grpo_adapter_of_the_served_base_model(job: dict[str
         (row,) = db.list_adapters(name="welip-arith-grpo")
     finally:
         db.dispose()
-    assert row["kind"] == "grpo"
-    assert row["id"] == "welip-arith-grpo-v1"
-    assert row["base_model_id"] == "smollm2-135m-instruct"
-    assert row["uri"] == job["summary"]["adapter_url"]
-    assert row["mlflow_run_id"] == job["summary"]["mlflow_run_id"]
+    assert row.kind == "grpo"
+    assert row.id == "welip-arith-grpo-v1"
+    assert row.base_model_id == "smollm2-135m-instruct"
+    assert row.uri == job["summary"]["adapter_url"]
+    assert row.mlflow_run_id == job["summary"]["mlflow_run_id"]

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from welip.cli import app
-from welip.store import Database, hash_key
+from welip.store import Database, EvalRunRecord, hash_key
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_eval_compare_prints_difference_and_wins(tmp_path: Path, database_url: s
     db.upgrade()
     row = {"model": "m", "target_kind": "endpoint", "status": "finished", "seed": 1, "rows": 4}
     row.update(scored=4, errors=0, malformed=0, metrics={"em": 0.5}, task="t")
-    db.record_eval_run({**row, "id": "runa", "results_url": str(tmp_path / "a")})
+    db.record_eval_run(EvalRunRecord(**row, id="runa", results_url=str(tmp_path / "a")))
     runner = CliRunner()
     result = runner.invoke(app, ["eval", "compare", "runa", str(tmp_path / "b"), "--json"])
     assert result.exit_code == 0, result.output

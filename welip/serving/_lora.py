@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from welip._compat.ray import DiskMultiplexConfig, global_id_manager
-from welip.store import Database, filesystem
+from welip.store import AdapterRecord, Database, filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +70,12 @@ class CatalogLoraLoader:
         row = await asyncio.to_thread(self._lookup, lora_model_id)
         if row is None:
             raise AdapterNotFound(f"no registered adapter {lora_model_id}")
-        if row["base_model_id"] != llm_config.model_id:
+        if row.base_model_id != llm_config.model_id:
             raise AdapterNotFound(
-                f"adapter {lora_model_id} was trained for {row['base_model_id']}, not {llm_config.model_id}"
+                f"adapter {lora_model_id} was trained for {row.base_model_id}, not {llm_config.model_id}"
             )
-        path = await asyncio.wait_for(asyncio.to_thread(local_adapter_dir, row["uri"]), self._timeout_s)
-        logger.info("adapter %s: %s -> %s", lora_model_id, row["uri"], path)
+        path = await asyncio.wait_for(asyncio.to_thread(local_adapter_dir, row.uri), self._timeout_s)
+        logger.info("adapter %s: %s -> %s", lora_model_id, row.uri, path)
         return DiskMultiplexConfig(
             model_id=lora_model_id,
             max_total_tokens=None,
@@ -83,7 +83,7 @@ class CatalogLoraLoader:
             lora_assigned_int_id=global_id_manager.next(),
         )
 
-    def _lookup(self, adapter_id: str) -> dict[str, Any] | None:
+    def _lookup(self, adapter_id: str) -> AdapterRecord | None:
         if self._database is None:
             self._database = Database()
             self._database.upgrade()

@@ -27,7 +27,7 @@ from typing import Any
 
 from welip.config import load_config
 from welip.evaluation import EndpointTarget, EndpointUnavailable, SuiteConfig, check_endpoint
-from welip.store import Database, use_mlflow
+from welip.store import AdapterRecord, AliasRecord, Database, EvalRunRecord, use_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def promote_candidate(
 
 def _current_model(db: Database, request: PromotionRequest) -> str | None:
     row = db.get_alias(request.alias)
-    current: str | None = row["target"] if row is not None else None
+    current = row.target if row is not None else None
     if current == request.candidate:
         raise PromotionRefused(f"{request.alias} already points at {request.candidate}")
     if current is None and any(r.against_current for r in request.requirements):
@@ -230,7 +230,7 @@ def _check_candidate_served(db: Database, request: PromotionRequest) -> None:
 
 def _evaluate_on_gate(
     model: str, request: PromotionRequest, db: Database, progress: Callable[[str], None]
-) -> dict[str, Any]:
+) -> EvalRunRecord:
     run_id = uuid.uuid4().hex
     progress(f"evaluating {model} on {request.gate} (eval run {run_id})")
     command = [sys.executable, "jobs/evaluate.py", "--config", str(request.gate), *request.overrides]
@@ -260,10 +260,10 @@ def wait_until_routed(endpoint: EndpointTarget, alias: str, model: str, wait_s: 
     return False
 
 
-def set_alias_ungated(db: Database, alias: str, target: str) -> dict[str, Any]:
+def set_alias_ungated(db: Database, alias: str, target: str) -> AliasRecord:
     """Point ``alias`` at ``target`` without a gate (first setup, rollback), and audit it.
 
-    Returns the alias row.
+    Returns the alias's record.
 
     Raises:
         ValueError: ``target`` is itself an alias.
@@ -272,7 +272,7 @@ def set_alias_ungated(db: Database, alias: str, target: str) -> dict[str, Any]:
         raise ValueError(f"{target} is itself an alias; point {alias} at a model")
     user = getpass.getuser()
     row = db.set_alias(alias, target, updated_by=user)
-    detail = {"target": target, "previous": row["previous"]}
+    detail = {"target": target, "previous": row.previous}
     db.write_audit([_cli_audit_record("welip alias set", alias, user, json.dumps(detail))])
     return row
 
@@ -283,20 +283,20 @@ def decide_promotion(
     current: str | None,
     gate: str,
     requirements: list[GateRequirement],
-    candidate_run: dict[str, Any],
-    current_run: dict[str, Any] | None,
+    candidate_run: EvalRunRecord,
+    current_run: EvalRunRecord | None,
 ) -> PromotionDecision:
-    """Check every requirement against the two eval runs (rows of ``eval_runs``)."""
+    """Check every requirement against the two eval runs."""
     decision = PromotionDecision(
         alias=alias,
         candidate=candidate,
         current=current,
         gate=gate,
         requirements=[r.text for r in requirements],
-        candidate_eval_run=candidate_run["id"],
-        current_eval_run=current_run["id"] if current_run else None,
-        candidate_metrics=dict(candidate_run["metrics"]),
-        current_metrics=dict(current_run["metrics"]) if current_run else None,
+        candidate_eval_run=candidate_run.id,
+        current_eval_run=current_run.id if current_run else None,
+        candidate_metrics=_scored(candidate_run),
+        current_metrics=_scored(current_run) if current_run else None,
         decided_at=datetime.now(timezone.utc).isoformat(),
         decided_by=getpass.getuser(),
     )
@@ -312,13 +312,18 @@ def decide_promotion(
     return decision
 
 
-def _run_problems(run: dict[str, Any] | None, who: str) -> list[str]:
+def _scored(run: EvalRunRecord) -> dict[str, float]:
+    # A metric no sample was scored on has no mean: the gate sees it as missing.
+    return {name: mean for name, mean in run.metrics.items() if mean is not None}
+
+
+def _run_problems(run: EvalRunRecord | None, who: str) -> list[str]:
     if run is None:
         return []
-    if run["status"] != "finished":
-        return [f"the {who} model's eval run {run['id']} {run['status']}"]
-    if run["errors"]:
-        return [f"the {who} model's eval run {run['id']} had {run['errors']} failed requests"]
+    if run.status != "finished":
+        return [f"the {who} model's eval run {run.id} {run.status}"]
+    if run.errors:
+        return [f"the {who} model's eval run {run.id} had {run.errors} failed requests"]
     return []
 
 
@@ -355,7 +360,7 @@ def record_promotion(
     )
 
 
-def _log_mlflow(decision: PromotionDecision, experiment: str, adapter: dict[str, Any] | None) -> str:
+def _log_mlflow(decision: PromotionDecision, experiment: str, adapter: AdapterRecord | None) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -377,9 +382,9 @@ def _log_mlflow(decision: PromotionDecision, experiment: str, adapter: dict[str,
         mlflow.log_dict(decision.as_dict(), "decision.json")
     # The candidate's registered MLflow version carries the gate's evidence, and the
     # alias when it passed.
-    version = (adapter or {}).get("lineage", {}).get("mlflow_model_version")
+    version = adapter.lineage.get("mlflow_model_version") if adapter is not None else None
     if adapter is not None and version:
-        name = adapter["name"]
+        name = adapter.name
         client = MlflowClient()
         try:
             client.set_model_version_tag(name, version, f"welip.gate.{decision.alias}", json.dumps(tags))

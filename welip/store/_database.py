@@ -12,8 +12,8 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,81 @@ class KeyRecord:
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRunRecord:
+    """One evaluation job's run: a row of ``eval_runs`` (per-sample results live at ``results_url``)."""
+
+    id: str
+    created_at: datetime = field(default_factory=utcnow)
+    task: str
+    model: str
+    target_kind: str
+    """``endpoint`` or ``batch``."""
+    status: str
+    """``finished`` or ``failed``."""
+    dataset_sha256: str | None = None
+    template_sha256: str | None = None
+    engine_version: str | None = None
+    seed: int
+    rows: int
+    scored: int
+    errors: int
+    """Samples whose request failed for good."""
+    malformed: int
+    metrics: dict[str, float | None]
+    """Metric name -> mean over the scored samples."""
+    results_url: str
+    mlflow_run_id: str | None = None
+    error: str | None = None
+    """Why a failed run failed."""
+
+    def public(self) -> dict[str, Any]:
+        """JSON-ready view (columns in table order, time as ISO text)."""
+        return {**asdict(self), "created_at": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterRecord:
+    """A registered LoRA adapter version: a row of ``adapters``."""
+
+    id: str
+    """The model id clients send: ``<name>-v<version>``."""
+    name: str
+    version: int
+    base_model_id: str
+    uri: str
+    """The adapter's folder: a local path or an ``s3://`` URL."""
+    kind: str
+    """``sft`` or ``grpo``."""
+    mlflow_run_id: str | None
+    lineage: dict[str, Any]
+    """Base model, dataset and config hashes, commit, MLflow model version (free-form JSON)."""
+    created_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        """JSON-ready view (columns in table order, time as ISO text)."""
+        return {**asdict(self), "created_at": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AliasRecord:
+    """A name the gateway routes to another model: a row of ``model_aliases``."""
+
+    alias: str
+    target: str
+    """A served model id or an adapter id."""
+    previous: str | None
+    """The target before the last switch."""
+    updated_at: datetime
+    updated_by: str | None
+    decision: dict[str, Any] | None
+    """The promotion gate that allowed the switch, as recorded (JSON), if any."""
+
+    def public(self) -> dict[str, Any]:
+        """JSON-ready view (columns in table order, time as ISO text)."""
+        return {**asdict(self), "updated_at": self.updated_at.isoformat()}
 
 
 def _engine_url(url: str) -> str:
@@ -309,21 +384,20 @@ class Database:
 
     # -- evaluation runs -----------------------------------------------------------
 
-    def record_eval_run(self, run: dict[str, Any]) -> None:
-        """Insert one ``eval_runs`` row (columns as in the table; ``created_at`` defaults to now)."""
-        row = {"created_at": utcnow(), **run}
+    def record_eval_run(self, run: EvalRunRecord) -> None:
+        """Insert one ``eval_runs`` row."""
         with self.engine.begin() as conn:
-            conn.execute(eval_runs.insert().values(**row))
+            conn.execute(eval_runs.insert().values(**asdict(run)))
 
-    def get_eval_run(self, run_id: str) -> dict[str, Any] | None:
-        """The ``eval_runs`` row with this id, or None."""
+    def get_eval_run(self, run_id: str) -> EvalRunRecord | None:
+        """The eval run with this id, or None."""
         with self.engine.connect() as conn:
             row = conn.execute(eval_runs.select().where(eval_runs.c.id == run_id)).mappings().first()
-        return _eval_row(dict(row)) if row is not None else None
+        return _eval_run_record(row) if row is not None else None
 
     def list_eval_runs(
         self, *, task: str | None = None, model: str | None = None, limit: int = 50
-    ) -> list[dict[str, Any]]:
+    ) -> list[EvalRunRecord]:
         """Eval runs, newest first, optionally of one task or model."""
         query = eval_runs.select().order_by(eval_runs.c.created_at.desc()).limit(limit)
         if task is not None:
@@ -331,7 +405,7 @@ class Database:
         if model is not None:
             query = query.where(eval_runs.c.model == model)
         with self.engine.connect() as conn:
-            return [_eval_row(dict(r)) for r in conn.execute(query).mappings()]
+            return [_eval_run_record(r) for r in conn.execute(query).mappings()]
 
     # -- adapters and aliases --------------------------------------------------------
 
@@ -345,8 +419,8 @@ class Database:
         kind: str,
         mlflow_run_id: str | None,
         lineage: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Add an adapter version; ``version`` None takes the next free one. Returns the row."""
+    ) -> AdapterRecord:
+        """Add an adapter version; ``version`` None takes the next free one. Returns its record."""
         with self.engine.begin() as conn:
             if version is None:
                 latest = conn.execute(
@@ -365,21 +439,21 @@ class Database:
                 "created_at": utcnow(),
             }
             conn.execute(adapters.insert().values(**row))
-        return _dated(row)
+        return _adapter_record(row)
 
-    def get_adapter(self, adapter_id: str) -> dict[str, Any] | None:
+    def get_adapter(self, adapter_id: str) -> AdapterRecord | None:
         """The adapter with this model id (``<name>-v<version>``), or None."""
         with self.engine.connect() as conn:
             row = conn.execute(adapters.select().where(adapters.c.id == adapter_id)).mappings().first()
-        return _dated(dict(row)) if row is not None else None
+        return _adapter_record(row) if row is not None else None
 
-    def list_adapters(self, *, name: str | None = None) -> list[dict[str, Any]]:
+    def list_adapters(self, *, name: str | None = None) -> list[AdapterRecord]:
         """Adapters, newest first, optionally of one name."""
         query = adapters.select().order_by(adapters.c.created_at.desc(), adapters.c.version.desc())
         if name is not None:
             query = query.where(adapters.c.name == name)
         with self.engine.connect() as conn:
-            return [_dated(dict(r)) for r in conn.execute(query).mappings()]
+            return [_adapter_record(r) for r in conn.execute(query).mappings()]
 
     def set_alias(
         self,
@@ -389,8 +463,8 @@ class Database:
         updated_by: str | None = None,
         decision: dict[str, Any] | None = None,
         expect: str | None = None,
-    ) -> dict[str, Any]:
-        """Point ``alias`` at ``target``; returns the row.
+    ) -> AliasRecord:
+        """Point ``alias`` at ``target``; returns its record.
 
         ``expect``: the target the caller saw; if another switch happened since, nothing
         changes and ``ValueError`` is raised (two promotions never overwrite each other
@@ -417,31 +491,33 @@ class Database:
                 conn.execute(model_aliases.insert().values(**row))
             else:
                 conn.execute(model_aliases.update().where(model_aliases.c.alias == alias).values(**row))
-        return _dated(row, "updated_at")
+        return _alias_record(row)
 
-    def get_alias(self, alias: str) -> dict[str, Any] | None:
-        """The alias row, or None."""
+    def get_alias(self, alias: str) -> AliasRecord | None:
+        """The alias, or None."""
         with self.engine.connect() as conn:
             row = (
                 conn.execute(model_aliases.select().where(model_aliases.c.alias == alias)).mappings().first()
             )
-        return _dated(dict(row), "updated_at") if row is not None else None
+        return _alias_record(row) if row is not None else None
 
-    def list_aliases(self) -> list[dict[str, Any]]:
+    def list_aliases(self) -> list[AliasRecord]:
         """Every alias, by name."""
         with self.engine.connect() as conn:
             rows = conn.execute(model_aliases.select().order_by(model_aliases.c.alias)).mappings()
-            return [_dated(dict(r), "updated_at") for r in rows]
+            return [_alias_record(r) for r in rows]
 
 
-def _dated(row: dict[str, Any], column: str = "created_at") -> dict[str, Any]:
-    row[column] = as_utc(row[column]).isoformat()  # type: ignore[union-attr]
-    return row
+def _eval_run_record(row: Mapping[Any, Any]) -> EvalRunRecord:
+    return EvalRunRecord(**{**row, "created_at": as_utc(row["created_at"])})
 
 
-def _eval_row(row: dict[str, Any]) -> dict[str, Any]:
-    row["created_at"] = as_utc(row["created_at"]).isoformat()  # type: ignore[union-attr]
-    return row
+def _adapter_record(row: Mapping[Any, Any]) -> AdapterRecord:
+    return AdapterRecord(**{**row, "created_at": as_utc(row["created_at"])})
+
+
+def _alias_record(row: Mapping[Any, Any]) -> AliasRecord:
+    return AliasRecord(**{**row, "updated_at": as_utc(row["updated_at"])})
 
 
 def _key_record(row: dict[str, Any]) -> KeyRecord:

@@ -18,11 +18,22 @@ from welip.serving import (
     record_promotion,
     set_alias_ungated,
 )
-from welip.store import Database
+from welip.store import Database, EvalRunRecord
 
 
-def _run(run_id: str, status: str = "finished", errors: int = 0, **metrics: float) -> dict[str, Any]:
-    return {"id": run_id, "status": status, "errors": errors, "metrics": metrics}
+def _run(run_id: str, status: str = "finished", errors: int = 0, **metrics: float | None) -> EvalRunRecord:
+    counts = {"seed": 0, "rows": 1, "scored": 1, "malformed": 0}
+    return EvalRunRecord(
+        id=run_id,
+        task="t",
+        model="m",
+        target_kind="endpoint",
+        status=status,
+        errors=errors,
+        metrics=metrics,
+        results_url="/r",
+        **counts,
+    )
 
 
 @pytest.mark.parametrize(
@@ -89,6 +100,8 @@ def test_a_missing_metric_or_a_broken_eval_run_fails_the_gate() -> None:
     assert not missing.promoted and "has no metric acc" in missing.checks[0]
     errored = decide_promotion("p", "c", "d", "g", req, _run("a", errors=3, acc=1.0), _run("b", acc=0.1))
     assert not errored.promoted and "had 3 failed requests" in errored.checks[0]
+    unscored = decide_promotion("p", "c", "d", "g", req, _run("a", acc=None), _run("b", acc=0.1))
+    assert not unscored.promoted and "the candidate's run has no metric acc" in unscored.checks[0]
 
 
 def test_recording_a_pass_switches_the_alias_and_logs_both_runs(tmp_path: Path, monkeypatch: Any) -> None:
@@ -107,8 +120,8 @@ def test_recording_a_pass_switches_the_alias_and_logs_both_runs(tmp_path: Path, 
     )
     run_id = record_promotion(decision, db)
     alias = db.get_alias("prod")
-    assert alias is not None and (alias["target"], alias["previous"]) == ("faq-v2", "faq-v1")
-    assert alias["decision"]["candidate_eval_run"] == "run-a"
+    assert alias is not None and (alias.target, alias.previous) == ("faq-v2", "faq-v1")
+    assert alias.decision is not None and alias.decision["candidate_eval_run"] == "run-a"
     [audit] = db.query_audit(model="prod")
     assert (audit["route"], audit["status"], audit["principal_kind"]) == ("welip promote", 200, "cli")
     assert json.loads(audit["body"])["current_eval_run"] == "run-b"
@@ -132,7 +145,7 @@ def test_a_failed_gate_is_recorded_and_switches_nothing(tmp_path: Path) -> None:
         _run("b", token_f1=0.4),
     )
     assert record_promotion(decision, db, mlflow_experiment=None) is None
-    assert db.get_alias("prod")["target"] == "faq-v1"  # type: ignore[index]
+    assert db.get_alias("prod").target == "faq-v1"  # type: ignore[union-attr]
     [audit] = db.query_audit(model="prod")
     assert (audit["status"], audit["error_code"]) == (412, "gate_failed")
 
@@ -153,7 +166,7 @@ def test_a_switch_made_while_the_gate_ran_is_not_overwritten(tmp_path: Path) -> 
     db.set_alias("prod", "faq-v3")  # someone else, meanwhile
     with pytest.raises(ValueError, match="switched meanwhile"):
         record_promotion(decision, db, mlflow_experiment=None)
-    assert db.get_alias("prod")["target"] == "faq-v3"  # type: ignore[index]
+    assert db.get_alias("prod").target == "faq-v3"  # type: ignore[union-attr]
 
 
 GATE = Path(__file__).resolve().parents[3] / "configs/eval/arithmetic.yaml"
@@ -195,7 +208,7 @@ def test_setting_an_alias_without_a_gate_is_audited_and_never_points_at_an_alias
     db.upgrade()
     set_alias_ungated(db, "prod", "faq-v1")
     row = set_alias_ungated(db, "prod", "faq-v2")
-    assert (row["target"], row["previous"]) == ("faq-v2", "faq-v1")
+    assert (row.target, row.previous) == ("faq-v2", "faq-v1")
     with pytest.raises(ValueError, match="prod is itself an alias"):
         set_alias_ungated(db, "staging", "prod")
     audits = db.query_audit(model="prod")

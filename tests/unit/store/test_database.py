@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from welip.store import Database, hash_key
-from welip.store._schema import metadata
+from welip.store import Database, EvalRunRecord, hash_key
+from welip.store._schema import adapters, eval_runs, metadata, model_aliases
 
 
 def test_migrations_build_exactly_the_declared_schema(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_migration_0002_counts_audit_rows_written_before_it(tmp_path: Path) -> N
 def test_eval_runs_are_recorded_and_listed_newest_first(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/w.db")
     db.upgrade()
-    base = {
+    base: dict[str, Any] = {
         "model": "m",
         "target_kind": "endpoint",
         "status": "finished",
@@ -136,10 +137,35 @@ def test_eval_runs_are_recorded_and_listed_newest_first(tmp_path: Path) -> None:
         "results_url": "s3://b/eval",
     }
     older = datetime.now(timezone.utc) - timedelta(minutes=5)
-    db.record_eval_run({**base, "id": "r1", "task": "a", "metrics": {"em": 0.5}, "created_at": older})
-    db.record_eval_run({**base, "id": "r2", "task": "b", "metrics": {"em": None}, "mlflow_run_id": "ml"})
-    assert [r["id"] for r in db.list_eval_runs()] == ["r2", "r1"]
-    assert [r["id"] for r in db.list_eval_runs(task="a")] == ["r1"]
+    db.record_eval_run(EvalRunRecord(**base, id="r1", task="a", metrics={"em": 0.5}, created_at=older))
+    db.record_eval_run(EvalRunRecord(**base, id="r2", task="b", metrics={"em": None}, mlflow_run_id="ml"))
+    assert [r.id for r in db.list_eval_runs()] == ["r2", "r1"]
+    assert [r.id for r in db.list_eval_runs(task="a")] == ["r1"]
     run = db.get_eval_run("r1")
-    assert run is not None and run["metrics"] == {"em": 0.5} and run["malformed"] == 1
+    assert run is not None and run.metrics == {"em": 0.5} and run.malformed == 1
     assert db.get_eval_run("nope") is None
+    public = run.public()
+    assert list(public) == [c.name for c in eval_runs.columns]
+    assert public["created_at"] == older.isoformat() and public["template_sha256"] is None
+
+
+def test_adapters_and_aliases_come_back_as_records_with_their_json_view(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/w.db")
+    db.upgrade()
+    spec: dict[str, Any] = dict(base_model_id="m", uri="/a", kind="sft", mlflow_run_id=None)
+    first = db.register_adapter(name="faq", version=None, lineage={"commit": "c"}, **spec)
+    second = db.register_adapter(name="faq", version=None, lineage={}, **spec)
+    assert (first.id, first.version, second.id) == ("faq-v1", 1, "faq-v2")
+    assert db.get_adapter("faq-v1") == first and db.get_adapter("faq-v3") is None
+    assert [a.id for a in db.list_adapters(name="faq")] == ["faq-v2", "faq-v1"]
+    public = first.public()
+    assert list(public) == [c.name for c in adapters.columns]
+    assert public["lineage"] == {"commit": "c"} and public["created_at"] == first.created_at.isoformat()
+
+    db.set_alias("prod", "faq-v1")
+    switched = db.set_alias("prod", "faq-v2", updated_by="me", decision={"gate": "g"}, expect="faq-v1")
+    assert (switched.target, switched.previous, switched.decision) == ("faq-v2", "faq-v1", {"gate": "g"})
+    assert db.get_alias("prod") == switched and db.get_alias("nope") is None
+    assert [a.alias for a in db.list_aliases()] == ["prod"]
+    assert list(switched.public()) == [c.name for c in model_aliases.columns]
+    assert switched.public()["updated_at"] == switched.updated_at.isoformat()

@@ -31,7 +31,7 @@ def test_versions_agree_and_a_taken_catalog_version_moves_on(
     assert tags["git_commit"] == "abc123" and len(tags["config_sha256"]) == 64
     run_id, _ = start_mlflow_run(CFG, "faq-run", tags)
     first = register_adapter(CFG, "/a/1", kind="sft", mlflow_run_id=run_id, tags=tags, db=db)
-    assert first["id"] == "faq-v1" and first["lineage"]["mlflow_model_version"] == "1"
+    assert first.id == "faq-v1" and first.lineage["mlflow_model_version"] == "1"
     client = MlflowClient()
     assert client.get_model_version("faq", "1").source == "/a/1"
 
@@ -40,7 +40,7 @@ def test_versions_agree_and_a_taken_catalog_version_moves_on(
         name="faq", version=2, base_model_id="m", uri="/elsewhere", kind="sft", mlflow_run_id=None, lineage={}
     )
     second = register_adapter(CFG, "/a/2", kind="sft", mlflow_run_id=run_id, tags=tags, db=db)
-    assert second["id"] == "faq-v3" and second["lineage"]["mlflow_model_version"] == "2"
+    assert second.id == "faq-v3" and second.lineage["mlflow_model_version"] == "2"
     assert client.get_model_version("faq", "2").tags["welip.model_id"] == "faq-v3"
 
 
@@ -50,4 +50,4 @@ def test_without_mlflow_the_catalog_numbers_versions(tmp_path: Path) -> None:
     rows = [
         register_adapter(CFG, f"/a/{i}", kind="sft", mlflow_run_id=None, tags={}, db=db) for i in range(2)
     ]
-    assert [r["id"] for r in rows] == ["faq-v1", "faq-v2"]
+    assert [r.id for r in rows] == ["faq-v1", "faq-v2"]
