@@ -13,8 +13,8 @@ chunk, embed and write the same documents with the same settings (``configs/rag/
 chunk size, overlap, embedding model, batch size) into a fresh LanceDB table, and build its
 full-text index:
 
-* ``welip``: ``jobs/ingest.py``'s ``main(cfg)`` in a fresh process on a private local Ray
-  (``ray.init(address="local", num_cpus=8)``, as ``make run`` starts one; its own
+* ``welip``: ``welip.rag.ingest(cfg)`` (what ``jobs/ingest.py`` runs) in a fresh process on a
+  private local Ray (``ray.init(address="local", num_cpus=8)``, as ``make run`` starts one; its own
   ``RAY_TMPDIR``), so it neither joins nor disturbs a cluster someone else runs here. Ray Data
   reads and chunks with ``flat_map`` tasks and embeds on ``embed_concurrency`` actors of
   ``embed_num_cpus`` each (torch then runs one thread per actor); the driver adds the rows.
@@ -58,7 +58,7 @@ DOCS = REPO / "data" / "docs"
 INGEST_CONFIG = REPO / "configs" / "rag" / "welip_docs.yaml"
 RESULT = "BENCH_RESULT "
 RUN_TIMEOUT_S = 1800
-ADD_BATCH_ROWS = 4096  # as jobs/ingest.py
+ADD_BATCH_ROWS = 4096  # as welip.rag.ingest
 SIDES = ("plain", "welip")
 
 
@@ -112,22 +112,17 @@ def plain_ingest(spec_path: str) -> None:
 
 
 def welip_ingest(spec_path: str) -> None:
-    """WeLIP's job: ``jobs/ingest.py``'s ``main`` on a private local Ray; prints one result line."""
-    import importlib.util
-
+    """WeLIP's job: ``welip.rag.ingest`` (what ``jobs/ingest.py`` runs) on a private local Ray;
+    prints one result line."""
     import ray
 
     from welip.config import load_config
-    from welip.rag import IngestConfig
+    from welip.rag import IngestConfig, ingest
 
     spec = json.loads(Path(spec_path).read_text())
-    module_spec = importlib.util.spec_from_file_location("welip_jobs_ingest", REPO / "jobs" / "ingest.py")
-    assert module_spec is not None and module_spec.loader is not None
-    job = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(job)
     cfg = load_config(IngestConfig, spec["config"], spec["overrides"])
     ray.init(address="local", num_cpus=8, include_dashboard=False)
-    summary = job.main(cfg)
+    summary = ingest(cfg)
     result = {
         "documents": summary["documents"],
         "chunks": summary["chunks"],

@@ -1,9 +1,10 @@
 """RAG ingestion on the session's Ray cluster: the real embedding model, real Ray Data, LanceDB.
 
-``jobs/ingest.py``'s ``main`` runs in this process on the session's cluster (as ``ray job
-submit`` would run it there), on the shipped documents, into a table in a temporary
-folder, then with documents and table on S3 (moto). Questions are embedded through the
-session gateway's ``/v1/embeddings`` (the same model, served), as the RAG agent does.
+``welip.rag.ingest`` (what ``jobs/ingest.py`` runs) runs in this process on the session's
+cluster (as ``ray job submit`` would run it there), on the shipped documents, into a table
+in a temporary folder, then with documents and table on S3 (moto). Questions are embedded
+through the session gateway's ``/v1/embeddings`` (the same model, served), as the RAG
+agent does.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.integration.conftest import ADMIN_KEY, EMBEDDING_MODEL, load_job
+from tests.integration.conftest import ADMIN_KEY, EMBEDDING_MODEL
 from welip.config import load_config
 from welip.rag import (
     GatewayEmbeddings,
     IngestConfig,
     Retriever,
     VectorStore,
+    ingest,
     list_documents,
 )
 
@@ -37,9 +39,6 @@ QUESTIONS = {
     "How are LoRA adapters hot-loaded into the running engine?": "adapters-and-promotion.md",
     "What happens to audit rows while the database is unreachable?": "audit-and-usage.md",
 }
-
-
-JOB = load_job("ingest")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def config(*overrides: str) -> IngestConfig:
 
 @pytest.fixture(scope="module")
 def first_run(storage: Path) -> dict[str, Any]:
-    return JOB.main(config(f"storage_url={storage}/rag"))
+    return ingest(config(f"storage_url={storage}/rag"))
 
 
 def retrieve(store: VectorStore, embeddings: GatewayEmbeddings, question: str) -> list[str]:
@@ -82,11 +81,11 @@ def test_ingest_embeds_every_shipped_document_into_the_table(
     assert store.count() == first_run["rows"]
     assert store.embedding_model == "all-minilm-l6-v2" and store.dimensions == 384
     sources = set(store.rows(["source"])["source"])
-    assert sources == {d["source"] for d in shipped}, "every document, the PDF and the text file included"
+    assert sources == {d.source for d in shipped}, "every document, the PDF and the text file included"
 
 
 def test_rerun_adds_nothing(first_run: dict[str, Any], storage: Path) -> None:
-    again = JOB.main(config(f"storage_url={storage}/rag"))
+    again = ingest(config(f"storage_url={storage}/rag"))
     assert (again["new_chunks"], again["deleted_chunks"]) == (0, 0)
     assert again["skipped_chunks"] == first_run["chunks"]
     assert again["rows"] == first_run["rows"]
@@ -108,11 +107,11 @@ def test_an_edited_and_a_removed_document_replace_their_chunks(
     for path in DOCS.iterdir():
         (docs / path.name).write_bytes(path.read_bytes())
     url = f"{tmp_path}/rag"
-    base = JOB.main(config(f"documents={docs}", f"storage_url={url}"))
+    base = ingest(config(f"documents={docs}", f"storage_url={url}"))
     (docs / "kuberay.md").unlink()
     with (docs / "guardrails.md").open("a") as f:
         f.write("\n## Bank accounts\n\nThe quokka guardrail blocks IBAN account numbers in prompts.\n")
-    changed = JOB.main(config(f"documents={docs}", f"storage_url={url}"))
+    changed = ingest(config(f"documents={docs}", f"storage_url={url}"))
     assert changed["new_chunks"] == 1
     assert changed["deleted_chunks"] > 0
     assert changed["rows"] == base["rows"] + 1 - changed["deleted_chunks"]
@@ -129,13 +128,13 @@ def test_documents_and_table_on_s3(
     for path in DOCS.iterdir():
         s3.put_object(Bucket="welip-rag", Key=f"docs/{path.name}", Body=path.read_bytes())
     overrides = ["documents=s3://welip-rag/docs", "storage_url=s3://welip-rag/rag"]
-    summary = JOB.main(config(*overrides))
+    summary = ingest(config(*overrides))
     assert summary["failed_documents"] == {}
     assert summary["rows"] == first_run["rows"]
     # The same documents give the same chunks wherever they are read from.
     on_s3 = VectorStore.open("welip_docs", "s3://welip-rag/rag")
     assert on_s3.content_hashes() == VectorStore.open("welip_docs", f"{storage}/rag").content_hashes()
-    assert JOB.main(config(*overrides))["new_chunks"] == 0
+    assert ingest(config(*overrides))["new_chunks"] == 0
     question, source = next(iter(QUESTIONS.items()))
     assert retrieve(on_s3, embeddings, question)[0] == source
     listed = s3.list_objects_v2(Bucket="welip-rag", Prefix="rag/welip_docs.lance/")

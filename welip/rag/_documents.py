@@ -44,6 +44,16 @@ class Chunk:
     """sha256 of the whole document's bytes."""
 
 
+@dataclass(frozen=True)
+class DocumentFile:
+    """One listed document: where every worker reads it, and the name its chunks carry."""
+
+    url: str
+    """Absolute local path or ``s3://`` URL."""
+    source: str
+    """Path relative to the documents root (``/``-separated): ``guides/serving.md``."""
+
+
 def content_hash(source: str, text: str) -> str:
     """The sha256 (hex) identifying a chunk: its document's relative path and its text."""
     return hashlib.sha256(f"{source}\x00{text}".encode()).hexdigest()
@@ -60,11 +70,10 @@ def resolve_documents(documents: str) -> str:
     return str(Path(documents).expanduser().resolve())
 
 
-def list_documents(documents: str, include: Sequence[str]) -> list[dict[str, str]]:
-    """Every file under ``documents`` matching one of ``include``, as ``{"url", "source"}``.
+def list_documents(documents: str, include: Sequence[str]) -> list[DocumentFile]:
+    """Every file under ``documents`` matching one of ``include``, in the order of their ``source``.
 
-    ``source`` is the path relative to ``documents`` (``/``-separated), the order is by
-    source. Hidden files and folders (``.git``, ``.DS_Store``) are skipped.
+    Hidden files and folders (``.git``, ``.DS_Store``) are skipped.
 
     Raises:
         FileNotFoundError: ``documents`` is not a folder.
@@ -74,7 +83,7 @@ def list_documents(documents: str, include: Sequence[str]) -> list[dict[str, str
     root = root.rstrip("/")
     if not fs.isdir(root):
         raise FileNotFoundError(f"documents {documents!r}: {root_url} is not a folder")
-    found = []
+    found: list[DocumentFile] = []
     for path in fs.find(root):
         relative = str(path)[len(root) :].lstrip("/")
         parts = PurePosixPath(relative).parts
@@ -82,8 +91,8 @@ def list_documents(documents: str, include: Sequence[str]) -> list[dict[str, str
             continue
         if any(PurePosixPath(relative).match(pattern) for pattern in include):
             url = f"s3://{path}" if root_url.startswith("s3://") else str(path)
-            found.append({"url": url, "source": relative})
-    return sorted(found, key=lambda d: d["source"])
+            found.append(DocumentFile(url=url, source=relative))
+    return sorted(found, key=lambda d: d.source)
 
 
 def document_text(source: str, data: bytes) -> str:
@@ -134,17 +143,17 @@ def chunk_document(
 
 
 def read_chunks(
-    document: dict[str, str], *, chunk_size_chars: int, chunk_overlap_chars: int
+    document: DocumentFile, *, chunk_size_chars: int, chunk_overlap_chars: int
 ) -> list[dict[str, Any]]:
-    """Read and chunk one listed document (``{"url", "source"}``): Ray Data's ``flat_map`` step.
+    """Read and chunk one listed document: the rows of Ray Data's ``flat_map`` step of ingestion.
 
-    Every row has an ``error`` field: empty, or, for a document that cannot be read or
-    parsed, the reason, on a single row with no text, so the job reports it instead of
-    stopping or losing it silently.
+    Each row is a :class:`Chunk`'s fields and an ``error`` field: empty, or, for a
+    document that cannot be read or parsed, the reason, on a single row with no text, so
+    the job reports it instead of stopping or losing it silently.
     """
-    source = document["source"]
+    source = document.source
     try:
-        data = read_bytes(document["url"])
+        data = read_bytes(document.url)
         doc_hash = hashlib.sha256(data).hexdigest()
         text = document_text(source, data)
     except Exception as exc:  # noqa: BLE001 - one bad document must not stop the others

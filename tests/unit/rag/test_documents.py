@@ -11,6 +11,7 @@ import pytest
 
 from welip.config import load_config
 from welip.rag import (
+    DocumentFile,
     IngestConfig,
     chunk_document,
     content_hash,
@@ -114,10 +115,10 @@ def test_listing_matches_globs_skips_hidden_files_and_sorts(tmp_path: Path) -> N
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     found = list_documents(str(tmp_path), INCLUDE)
-    assert [d["source"] for d in found] == ["a.txt", "b.md", "guides/d.pdf", "guides/deep/c.md"]
-    assert found[0]["url"] == str(tmp_path / "a.txt")
-    assert [d["source"] for d in list_documents(str(tmp_path), ["guides/*.md"])] == []
-    assert [d["source"] for d in list_documents(str(tmp_path), ["deep/*.md"])] == ["guides/deep/c.md"]
+    assert [d.source for d in found] == ["a.txt", "b.md", "guides/d.pdf", "guides/deep/c.md"]
+    assert found[0].url == str(tmp_path / "a.txt")
+    assert [d.source for d in list_documents(str(tmp_path), ["guides/*.md"])] == []
+    assert [d.source for d in list_documents(str(tmp_path), ["deep/*.md"])] == ["guides/deep/c.md"]
 
 
 def test_relative_documents_resolve_against_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,8 +140,8 @@ def test_documents_are_listed_and_read_from_s3(s3_endpoint: str) -> None:
     s3.put_object(Bucket="docs-bucket", Key="welip/image.png", Body=b"\x89PNG")
     found = list_documents("s3://docs-bucket/welip/", INCLUDE)
     assert found == [
-        {"url": "s3://docs-bucket/welip/guide.md", "source": "guide.md"},
-        {"url": "s3://docs-bucket/welip/sub/faq.txt", "source": "sub/faq.txt"},
+        DocumentFile(url="s3://docs-bucket/welip/guide.md", source="guide.md"),
+        DocumentFile(url="s3://docs-bucket/welip/sub/faq.txt", source="sub/faq.txt"),
     ]
     rows = read_chunks(found[0], chunk_size_chars=1000, chunk_overlap_chars=100)
     assert [r["title"] for r in rows] == ["Serving", "Rate limits", "Guardrails"]
@@ -157,7 +158,7 @@ def test_pdf_text_is_extracted() -> None:
 def test_an_unreadable_document_becomes_one_error_row_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     rows = read_chunks(
-        {"url": str(tmp_path / "broken.pdf"), "source": "broken.pdf"},
+        DocumentFile(url=str(tmp_path / "broken.pdf"), source="broken.pdf"),
         chunk_size_chars=1000,
         chunk_overlap_chars=0,
     )
@@ -170,7 +171,7 @@ def test_shipped_docs_describe_welip_in_markdown_text_and_pdf(monkeypatch: pytes
     monkeypatch.chdir(REPO_ROOT)
     cfg = load_config(IngestConfig, REPO_ROOT / "configs" / "rag" / "welip_docs.yaml")
     found = list_documents(cfg.documents, cfg.include)
-    suffixes = [Path(d["source"]).suffix for d in found]
+    suffixes = [Path(d.source).suffix for d in found]
     assert 10 <= suffixes.count(".md") <= 20
     assert ".txt" in suffixes and ".pdf" in suffixes
     assert (DOCS / "architecture.pdf").stat().st_size < 20_000
@@ -182,5 +183,5 @@ def test_shipped_docs_describe_welip_in_markdown_text_and_pdf(monkeypatch: pytes
         )
     ]
     assert all(r["error"] == "" and r["text"] for r in rows)
-    assert {r["source"] for r in rows} == {d["source"] for d in found}
+    assert {r["source"] for r in rows} == {d.source for d in found}
     assert all(len(r["text"]) <= cfg.chunk_size_chars for r in rows)
