@@ -204,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = RESULTS_DIR / f"evaluate-{stamp}"
     model = "smollm2-135m-instruct"
     servers = [serving_bench.welip_server("welip", CONFIG, BASE_URL, {})]
+    if args.dry_run:
+        data, task_dir = Path("<work>/arithmetic-x.jsonl"), Path("<work>/lm_eval_tasks")
+    else:
+        if not Path(args.lm_eval).exists():
+            raise SystemExit(f"{args.lm_eval} not found: run `make bench-eval` (it creates .venv-lmeval)")
+        serving_bench.check_machine_is_free(servers)
+        work_dir.mkdir(parents=True)
+        data, task_dir, _ = write_inputs(work_dir, args.repeat)
     high = 2 * args.concurrency
     contenders = {
         "welip": lambda out: welip_command(data, out, args.concurrency, model),
@@ -220,15 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         (f"welip-c{high}", f"lm-eval-c{high}"),
     ]
     if args.dry_run:
-        data, task_dir = Path("<work>/arithmetic-x.jsonl"), Path("<work>/lm_eval_tasks")
         for name, make in contenders.items():
             print(f"{name}: {make(Path('<out>')).shell()}")
         return 0
-    if not Path(args.lm_eval).exists():
-        raise SystemExit(f"{args.lm_eval} not found: run `make bench-eval` (it creates .venv-lmeval)")
-    serving_bench.check_machine_is_free(servers)
-    work_dir.mkdir(parents=True)
-    data, task_dir, _ = write_inputs(work_dir, args.repeat)
     n_docs = sum(1 for _ in data.open())
     log_path = work_dir / "runs.log"
     runs: list[dict[str, Any]] = []
