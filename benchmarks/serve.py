@@ -5,15 +5,30 @@
     python benchmarks/serve.py --order bare,welip,welip-traced   # tracing on vs off
     python benchmarks/serve.py --only welip --env RAY_SERVE_THROUGHPUT_OPTIMIZED=1 --label tput-opt
     python benchmarks/serve.py --dry-run                 # print the commands, start nothing
+    python benchmarks/serve.py --baseline-tree /tmp/welip-base   # before/after, see below
 
 Four servers: ``bare`` (``vllm serve``), ``welip`` (``--config``, the open local stack),
 ``welip-traced`` (the same with tracing on) and ``welip-secure`` (``--secure-config``:
 auth, limits, audit, guardrails on). The default order leaves ``welip-traced`` out.
 
-The secure server uses the database and Redis named by ``WELIP_DATABASE_URL`` /
-``WELIP_REDIS_URL``; the load is sent with an API key made for the run, whose limits
-are too high to trigger, and after the run its audit rows are counted against the
-requests sent.
+Before/after a change, in the same run: ``--baseline-tree DIR`` names another source
+tree of this repository (``git worktree add /tmp/welip-base <rev>``) and adds two
+servers, ``welip@base`` and ``welip-secure@base``: the same two WeLIP servers run from
+that tree. Their ``ray start`` and ``serve run`` run in DIR with DIR first on
+``PYTHONPATH`` (ahead of the venv's editable install of this tree), so Ray's processes
+import ``welip`` and ``deployments`` from DIR, and ``serve run`` reads DIR's copy of
+``--config`` / ``--secure-config``; the venv, vLLM, Ray and the load generator are
+shared. The script checks, with the servers' environment, that ``welip`` and
+``deployments`` import from DIR before it starts anything (``--dry-run`` too). Its
+default order is then ``bare,welip@base,welip,welip-secure@base,welip-secure``, and the
+ratios add each tree's all-on / all-off (``welip-secure@base / welip@base``), each
+server / bare, and after / before per server (``welip / welip@base``,
+``welip-secure / welip-secure@base``).
+
+The secure servers use the database and Redis named by ``WELIP_DATABASE_URL`` /
+``WELIP_REDIS_URL``; each one's load is sent with an API key made for it (this tree's
+``welip.store`` creates it), whose limits are too high to trigger, and after the run
+its audit rows are counted against the requests sent.
 
 The traced server starts a Phoenix (``.venv-phoenix``, ``make .venv-phoenix/bin/phoenix``)
 on loopback before its ``ray start``, with a working directory in the run's results
@@ -74,8 +89,28 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 VLLM_CLI = [sys.executable, "benchmarks/_vllm_cli.py"]
 GATEWAY_IMPORT_PATH = "deployments.gateway:build_app"
-SERVERS = ("bare", "welip", "welip-traced", "welip-secure")
+GATEWAY_MODULE = Path("deployments/gateway.py")
+SERVERS = ("bare", "welip", "welip-traced", "welip-secure", "welip@base", "welip-secure@base")
 DEFAULT_ORDER = ("bare", "welip", "welip-secure")
+# The servers run from --baseline-tree, and the default order with one: the trees
+# alternate, so drift over the run does not land on one tree.
+BASE_SERVERS = ("welip@base", "welip-secure@base")
+BASELINE_ORDER = ("bare", "welip@base", "welip", "welip-secure@base", "welip-secure")
+SECURE_SERVERS = ("welip-secure", "welip-secure@base")
+# The ratios reported (numerator / denominator), each where both servers ran.
+RATIOS = (
+    ("welip", "bare"),
+    ("welip-traced", "bare"),
+    ("welip-secure", "bare"),
+    ("welip-traced", "welip"),
+    ("welip-secure", "welip"),
+    ("welip@base", "bare"),
+    ("welip-secure@base", "bare"),
+    ("welip-secure@base", "welip@base"),
+    # After / before: this tree's server over the same server run from --baseline-tree.
+    ("welip", "welip@base"),
+    ("welip-secure", "welip-secure@base"),
+)
 BARE_HOST, BARE_PORT = "127.0.0.1", 8100
 PHOENIX_BIN = REPO / ".venv-phoenix" / "bin" / "phoenix"
 # Off Phoenix's defaults (6006, 4317), which `make phoenix` may be holding.
@@ -98,20 +133,23 @@ BENCH_TIMEOUT_S = 1800
 
 @dataclass(frozen=True)
 class Command:
-    """A command line, the variables it drops from our environment, those it adds; runs in the repo root."""
+    """A command line, the variables it drops from our environment, those it adds, where it runs."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     unset: tuple[str, ...] = ()
+    cwd: Path = REPO
 
     def shell(self) -> str:
-        """The command as one would type it (for ``--dry-run`` and logs)."""
+        """The command as one would type it in the repo root (for ``--dry-run`` and logs)."""
         unset = ["env", *(f"-u {name}" for name in self.unset)] if self.unset else []
         assign = [
             f"{key}={'***' if key.endswith('_KEY') else shlex.quote(value)}"
             for key, value in self.env.items()
         ]
-        return " ".join([*unset, *assign, shlex.join(self.argv)])
+        line = " ".join([*unset, *assign, shlex.join(self.argv)])
+        # A subshell, so the lines after it still run in the repo root.
+        return line if self.cwd == REPO else f"(cd {shlex.quote(str(self.cwd))} && {line})"
 
 
 @dataclass(frozen=True)
@@ -166,27 +204,21 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work_dir = RESULTS_DIR / f"serve-{stamp}"
     order = [args.only] if args.only else args.order
-    secure_env = dict(args.env)
-    bench_key: tuple[str, str] = ("", "")
-    if "welip-secure" in order and not args.dry_run:
-        bench_key = create_bench_key()
-        secure_env.setdefault("WELIP_ADMIN_KEY", "wlp_bench-admin-" + os.urandom(16).hex())
-
-    servers = {
-        "bare": bare_server(model, model_dir),
-        "welip": welip_server("welip", args.config, welip_url, dict(args.env)),
-        "welip-traced": welip_traced_server(args.config, welip_url, dict(args.env), work_dir),
-        "welip-secure": welip_server(
-            "welip-secure", args.secure_config, secure_url, secure_env, {"OPENAI_API_KEY": bench_key[1]}
-        ),
-    }
+    # One key per secure server: each one's audit rows are counted apart.
+    bench_keys: dict[str, tuple[str, str]] = {}
+    if not args.dry_run:
+        bench_keys = {name: create_bench_key(name) for name in SECURE_SERVERS if name in order}
+    servers = build_servers(args, model, model_dir, welip_url, secure_url, work_dir, bench_keys)
+    imports = [
+        check_tree_imports(servers[name], args.baseline_tree) for name in order if name in BASE_SERVERS
+    ]
     sessions = [
         (servers[name], bench_runs(args, servers[name], model, model_dir, work_dir, round_no))
         for round_no in range(1, args.rounds + 1)
         for name in order
     ]
     if args.dry_run:
-        print_plan(sessions)
+        print_plan(sessions, args.baseline_tree, imports)
         return 0
 
     check_machine_is_free([servers[name] for name in order])
@@ -195,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     work_dir.mkdir(parents=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on SIGTERM too
     print(f"model {model.model_id} ({model_dir}); logs and raw results in {work_dir}")
+    if args.baseline_tree:
+        base = args.baseline_tree
+        print(f"this tree {REPO} at {tree_commit(REPO)}; base tree {base} at {tree_commit(base)}")
+        print("\n".join(imports))
 
     runs: list[dict[str, Any]] = []
     spans: dict[str, Any] = {}
@@ -211,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         error = str(exc)
 
     summary = summarize(runs, order)
-    if bench_key[0]:
-        summary["secure_audit"] = count_audit(bench_key[0], runs)
+    if bench_keys:
+        summary["secure_audit"] = {
+            name: count_audit(key_id, runs, name) for name, (key_id, _) in bench_keys.items()
+        }
     if spans:
         summary["traced_spans"] = spans
     print_table(summary, args.label)
@@ -259,9 +297,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--order",
         type=_order,
-        default=list(DEFAULT_ORDER),
         help="Servers and their order, e.g. welip,bare (default bare,welip,welip-secure; "
-        "the fourth is welip-traced).",
+        "also welip-traced; with --baseline-tree also welip@base and welip-secure@base, and "
+        "the default bare,welip@base,welip,welip-secure@base,welip-secure).",
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        metavar="DIR",
+        help="Another source tree of this repository (git worktree add DIR <rev>): adds the "
+        "servers welip@base and welip-secure@base, run from DIR with its configs.",
     )
     parser.add_argument("--only", choices=SERVERS, help="Benchmark one server only.")
     parser.add_argument(
@@ -280,6 +325,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("config", "secure_config"):
         if not getattr(args, name).is_absolute():
             setattr(args, name, REPO / getattr(args, name))
+    if args.baseline_tree:
+        args.baseline_tree = args.baseline_tree.resolve()
+        if args.baseline_tree == REPO or not (args.baseline_tree / GATEWAY_MODULE).is_file():
+            parser.error(f"--baseline-tree {args.baseline_tree}: not another tree of this repository")
+    if args.order is None:
+        args.order = list(BASELINE_ORDER if args.baseline_tree else DEFAULT_ORDER)
+    named = [args.only] if args.only else args.order
+    if not args.baseline_tree and set(named) & set(BASE_SERVERS):
+        parser.error(f"{', '.join(BASE_SERVERS)} need --baseline-tree")
     return args
 
 
@@ -310,18 +364,89 @@ def load_serving(config_path: Path) -> tuple[ServingConfig, str]:
     # which --help does not need.
     from welip.gateway import ServingConfig
 
+    doc, app = _gateway_app(config_path)
+    serving = ServingConfig.model_validate(app.get("args", {}))
+    if len(serving.models) > 1:
+        print(f"{config_path} serves {len(serving.models)} models; benchmarking the first only")
+    return serving, _base_url(doc, app)
+
+
+def load_baseline_url(base_config: Path, config: Path) -> str:
+    """The base URL of ``base_config`` (from ``--baseline-tree``), which must serve ``config``'s model.
+
+    Read as plain YAML: the base tree's configs follow that tree's schema, which this
+    tree's :class:`ServingConfig` may no longer accept (and need not: the base tree's
+    ``serve run`` validates them).
+    """
+    if not base_config.is_file():
+        raise SystemExit(f"{base_config} is missing: the base tree needs its own copy of {config.name}")
+    base_doc, base_app = _gateway_app(base_config)
+    base_model, model = _first_model(base_app), _first_model(_gateway_app(config)[1])
+    if base_model.get("model_id") != model.get("model_id"):
+        raise SystemExit(f"{base_config} and {config} must serve the same first model")
+    if base_model != model:
+        model_id = model.get("model_id")
+        print(f"note: {base_config} configures {model_id} unlike {config}; after / before measures that too")
+    return _base_url(base_doc, base_app)
+
+
+def _gateway_app(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Serve config (free-form YAML) and its one gateway application."""
     doc = yaml.safe_load(config_path.read_text())
     apps = [app for app in doc.get("applications", []) if app.get("import_path") == GATEWAY_IMPORT_PATH]
     if len(apps) != 1:
         raise SystemExit(f"{config_path}: expected one application with import_path {GATEWAY_IMPORT_PATH}")
-    serving = ServingConfig.model_validate(apps[0].get("args", {}))
-    if len(serving.models) > 1:
-        print(f"{config_path} serves {len(serving.models)} models; benchmarking the first only")
+    return doc, apps[0]
+
+
+def _first_model(app: dict[str, Any]) -> dict[str, Any]:
+    models: list[dict[str, Any]] = app.get("args", {}).get("models") or [{}]
+    return models[0]
+
+
+def _base_url(doc: dict[str, Any], app: dict[str, Any]) -> str:
     http_options = doc.get("http_options", {})
     host = http_options.get("host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    prefix = apps[0].get("route_prefix", "/").rstrip("/")
-    return serving, f"http://{host}:{http_options.get('port', 8000)}{prefix}"
+    prefix = app.get("route_prefix", "/").rstrip("/")
+    return f"http://{host}:{http_options.get('port', 8000)}{prefix}"
+
+
+def build_servers(
+    args: argparse.Namespace,
+    model: ModelConfig,
+    model_dir: str,
+    welip_url: str,
+    secure_url: str,
+    work_dir: Path,
+    bench_keys: dict[str, tuple[str, str]],
+) -> dict[str, Server]:
+    """Every server this run can start, by name; ``bench_keys``: the secure servers' (id, key)."""
+    secure_env = dict(args.env)
+    if bench_keys:
+        secure_env.setdefault("WELIP_ADMIN_KEY", "wlp_bench-admin-" + os.urandom(16).hex())
+
+    def key_env(name: str) -> dict[str, str]:
+        return {"OPENAI_API_KEY": bench_keys.get(name, ("", ""))[1]}
+
+    servers = {
+        "bare": bare_server(model, model_dir),
+        "welip": welip_server("welip", args.config, welip_url, dict(args.env)),
+        "welip-traced": welip_traced_server(args.config, welip_url, dict(args.env), work_dir),
+        "welip-secure": welip_server(
+            "welip-secure", args.secure_config, secure_url, secure_env, key_env("welip-secure")
+        ),
+    }
+    if args.baseline_tree:
+        servers |= baseline_servers(
+            args.baseline_tree,
+            args.config,
+            args.secure_config,
+            dict(args.env),
+            secure_env,
+            key_env("welip-secure@base"),
+        )
+    return servers
 
 
 def bare_server(model: ModelConfig, model_dir: str) -> Server:
@@ -358,31 +483,29 @@ def _flags(options: dict[str, str]) -> list[str]:
     return [part for option, value in options.items() for part in (option, value)]
 
 
-def create_bench_key() -> tuple[str, str]:
-    """An API key for the load (limits far above what it sends), in the secure server's database."""
-    from welip.store import Database
+def create_bench_key(server: str) -> tuple[str, str]:
+    """An API key for ``server``'s load (limits far above what it sends), in the secure servers' database."""
+    from welip.store import Database, KeyStore
 
     database = Database()
     database.upgrade()
-    record, key = database.create_key(
+    record, key = KeyStore(database).create_key(
         name=f"bench-{time.strftime('%Y%m%d-%H%M%S')}", role="user", rpm=10_000_000, tpm=10_000_000_000
     )
-    print(f"welip-secure: load sent as key {record.id} ({database.engine.dialect.name} database)")
+    print(f"{server}: load sent as key {record.id} ({database.engine.dialect.name} database)")
     database.dispose()
     return record.id, key
 
 
-def count_audit(key_id: str, runs: list[dict[str, Any]]) -> dict[str, int]:
-    """Audit rows the secure server wrote for the bench key, and the requests it was sent."""
-    from welip.store import Database
+def count_audit(key_id: str, runs: list[dict[str, Any]], server: str) -> dict[str, int]:
+    """Audit rows written for ``server``'s bench key, and the requests ``server`` was sent."""
+    from welip.store import AuditStore, Database
 
     database = Database()
-    rows = database.usage()
+    rows = AuditStore(database).usage()
     database.dispose()
     recorded = sum(int(r["requests"]) for r in rows if r["key_id"] == key_id)
-    sent = sum(
-        r["result"]["completed"] + r["result"]["failed"] for r in runs if r["server"] == "welip-secure"
-    )
+    sent = sum(r["result"]["completed"] + r["result"]["failed"] for r in runs if r["server"] == server)
     return {"requests_sent": sent, "audit_rows": recorded}
 
 
@@ -393,12 +516,19 @@ def welip_server(
     extra_env: dict[str, str],
     client_env: dict[str, str] | None = None,
     unset: tuple[str, ...] = (),
+    tree: Path = REPO,
 ) -> Server:
     """A fresh local Ray cluster running ``serve run <config>``, tracing off unless ``extra_env`` sets it.
 
     ``unset``: variables to drop from our environment besides every ``OTEL_*`` one.
+    ``tree``: the source tree it runs from; another than this one runs ``ray start`` and
+    ``serve run`` in it, first on ``PYTHONPATH``, so every Ray process imports its code.
     """
-    config = str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path)
+    config = str(config_path.relative_to(tree)) if config_path.is_relative_to(tree) else str(config_path)
+    if tree != REPO:
+        # Ray's workers inherit it from `ray start`; `serve run` adds its directory too.
+        inherited = extra_env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        extra_env = {**extra_env, "PYTHONPATH": os.pathsep.join(filter(None, (str(tree), inherited)))}
     # Ray's processes inherit the environment of `ray start` and `serve run`: an OTLP
     # endpoint left in this shell would turn tracing on where it is meant to be off.
     unset = tuple(sorted(name for name in {*_inherited("OTEL_"), *unset} if name not in extra_env))
@@ -408,6 +538,7 @@ def welip_server(
         ["ray", "start", "--head", "--port", "6390", "--num-cpus", "8", "--disable-usage-stats"],
         extra_env,
         unset,
+        tree,
     )
     teardown = [Command(["serve", "shutdown", "-y"]), Command(["ray", "stop", "--force"])]
     return Server(
@@ -415,10 +546,69 @@ def welip_server(
         base_url,
         f"{base_url}/ready",
         [ray_start],
-        Command(["serve", "run", config], extra_env, unset),
+        Command(["serve", "run", config], extra_env, unset, tree),
         teardown,
         client_env or {},
     )
+
+
+def baseline_servers(
+    tree: Path,
+    config: Path,
+    secure_config: Path,
+    extra_env: dict[str, str],
+    secure_env: dict[str, str],
+    secure_client_env: dict[str, str],
+) -> dict[str, Server]:
+    """``welip@base`` and ``welip-secure@base``: the WeLIP servers run from ``tree``, with its configs."""
+    servers = {}
+    for name, own_config, env, client_env in (
+        ("welip@base", config, extra_env, {}),
+        ("welip-secure@base", secure_config, secure_env, secure_client_env),
+    ):
+        base_config = in_tree(own_config, tree)
+        url = load_baseline_url(base_config, own_config)
+        servers[name] = welip_server(name, base_config, url, dict(env), client_env, tree=tree)
+    return servers
+
+
+def in_tree(path: Path, tree: Path) -> Path:
+    """``path`` (a file of this tree) in ``tree``; a path outside this tree stays as it is."""
+    return tree / path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def check_tree_imports(server: Server, tree: Path) -> str:
+    """Exit unless Python, in ``server``'s environment and directory, imports WeLIP's code from ``tree``.
+
+    The venv's editable install maps ``welip`` and ``deployments`` to this tree; if it
+    won over ``PYTHONPATH``, the base servers would silently run this tree's code.
+
+    Returns:
+        What it ran and found, a comment line for the plan and the log.
+    """
+    code = "import deployments, welip; print(welip.__file__); print(deployments.__file__)"
+    probe = replace(server.serve, argv=[sys.executable, "-c", code])
+    done = subprocess.run(
+        probe.argv,
+        cwd=probe.cwd,
+        env=_environ(probe),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+    )
+    files = [Path(line) for line in done.stdout.splitlines()]
+    if done.returncode != 0 or len(files) != 2 or not all(f.is_relative_to(tree) for f in files):
+        found = done.stdout.strip() or done.stderr.strip()
+        raise SystemExit(f"{server.name}: welip and deployments must import from {tree}, not:\n{found}")
+    return f"# {server.name}: `{probe.shell()}` imports {files[0]} and {files[1]}"
+
+
+def tree_commit(tree: Path) -> str:
+    """``tree``'s commit, ``-dirty`` when it has uncommitted changes (``git describe``)."""
+    done = subprocess.run(
+        ["git", "-C", str(tree), "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
 def welip_traced_server(
@@ -556,8 +746,15 @@ def bench_runs(
     return benches
 
 
-def print_plan(sessions: list[tuple[Server, list[Bench]]]) -> None:
-    print(f"# in {REPO}, with {BIN} first on PATH\n")
+def print_plan(
+    sessions: list[tuple[Server, list[Bench]]], baseline_tree: Path | None, imports: list[str]
+) -> None:
+    print(f"# in {REPO} ({tree_commit(REPO)}), with {BIN} first on PATH")
+    if baseline_tree:
+        print(f"# {', '.join(BASE_SERVERS)}: from {baseline_tree} ({tree_commit(baseline_tree)})")
+    for line in imports:
+        print(line)
+    print()
     for server, benches in sessions:
         print(f"# {server.name}, round {benches[0].round}")
         for sidecar in server.sidecars:
@@ -659,7 +856,7 @@ def background(
         log.flush()
         proc = subprocess.Popen(
             command.argv,
-            cwd=REPO,
+            cwd=command.cwd,
             env=_environ(command),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -758,7 +955,7 @@ def _call(command: Command, log: IO[bytes], timeout_s: float) -> int:
     try:
         done = subprocess.run(
             command.argv,
-            cwd=REPO,
+            cwd=command.cwd,
             env=_environ(command),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -798,13 +995,7 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
             "failed": sum(r["failed"] for r in measured),
         }
     summary: dict[str, Any] = {"servers": servers}
-    for numerator, denominator in (
-        ("welip", "bare"),
-        ("welip-traced", "bare"),
-        ("welip-secure", "bare"),
-        ("welip-traced", "welip"),
-        ("welip-secure", "welip"),
-    ):
+    for numerator, denominator in RATIOS:
         if numerator in servers and denominator in servers:
             top, bottom = servers[numerator], servers[denominator]
             summary[f"{numerator}_over_{denominator}"] = {
@@ -824,11 +1015,11 @@ def print_table(summary: dict[str, Any], label: str) -> None:
     if label:
         print(f"label: {label}")
     header = ("server", "runs", "out tok/s", "per run", "TTFT p50 ms", "TPOT p50 ms", "failed")
-    print("{:<13} {:>4} {:>10}  {:<24} {:>11} {:>11} {:>6}".format(*header))
+    print("{:<17} {:>4} {:>10}  {:<24} {:>11} {:>11} {:>6}".format(*header))
     for name, row in summary["servers"].items():
         per_run = ", ".join(f"{t:.1f}" for t in row["output_throughput"])
         print(
-            f"{name:<13} {row['runs']:>4} {row['mean_output_throughput']:>10.1f}  {per_run:<24} "
+            f"{name:<17} {row['runs']:>4} {row['mean_output_throughput']:>10.1f}  {per_run:<24} "
             f"{row['median_ttft_ms']:>11.1f} {row['median_tpot_ms']:>11.2f} {row['failed']:>6}"
         )
     for key, ratio in summary.items():
@@ -838,9 +1029,8 @@ def print_table(summary: dict[str, Any], label: str) -> None:
                 f"{top} / {bottom}: output tok/s {_format(ratio['output_throughput'])}, "
                 f"TTFT p50 {_format(ratio['median_ttft_ms'])} ({ratio['median_ttft_delta_ms']:+.1f} ms)"
             )
-    if "secure_audit" in summary:
-        audit = summary["secure_audit"]
-        print(f"welip-secure audit: {audit['audit_rows']} rows for {audit['requests_sent']} requests sent")
+    for name, audit in summary.get("secure_audit", {}).items():
+        print(f"{name} audit: {audit['audit_rows']} rows for {audit['requests_sent']} requests sent")
     if "traced_spans" in summary:
         traced = summary["traced_spans"]
         found = ", ".join(f"{n} {name}" for name, n in traced["chat_spans"].items())
@@ -871,6 +1061,10 @@ def write_results(
         "label": args.label,
         "argv": sys.argv,
         "config": str(args.config),
+        "secure_config": str(args.secure_config),
+        "commit": tree_commit(REPO),
+        "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
+        "baseline_commit": tree_commit(args.baseline_tree) if args.baseline_tree else None,
         "model_id": model.model_id,
         "model_dir": model_dir,
         "engine_kwargs": model.engine_kwargs,
