@@ -30,7 +30,7 @@ from welip.serving import (
     set_alias_ungated,
     wait_until_routed,
 )
-from welip.store import Database
+from welip.store import AuditStore, CatalogStore, Database, EvalRunStore, KeyStore
 
 app = typer.Typer(help="WeLIP: Ray-native LLM infrastructure.", no_args_is_help=True)
 models_app = typer.Typer(help="Packaged models and the local model cache.", no_args_is_help=True)
@@ -114,7 +114,7 @@ def keys_create(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    record, key = _database().create_key(
+    record, key = KeyStore(_database()).create_key(
         name=name,
         role=role,
         models=allowed,
@@ -130,14 +130,14 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(include_revoked: bool = typer.Option(False, help="Show revoked keys too.")) -> None:
     """List keys (never the keys themselves), one JSON object per line."""
-    for record in _database().list_keys(include_revoked=include_revoked):
+    for record in KeyStore(_database()).list_keys(include_revoked=include_revoked):
         typer.echo(json.dumps(record.public()))
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (key_...).")) -> None:
     """Revoke a key; gateways stop accepting it within auth.key_cache_s."""
-    if not _database().revoke_key(key_id):
+    if not KeyStore(_database()).revoke_key(key_id):
         typer.echo(f"error: no active key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
@@ -154,7 +154,7 @@ def audit_query(
     limit: int = typer.Option(100, min=1, max=100_000),
 ) -> None:
     """Print matching audit records, newest first, one JSON object per line."""
-    rows = _database().query_audit(
+    rows = AuditStore(_database()).query_audit(
         principal=principal,
         model=model,
         status=status,
@@ -312,10 +312,10 @@ def align_run(
     _training_run("align.py", AlignConfig, config, list(overrides or []), address, wait, python)
 
 
-def _run_samples(run: str, db: Database | None) -> tuple[str, list[dict[str, Any]]]:
+def _run_samples(run: str, eval_runs: EvalRunStore | None) -> tuple[str, list[dict[str, Any]]]:
     """A run's label and samples: an eval run id from the database, or a results folder/URL."""
-    if "/" not in run and not Path(run).is_dir() and db is not None:
-        row = db.get_eval_run(run)
+    if "/" not in run and not Path(run).is_dir() and eval_runs is not None:
+        row = eval_runs.get_eval_run(run)
         if row is None:
             raise ValueError(f"no eval run {run} in the database")
         return f"{row.task} {row.model} ({run[:8]})", read_samples(row.results_url)
@@ -332,10 +332,11 @@ def eval_compare(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Per-metric difference (B - A) with a paired bootstrap interval, and per-sample wins/losses."""
-    db = None if all("/" in r or Path(r).is_dir() for r in (run_a, run_b)) else _database()
+    by_path = all("/" in r or Path(r).is_dir() for r in (run_a, run_b))
+    eval_runs = None if by_path else EvalRunStore(_database())
     try:
-        label_a, samples_a = _run_samples(run_a, db)
-        label_b, samples_b = _run_samples(run_b, db)
+        label_a, samples_a = _run_samples(run_a, eval_runs)
+        label_b, samples_b = _run_samples(run_b, eval_runs)
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -359,21 +360,21 @@ def eval_list(
     limit: int = typer.Option(20, min=1, max=10_000),
 ) -> None:
     """Recent eval runs from the database, one JSON object per line."""
-    for row in _database().list_eval_runs(task=task, model=model, limit=limit):
+    for row in EvalRunStore(_database()).list_eval_runs(task=task, model=model, limit=limit):
         typer.echo(json.dumps(row.public(), default=str))
 
 
 @adapters_app.command("list")
 def adapters_list(name: str | None = typer.Option(None, help="Only versions of this adapter.")) -> None:
     """Registered adapters, newest first, one JSON object per line."""
-    for row in _database().list_adapters(name=name):
+    for row in CatalogStore(_database()).list_adapters(name=name):
         typer.echo(json.dumps(row.public(), default=str))
 
 
 @alias_app.command("list")
 def alias_list() -> None:
     """Every alias and its target, one JSON object per line."""
-    for row in _database().list_aliases():
+    for row in CatalogStore(_database()).list_aliases():
         typer.echo(json.dumps(row.public(), default=str))
 
 

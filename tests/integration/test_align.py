@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from welip.store import Database
+from welip.store import CatalogStore, Database
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def test_the_adapter_is_in_storage(job: dict[str, Any]) -> None:
 def test_the_catalog_lists_a_grpo_adapter_of_the_served_base_model(job: dict[str, Any]) -> None:
     db = Database(job["env"]["WELIP_DATABASE_URL"])
     try:
-        (row,) = db.list_adapters(name="welip-arith-grpo")
+        (row,) = CatalogStore(db).list_adapters(name="welip-arith-grpo")
     finally:
         db.dispose()
     assert row.kind == "grpo"

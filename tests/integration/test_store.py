@@ -15,9 +15,9 @@ from alembic.migration import MigrationContext
 from redis.asyncio import Redis
 
 from tests.integration.conftest import PG_ADMIN_URL, REDIS_URL
-from welip.gateway._limits import Bucket, RedisRateLimiter
-from welip.store import Database, hash_key
+from welip.store import AuditStore, Database, KeyStore, hash_key
 from welip.store._schema import metadata
+from welip.trust import Bucket, RedisRateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +53,9 @@ def test_postgresql_migrations_race_safely_and_match_the_schema(pg: Database) ->
 
 def test_postgresql_keys_and_idempotent_audit(pg: Database) -> None:
     pg.upgrade()
-    record, key = pg.create_key(name="ci", role="user", models=["m"], tpm=100)
-    found = pg.key_by_hash(hash_key(key))
+    keys, audit = KeyStore(pg), AuditStore(pg)
+    record, key = keys.create_key(name="ci", role="user", models=["m"], tpm=100)
+    found = keys.key_by_hash(hash_key(key))
     assert found is not None and found.id == record.id and found.models == ["m"] and found.usable()
     now = datetime.now(timezone.utc)
     rows = [
@@ -75,12 +76,12 @@ def test_postgresql_keys_and_idempotent_audit(pg: Database) -> None:
         }
         for i in range(5)
     ]
-    pg.write_audit(rows[:3])
-    pg.write_audit(rows)  # a replay overlapping what was written
-    assert pg.count_audit() == 5
-    (usage,) = pg.usage()
+    audit.write_audit(rows[:3])
+    audit.write_audit(rows)  # a replay overlapping what was written
+    assert audit.count_audit() == 5
+    (usage,) = audit.usage()
     assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (5, 15, 20)
-    assert pg.query_audit(request_id="r2")[0]["guardrails"][0]["kind"] == "kr_rrn"
+    assert audit.query_audit(request_id="r2")[0]["guardrails"][0]["kind"] == "kr_rrn"
 
 
 def test_redis_buckets_admit_exactly_the_limit_under_concurrent_clients() -> None:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from welip.cli import app
-from welip.store import Database, EvalRunRecord, hash_key
+from welip.store import AuditStore, Database, EvalRunRecord, EvalRunStore, KeyStore, hash_key
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_keys_create_prints_the_key_once_and_list_never_shows_it(database_url: s
     assert created.exit_code == 0, created.output
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("wlp_")
-    record = Database(database_url).key_by_hash(hash_key(key))
+    record = KeyStore(Database(database_url)).key_by_hash(hash_key(key))
     assert record is not None and record.models == ["a", "b"] and record.rpm == 5 and record.expires_at
     listed = runner.invoke(app, ["keys", "list"])
     assert key not in listed.stdout and json.loads(listed.stdout.splitlines()[0])["id"] == record.id
@@ -55,7 +55,7 @@ def test_audit_query_filters(database_url: str) -> None:
     db = Database(database_url)
     db.upgrade()
     base = {"principal_kind": "api_key", "method": "POST", "route": "/v1/completions", "latency_ms": 1.0}
-    db.write_audit(
+    AuditStore(db).write_audit(
         [
             {
                 **base,
@@ -94,7 +94,7 @@ def test_eval_compare_prints_difference_and_wins(tmp_path: Path, database_url: s
     db.upgrade()
     row = {"model": "m", "target_kind": "endpoint", "status": "finished", "seed": 1, "rows": 4}
     row.update(scored=4, errors=0, malformed=0, metrics={"em": 0.5}, task="t")
-    db.record_eval_run(EvalRunRecord(**row, id="runa", results_url=str(tmp_path / "a")))
+    EvalRunStore(db).record_eval_run(EvalRunRecord(**row, id="runa", results_url=str(tmp_path / "a")))
     runner = CliRunner()
     result = runner.invoke(app, ["eval", "compare", "runa", str(tmp_path / "b"), "--json"])
     assert result.exit_code == 0, result.output

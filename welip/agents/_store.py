@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from welip.store import agent_runs, agent_threads, as_utc, utcnow
+from welip.store import Database, agent_runs, agent_threads, as_utc, utcnow
 
 ACTIVE_RUN_STATUSES = ("pending", "running")
 
@@ -118,10 +118,13 @@ class ThreadBusy(Exception):
 
 
 class AgentStore:
-    """Synchronous SQLAlchemy Core access to ``agent_threads`` and ``agent_runs``."""
+    """The ``agent_threads`` and ``agent_runs`` tables of the metadata database (SQLAlchemy Core).
 
-    def __init__(self, engine: sa.Engine, *, stale_run_s: float = 30) -> None:
-        self.engine = engine
+    One of the database's aggregate stores, as :class:`welip.store.KeyStore` and the others are.
+    """
+
+    def __init__(self, database: Database, *, stale_run_s: float = 30) -> None:
+        self._engine = database.engine
         self.stale_run_s = stale_run_s
 
     # -- threads ------------------------------------------------------------------
@@ -140,7 +143,7 @@ class AgentStore:
             "updated_at": now,
         }
         try:
-            with self.engine.begin() as conn:
+            with self._engine.begin() as conn:
                 conn.execute(agent_threads.insert().values(**row))
         except sa.exc.IntegrityError:
             return None
@@ -148,7 +151,7 @@ class AgentStore:
 
     def get_thread(self, thread_id: str, owner: str) -> ThreadRow | None:
         """The thread, if ``owner`` owns it (another principal sees nothing)."""
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(
                 agent_threads.select().where(
                     agent_threads.c.thread_id == thread_id, agent_threads.c.owner == owner
@@ -158,7 +161,7 @@ class AgentStore:
 
     def update_thread(self, thread_id: str, owner: str, metadata: dict[str, Any]) -> ThreadRow | None:
         """Merge ``metadata`` into the thread's (as LangGraph's PATCH does)."""
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             row = conn.execute(
                 agent_threads.select()
                 .where(agent_threads.c.thread_id == thread_id, agent_threads.c.owner == owner)
@@ -178,7 +181,7 @@ class AgentStore:
         """Delete thread rows and their runs (the caller deletes the checkpoints)."""
         if not thread_ids:
             return
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(agent_runs.delete().where(agent_runs.c.thread_id.in_(thread_ids)))
             conn.execute(agent_threads.delete().where(agent_threads.c.thread_id.in_(thread_ids)))
 
@@ -189,7 +192,7 @@ class AgentStore:
         if status:
             query = query.where(agent_threads.c.status == status)
         query = query.order_by(agent_threads.c.created_at.desc())
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             rows = [_thread(r) for r in conn.execute(query)]
         # Metadata filters are equality on top-level keys, checked here for every dialect.
         rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
@@ -198,7 +201,7 @@ class AgentStore:
     def expired_threads(self, idle_s: float, limit: int = 500) -> list[str]:
         """Threads with no run and no activity for ``idle_s`` seconds."""
         before = utcnow() - timedelta(seconds=idle_s)
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             rows = conn.execute(
                 sa.select(agent_threads.c.thread_id)
                 .where(agent_threads.c.updated_at < before, agent_threads.c.active_run_id.is_(None))
@@ -225,7 +228,7 @@ class AgentStore:
             "updated_at": now,
         }
         thread_id = run["thread_id"]
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             if reject_if_busy:
                 # The common case (a free thread) is one UPDATE; a held thread is checked
                 # for a dead holder before refusing.
@@ -262,7 +265,7 @@ class AgentStore:
     def claim(self, run_id: str, thread_id: str, replica: str | None) -> bool:
         """Start a pending run if it holds the thread or is next in line; True when it started."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             self._fail_stale(conn, thread_id)
             thread = conn.execute(
                 sa.select(agent_threads.c.active_run_id).where(agent_threads.c.thread_id == thread_id)
@@ -327,7 +330,7 @@ class AgentStore:
 
     def heartbeat(self, run_id: str) -> bool:
         """Mark the run alive; True if somebody asked to cancel it."""
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(
                 agent_runs.update().where(agent_runs.c.run_id == run_id).values(heartbeat_at=utcnow())
             )
@@ -341,7 +344,7 @@ class AgentStore:
     ) -> None:
         """Record the run's end and release its thread."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(
                 agent_runs.update()
                 .where(agent_runs.c.run_id == run_id)
@@ -356,7 +359,7 @@ class AgentStore:
     def request_cancel(self, run_id: str) -> RunRow | None:
         """Cancel a queued run at once; flag a running one for its replica."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(
                 agent_runs.update()
                 .where(agent_runs.c.run_id == run_id, agent_runs.c.status == "pending")
@@ -374,12 +377,12 @@ class AgentStore:
         query = agent_runs.select().where(agent_runs.c.run_id == run_id, agent_runs.c.owner == owner)
         if thread_id is not None:
             query = query.where(agent_runs.c.thread_id == thread_id)
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(query).first()
         return _run(row) if row else None
 
     def list_runs(self, thread_id: str, owner: str, limit: int, offset: int) -> list[RunRow]:
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             rows = conn.execute(
                 agent_runs.select()
                 .where(agent_runs.c.thread_id == thread_id, agent_runs.c.owner == owner)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from welip._compat.ray import DiskMultiplexConfig, global_id_manager
-from welip.store import AdapterRecord, Database, filesystem
+from welip.store import AdapterRecord, CatalogStore, Database, filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class CatalogLoraLoader:
 
     def __init__(self, download_timeout_s: float | None = None, max_tries: int = 1) -> None:
         self._timeout_s = download_timeout_s
-        self._database: Database | None = None
+        self._catalog: CatalogStore | None = None
 
     async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> DiskMultiplexConfig:
         row = await asyncio.to_thread(self._lookup, lora_model_id)
@@ -84,7 +84,8 @@ class CatalogLoraLoader:
         )
 
     def _lookup(self, adapter_id: str) -> AdapterRecord | None:
-        if self._database is None:
-            self._database = Database()
-            self._database.upgrade()
-        return self._database.get_adapter(adapter_id)
+        if self._catalog is None:
+            database = Database()
+            self._catalog = CatalogStore(database)
+            database.upgrade()
+        return self._catalog.get_adapter(adapter_id)

@@ -27,7 +27,16 @@ from typing import Any
 
 from welip.config import load_config
 from welip.evaluation import EndpointTarget, EndpointUnavailable, SuiteConfig, check_endpoint
-from welip.store import AdapterRecord, AliasRecord, Database, EvalRunRecord, use_mlflow
+from welip.store import (
+    AdapterRecord,
+    AliasRecord,
+    AuditStore,
+    CatalogStore,
+    Database,
+    EvalRunRecord,
+    EvalRunStore,
+    use_mlflow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -186,10 +195,11 @@ def promote_candidate(
         PromotionRefused: the alias or endpoint make the gate meaningless; nothing evaluated.
         PromotionFailed: an evaluation failed or the alias moved meanwhile; nothing switched.
     """
-    current = _current_model(db, request)
-    _check_candidate_served(db, request)
+    catalog, eval_runs = CatalogStore(db), EvalRunStore(db)
+    current = _current_model(catalog, request)
+    _check_candidate_served(catalog, request)
     models = [request.candidate, *([current] if current else [])]
-    runs = {model: _evaluate_on_gate(model, request, db, progress) for model in models}
+    runs = {model: _evaluate_on_gate(model, request, eval_runs, progress) for model in models}
     decision = decide_promotion(
         request.alias,
         request.candidate,
@@ -206,8 +216,8 @@ def promote_candidate(
     return PromotionResult(decision, mlflow_run_id)
 
 
-def _current_model(db: Database, request: PromotionRequest) -> str | None:
-    row = db.get_alias(request.alias)
+def _current_model(catalog: CatalogStore, request: PromotionRequest) -> str | None:
+    row = catalog.get_alias(request.alias)
     current = row.target if row is not None else None
     if current == request.candidate:
         raise PromotionRefused(f"{request.alias} already points at {request.candidate}")
@@ -219,23 +229,23 @@ def _current_model(db: Database, request: PromotionRequest) -> str | None:
     return current
 
 
-def _check_candidate_served(db: Database, request: PromotionRequest) -> None:
+def _check_candidate_served(catalog: CatalogStore, request: PromotionRequest) -> None:
     try:
         served = check_endpoint(request.endpoint.model_copy(update={"model": request.candidate}))
     except EndpointUnavailable as exc:
         raise PromotionRefused(str(exc)) from None
-    if request.alias in served and db.get_alias(request.alias) is None:
+    if request.alias in served and catalog.get_alias(request.alias) is None:
         raise PromotionRefused(f"{request.alias} is a model the gateway serves, not an alias")
 
 
 def _evaluate_on_gate(
-    model: str, request: PromotionRequest, db: Database, progress: Callable[[str], None]
+    model: str, request: PromotionRequest, eval_runs: EvalRunStore, progress: Callable[[str], None]
 ) -> EvalRunRecord:
     run_id = uuid.uuid4().hex
     progress(f"evaluating {model} on {request.gate} (eval run {run_id})")
     command = [sys.executable, "jobs/evaluate.py", "--config", str(request.gate), *request.overrides]
     status = subprocess.run([*command, f"target.model={model}", f"run_id={run_id}"]).returncode
-    found = db.get_eval_run(run_id)
+    found = eval_runs.get_eval_run(run_id)
     if status != 0 or found is None:
         raise PromotionFailed(f"the evaluation of {model} failed (exit {status}); nothing switched")
     return found
@@ -268,12 +278,13 @@ def set_alias_ungated(db: Database, alias: str, target: str) -> AliasRecord:
     Raises:
         ValueError: ``target`` is itself an alias.
     """
-    if db.get_alias(target) is not None:
+    catalog = CatalogStore(db)
+    if catalog.get_alias(target) is not None:
         raise ValueError(f"{target} is itself an alias; point {alias} at a model")
     user = getpass.getuser()
-    row = db.set_alias(alias, target, updated_by=user)
+    row = catalog.set_alias(alias, target, updated_by=user)
     detail = {"target": target, "previous": row.previous}
-    db.write_audit([_cli_audit_record("welip alias set", alias, user, json.dumps(detail))])
+    AuditStore(db).write_audit([_cli_audit_record("welip alias set", alias, user, json.dumps(detail))])
     return row
 
 
@@ -334,9 +345,10 @@ def record_promotion(
 
     The alias switch checks that nobody switched it meanwhile. Returns the MLflow run id.
     """
+    catalog = CatalogStore(db)
     body = json.dumps(decision.as_dict())
     if decision.promoted:
-        db.set_alias(
+        catalog.set_alias(
             decision.alias,
             decision.candidate,
             updated_by=decision.decided_by,
@@ -352,9 +364,9 @@ def record_promotion(
         status=200 if decision.promoted else 412,
         error_code=None if decision.promoted else "gate_failed",
     )
-    db.write_audit([audit])
+    AuditStore(db).write_audit([audit])
     return (
-        _log_mlflow(decision, mlflow_experiment, db.get_adapter(decision.candidate))
+        _log_mlflow(decision, mlflow_experiment, catalog.get_adapter(decision.candidate))
         if mlflow_experiment
         else None
     )

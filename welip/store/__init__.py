@@ -1,18 +1,10 @@
-"""The data layer: metadata database (PostgreSQL or SQLite), Redis, artifact storage (local or S3)."""
+"""The data layer: the metadata database (PostgreSQL or SQLite), a store per aggregate, Redis, artifacts."""
 
-from welip.store._database import (
-    DEFAULT_DATABASE_URL,
-    KEY_PREFIX,
-    AdapterRecord,
-    AliasRecord,
-    Database,
-    EvalRunRecord,
-    KeyRecord,
-    as_utc,
-    database_url_from_env,
-    hash_key,
-    utcnow,
-)
+from welip.store._audit import AuditStore
+from welip.store._catalog import AdapterRecord, AliasRecord, CatalogStore
+from welip.store._database import DEFAULT_DATABASE_URL, Database, as_utc, database_url_from_env, utcnow
+from welip.store._eval_runs import EvalRunRecord, EvalRunStore
+from welip.store._keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
 from welip.store._redis import redis_from_env
 from welip.store._schema import agent_runs, agent_threads
 from welip.store._storage import filesystem, join_url, read_bytes, storage_url_from_env, write_bytes
@@ -24,9 +16,13 @@ __all__ = [
     "KEY_PREFIX",
     "AdapterRecord",
     "AliasRecord",
+    "AuditStore",
+    "CatalogStore",
     "Database",
     "EvalRunRecord",
+    "EvalRunStore",
     "KeyRecord",
+    "KeyStore",
     "agent_runs",
     "agent_threads",
     "as_utc",

@@ -96,7 +96,7 @@ async def agents_client(
             checkpointer=checkpointer
         )
         runtime = AgentRuntime(
-            graphs, {"docs": RAG, "tools": REACT}, AgentStore(database.engine), checkpointer, config
+            graphs, {"docs": RAG, "tools": REACT}, AgentStore(database), checkpointer, config
         )
         app = build_agents_app(runtime, owner or (lambda r: r.headers.get("x-user", "alice")))
         transport = httpx.ASGITransport(app=app)

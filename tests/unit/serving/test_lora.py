@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from welip.serving import AdapterNotFound, CatalogLoraLoader, local_adapter_dir
-from welip.store import Database
+from welip.store import CatalogStore, Database
 
 
 def _adapter(folder: Path) -> Path:
@@ -48,7 +48,7 @@ def test_the_loader_finds_adapters_in_the_catalog_for_their_own_base_model(
     db = Database()
     db.upgrade()
     folder = _adapter(tmp_path / "faq")
-    db.register_adapter(
+    CatalogStore(db).register_adapter(
         name="faq",
         version=None,
         base_model_id="base",

@@ -18,7 +18,7 @@ from welip.serving import (
     record_promotion,
     set_alias_ungated,
 )
-from welip.store import Database, EvalRunRecord
+from welip.store import AuditStore, CatalogStore, Database, EvalRunRecord
 
 
 def _run(run_id: str, status: str = "finished", errors: int = 0, **metrics: float | None) -> EvalRunRecord:
@@ -108,7 +108,8 @@ def test_recording_a_pass_switches_the_alias_and_logs_both_runs(tmp_path: Path, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     db = Database(f"sqlite:///{tmp_path}/welip.db")
     db.upgrade()
-    db.set_alias("prod", "faq-v1")
+    catalog, audit_log = CatalogStore(db), AuditStore(db)
+    catalog.set_alias("prod", "faq-v1")
     decision = decide_promotion(
         "prod",
         "faq-v2",
@@ -119,10 +120,10 @@ def test_recording_a_pass_switches_the_alias_and_logs_both_runs(tmp_path: Path, 
         _run("run-b", token_f1=0.4),
     )
     run_id = record_promotion(decision, db)
-    alias = db.get_alias("prod")
+    alias = catalog.get_alias("prod")
     assert alias is not None and (alias.target, alias.previous) == ("faq-v2", "faq-v1")
     assert alias.decision is not None and alias.decision["candidate_eval_run"] == "run-a"
-    [audit] = db.query_audit(model="prod")
+    [audit] = audit_log.query_audit(model="prod")
     assert (audit["route"], audit["status"], audit["principal_kind"]) == ("welip promote", 200, "cli")
     assert json.loads(audit["body"])["current_eval_run"] == "run-b"
     run = mlflow.get_run(run_id)
@@ -134,7 +135,8 @@ def test_recording_a_pass_switches_the_alias_and_logs_both_runs(tmp_path: Path, 
 def test_a_failed_gate_is_recorded_and_switches_nothing(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/welip.db")
     db.upgrade()
-    db.set_alias("prod", "faq-v1")
+    catalog, audit_log = CatalogStore(db), AuditStore(db)
+    catalog.set_alias("prod", "faq-v1")
     decision = decide_promotion(
         "prod",
         "faq-v2",
@@ -145,15 +147,16 @@ def test_a_failed_gate_is_recorded_and_switches_nothing(tmp_path: Path) -> None:
         _run("b", token_f1=0.4),
     )
     assert record_promotion(decision, db, mlflow_experiment=None) is None
-    assert db.get_alias("prod").target == "faq-v1"  # type: ignore[union-attr]
-    [audit] = db.query_audit(model="prod")
+    assert catalog.get_alias("prod").target == "faq-v1"  # type: ignore[union-attr]
+    [audit] = audit_log.query_audit(model="prod")
     assert (audit["status"], audit["error_code"]) == (412, "gate_failed")
 
 
 def test_a_switch_made_while_the_gate_ran_is_not_overwritten(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/welip.db")
     db.upgrade()
-    db.set_alias("prod", "faq-v1")
+    catalog = CatalogStore(db)
+    catalog.set_alias("prod", "faq-v1")
     decision = decide_promotion(
         "prod",
         "faq-v2",
@@ -163,10 +166,10 @@ def test_a_switch_made_while_the_gate_ran_is_not_overwritten(tmp_path: Path) -> 
         _run("a", token_f1=0.5),
         _run("b", token_f1=0.4),
     )
-    db.set_alias("prod", "faq-v3")  # someone else, meanwhile
+    catalog.set_alias("prod", "faq-v3")  # someone else, meanwhile
     with pytest.raises(ValueError, match="switched meanwhile"):
         record_promotion(decision, db, mlflow_experiment=None)
-    assert db.get_alias("prod").target == "faq-v3"  # type: ignore[union-attr]
+    assert catalog.get_alias("prod").target == "faq-v3"  # type: ignore[union-attr]
 
 
 GATE = Path(__file__).resolve().parents[3] / "configs/eval/arithmetic.yaml"
@@ -192,28 +195,30 @@ def test_a_promotion_request_is_refused_before_anything_runs() -> None:
 def test_a_gate_that_would_mean_nothing_is_refused_before_any_evaluation(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/welip.db")
     db.upgrade()
+    catalog, audit_log = CatalogStore(db), AuditStore(db)
     against_current = PromotionRequest.parse(
         "faq-v2", alias="prod", gate=GATE, requirements=["token_f1 >= current"]
     )
     with pytest.raises(PromotionRefused, match="alias prod does not exist yet"):
         promote_candidate(against_current, db=db)
-    db.set_alias("prod", "faq-v2")
+    catalog.set_alias("prod", "faq-v2")
     with pytest.raises(PromotionRefused, match="prod already points at faq-v2"):
         promote_candidate(against_current, db=db)
-    assert db.query_audit() == []
+    assert audit_log.query_audit() == []
 
 
 def test_setting_an_alias_without_a_gate_is_audited_and_never_points_at_an_alias(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/welip.db")
     db.upgrade()
+    catalog, audit_log = CatalogStore(db), AuditStore(db)
     set_alias_ungated(db, "prod", "faq-v1")
     row = set_alias_ungated(db, "prod", "faq-v2")
     assert (row.target, row.previous) == ("faq-v2", "faq-v1")
     with pytest.raises(ValueError, match="prod is itself an alias"):
         set_alias_ungated(db, "staging", "prod")
-    audits = db.query_audit(model="prod")
+    audits = audit_log.query_audit(model="prod")
     assert [(a["route"], a["principal_kind"], a["status"]) for a in audits] == [
         ("welip alias set", "cli", 200)
     ] * 2
     assert {json.loads(a["body"])["previous"] for a in audits} == {None, "faq-v1"}
-    assert db.get_alias("staging") is None
+    assert catalog.get_alias("staging") is None

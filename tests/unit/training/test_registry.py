@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from welip.store import Database
+from welip.store import CatalogStore, Database
 from welip.training import FinetuneConfig, lineage, register_adapter, start_mlflow_run
 
 CFG = FinetuneConfig.model_validate(
@@ -36,7 +36,7 @@ def test_versions_agree_and_a_taken_catalog_version_moves_on(
     assert client.get_model_version("faq", "1").source == "/a/1"
 
     # Another registry's adapter took v2 in this catalog: MLflow's v2 becomes faq-v3.
-    db.register_adapter(
+    CatalogStore(db).register_adapter(
         name="faq", version=2, base_model_id="m", uri="/elsewhere", kind="sft", mlflow_run_id=None, lineage={}
     )
     second = register_adapter(CFG, "/a/2", kind="sft", mlflow_run_id=run_id, tags=tags, db=db)
