@@ -10,17 +10,14 @@ from welip.serving._embeddings import (
     resolve_embedding_path,
 )
 from welip.serving._engine import PreparedLLMServer, build_engine_deployment, build_llm_config
+from welip.serving._gate import GateRequirement, PromotionDecision, decide_promotion, record_promotion
 from welip.serving._lora import AdapterNotFound, CatalogLoraLoader, local_adapter_dir
 from welip.serving._promote import (
-    GateRequirement,
-    PromotionDecision,
     PromotionFailed,
     PromotionRefused,
     PromotionRequest,
     PromotionResult,
-    decide_promotion,
     promote_candidate,
-    record_promotion,
     set_alias_ungated,
     wait_until_routed,
 )
