@@ -2,8 +2,9 @@
 
 Referenced from Serve YAML and the KubeRay RayService as
 ``import_path: deployments.agents:build_app``, usually with ``route_prefix: /agents``
-beside the gateway app on the same port. The trust layer is the gateway's own
-(API keys, OIDC, roles: route family ``agents``; request limits; audit log).
+beside the gateway app on the same port. The trust layer is the gateway's
+(:mod:`welip.trust`: API keys, OIDC, roles: route family ``agents``; request limits;
+audit log), configured under ``trust``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from welip.agents import (
     open_checkpointer,
     resolve_agents,
 )
-from welip.gateway import GatewayConfig, TrustMiddleware, build_trust, context_of, record_error
 from welip.observability import install_log_context, setup_tracing
 from welip.store import Database
+from welip.trust import TrustConfig, TrustMiddleware, build_trust, context_of, principal_of, record_error
 
 logger = logging.getLogger("welip.agents")
 
@@ -37,8 +38,8 @@ logger = logging.getLogger("welip.agents")
 class AgentsAppConfig(AgentsConfig):
     """The agents app: the runtime's settings plus the trust layer in front of it."""
 
-    gateway: GatewayConfig = Field(
-        default_factory=GatewayConfig,
+    trust: TrustConfig = Field(
+        default_factory=TrustConfig,
         description="Auth, roles, limits and audit, as the inference gateway's (route family `agents`).",
     )
 
@@ -64,23 +65,20 @@ class AgentServer:
             replica: str | None = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside a replica (tests)
             replica = None
-        store = AgentStore(database.engine, stale_run_s=config.stale_run_s)
+        store = AgentStore(database, stale_run_s=config.stale_run_s)
         runtime = AgentRuntime(
             graphs, {a.assistant_id: a for a in self._agents}, store, checkpointer, config, replica=replica
         )
         runtime.start_cleanup()
         self._runtime = runtime
-        trust = await build_trust(config.gateway, {})
+        trust = await build_trust(config.trust, {})
         self._trust = trust
 
         def owner_of(request: Request) -> str:
-            ctx = context_of(request)
-            return ctx.principal.id if ctx is not None else "anonymous"
+            return principal_of(request).id
 
         async def admit(request: Request, assistant_id: str) -> None:
-            ctx = context_of(request)
-            if ctx is not None:
-                await trust.admit_route(ctx, assistant_id)
+            await trust.admit_run(context_of(request), assistant_id)
 
         app = build_agents_app(runtime, owner_of, admit, on_error=record_error)
         app.add_middleware(TrustMiddleware, trust=trust)

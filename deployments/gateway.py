@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.llm import build_llm_deployment
 
-from welip.gateway import EngineGateway, Gateway, ServingConfig
+from welip.gateway import EngineGateway, Gateway, ModelCard, ServingConfig
 from welip.serving import (
     EmbeddingModelConfig,
     ModelConfig,
@@ -23,28 +23,24 @@ from welip.serving import (
 )
 
 
-def model_card(model: ModelConfig, created: int) -> dict[str, Any]:
+def model_card(model: ModelConfig, created: int) -> ModelCard:
     """The ``/v1/models`` entry for one model."""
-    return {
-        "id": model.model_id,
-        "object": "model",
-        "created": created,
-        "owned_by": "welip",
-        "root": model.source,
-        "max_model_len": model.engine_kwargs.get("max_model_len"),
-    }
+    return ModelCard(
+        id=model.model_id,
+        created=created,
+        root=model.source,
+        max_model_len=model.engine_kwargs.get("max_model_len"),
+    )
 
 
-def embedding_card(model: EmbeddingModelConfig, created: int) -> dict[str, Any]:
+def embedding_card(model: EmbeddingModelConfig, created: int) -> ModelCard:
     """The ``/v1/models`` entry for one embedding model."""
-    return {
-        "id": model.model_id,
-        "object": "model",
-        "created": created,
-        "owned_by": "welip",
-        "root": model.source,
-        "max_inputs_per_request": model.max_inputs_per_request,
-    }
+    return ModelCard(
+        id=model.model_id,
+        created=created,
+        root=model.source,
+        max_inputs_per_request=model.max_inputs_per_request,
+    )
 
 
 def build_app(args: dict[str, Any]) -> Application:

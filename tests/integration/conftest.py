@@ -47,7 +47,7 @@ from deployments.gateway import build_app
 from tests.phoenix_server import PhoenixServer
 from welip.observability import shutdown_tracing
 from welip.observability._logging import SERVE_LOGGING_CONFIG
-from welip.store import Database
+from welip.store import Database, KeyStore
 
 MODEL = "smollm2-135m-instruct"
 SHORT_MODEL = "smollm2-135m-instruct-short"
@@ -160,7 +160,7 @@ def agents_args(database_url: str, jwks_url: str, gateway_url: str) -> dict[str,
         "agents": agents,
         "num_replicas": 2,
         "num_cpus": 0.1,
-        "gateway": {k: trust[k] for k in ("auth", "limits", "audit")},
+        "trust": {k: trust[k] for k in ("auth", "limits", "audit")},
         "env_vars": {
             "WELIP_DATABASE_URL": database_url,
             "WELIP_REDIS_URL": REDIS_URL,
@@ -180,7 +180,7 @@ def agents_service_key(database_url: str) -> str:
     if database_url not in _service_keys:
         database = Database(database_url)
         database.upgrade()
-        _, key = database.create_key(name="agents-service", role="user")
+        _, key = KeyStore(database).create_key(name="agents-service", role="user")
         database.dispose()
         _service_keys[database_url] = key
     return _service_keys[database_url]

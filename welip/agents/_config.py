@@ -83,7 +83,7 @@ class AgentConfig(StrictModel):
 class AgentsConfig(StrictModel):
     """The agents runtime: its assistants, replicas, retention and run bounds.
 
-    ``deployments/agents.py`` adds the trust layer's config (``gateway``) to it.
+    ``deployments/agents.py`` adds the trust layer's config (``trust``) to it.
     """
 
     agents: list[AgentConfig | str] = Field(

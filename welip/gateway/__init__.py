@@ -1,56 +1,24 @@
-"""The gateway: OpenAI routes in front of every engine, as a Serve ingress, with its trust layer."""
+"""The gateway: OpenAI routes in front of every engine, as a Serve ingress, behind the trust layer.
+
+The trust layer itself (auth, limits, guardrails, cache, audit, telemetry) is
+:mod:`welip.trust`; :class:`GatewayConfig` extends its :class:`~welip.trust.TrustConfig`.
+"""
 
 from welip.gateway._app import build_gateway_app
-from welip.gateway._auth import Authenticator, Principal
-from welip.gateway._config import (
-    AuditConfig,
-    AuthConfig,
-    CacheConfig,
-    GatewayConfig,
-    GuardrailPolicy,
-    GuardrailsConfig,
-    LimitsConfig,
-    OIDCConfig,
-    RoleConfig,
-    ServingConfig,
-)
+from welip.gateway._cards import ModelCard
+from welip.gateway._config import GatewayConfig, ServingConfig
 from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
 from welip.gateway._deployments import EngineGateway, Gateway
-from welip.gateway._guardrails import find_pii
-from welip.gateway._trust import (
-    TokenCounter,
-    Trust,
-    TrustMiddleware,
-    build_trust,
-    context_of,
-    record_error,
-)
 
 __all__ = [
-    "AuditConfig",
-    "AuthConfig",
-    "Authenticator",
-    "CacheConfig",
     "EngineClient",
     "EngineGateway",
     "Gateway",
     "GatewayConfig",
     "GatewayCore",
-    "GuardrailPolicy",
-    "GuardrailsConfig",
     "HandleEngine",
-    "LimitsConfig",
     "LocalEngine",
-    "OIDCConfig",
-    "Principal",
-    "RoleConfig",
+    "ModelCard",
     "ServingConfig",
-    "TokenCounter",
-    "Trust",
-    "TrustMiddleware",
     "build_gateway_app",
-    "build_trust",
-    "context_of",
-    "find_pii",
-    "record_error",
 ]

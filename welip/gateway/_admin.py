@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 
 from welip.api import OpenAIError, invalid_request
-from welip.gateway._trust import Trust
-from welip.store import Database
+from welip.store import AuditStore, Database, KeyStore
+from welip.trust import Trust
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ def build_admin_router(trust: Trust) -> APIRouter:
             datetime.now(timezone.utc) + timedelta(seconds=spec.expires_in_s) if spec.expires_in_s else None
         )
         record, key = await _call(
-            database().create_key,
+            KeyStore(database()).create_key,
             name=spec.name,
             role=spec.role,
             models=spec.models,
@@ -82,12 +82,12 @@ def build_admin_router(trust: Trust) -> APIRouter:
 
     @router.get("/keys", summary="List API keys (never the keys themselves)")
     async def list_keys(include_revoked: bool = False) -> dict[str, Any]:
-        records = await _call(database().list_keys, include_revoked=include_revoked)
+        records = await _call(KeyStore(database()).list_keys, include_revoked=include_revoked)
         return {"object": "list", "data": [r.public() for r in records]}
 
     @router.delete("/keys/{key_id}", summary="Revoke an API key")
     async def revoke_key(key_id: str) -> dict[str, Any]:
-        if not await _call(database().revoke_key, key_id):
+        if not await _call(KeyStore(database()).revoke_key, key_id):
             raise OpenAIError(404, f"No active key `{key_id}`.", code="not_found", param="key_id")
         return {"id": key_id, "revoked": True}
 
@@ -103,7 +103,7 @@ def build_admin_router(trust: Trust) -> APIRouter:
         limit: int = Query(100, ge=1, le=10_000),
     ) -> dict[str, Any]:
         rows = await _call(
-            database().query_audit,
+            AuditStore(database()).query_audit,
             principal=principal,
             key_id=key_id,
             model=model,
@@ -117,7 +117,7 @@ def build_admin_router(trust: Trust) -> APIRouter:
 
     @router.get("/usage", summary="Requests, errors and tokens per principal and model, by UTC day")
     async def usage(since: date | None = None, until: date | None = None) -> dict[str, Any]:
-        rows = await _call(database().usage, since=since, until=until)
+        rows = await _call(AuditStore(database()).usage, since=since, until=until)
         return {"object": "list", "data": rows}
 
     return router

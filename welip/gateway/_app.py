@@ -25,7 +25,7 @@ from welip.api import (
 from welip.api._requests import ChatCompletionRequest, CompletionRequest
 from welip.gateway._admin import build_admin_router
 from welip.gateway._core import GatewayCore
-from welip.gateway._trust import TrustMiddleware, record_error
+from welip.trust import TrustMiddleware, record_error
 
 logger = logging.getLogger("welip.gateway")
 
@@ -60,11 +60,11 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
 
     @app.get("/v1/models", summary="List served models")
     async def list_models(request: Request) -> dict[str, Any]:
-        return {"object": "list", "data": await core.visible_models(request)}
+        return {"object": "list", "data": [card.public() for card in await core.visible_models(request)]}
 
     @app.get("/v1/models/{model_id:path}", summary="Describe one model")
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        return await core.model_card(model_id, request)
+        return (await core.model_card(model_id, request)).public()
 
     @app.post("/v1/chat/completions", summary="Chat completion", openapi_extra=_body("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Response:

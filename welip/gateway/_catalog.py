@@ -13,9 +13,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
 
-from welip.store import Database
+from welip.gateway._cards import ModelCard
+from welip.store import AdapterRecord, AliasRecord, CatalogStore, Database
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class Catalog:
         self._refresh_s = refresh_s
         self._database = database
         self._routes: dict[str, Route] = {}
-        self._cards: list[dict[str, Any]] = []
+        self._cards: list[ModelCard] = []
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -69,7 +70,7 @@ class Catalog:
             route = self._routes.get(model)
         return route
 
-    async def cards(self) -> list[dict[str, Any]]:
+    async def cards(self) -> list[ModelCard]:
         """``/v1/models`` entries of the adapters and aliases."""
         await self._refresh(stale_after_s=self._refresh_s)
         return self._cards
@@ -89,39 +90,29 @@ class Catalog:
             self._build(adapters, aliases)
             self._loaded_at = time.monotonic()
 
-    def _load(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _load(self) -> tuple[list[AdapterRecord], list[AliasRecord]]:
         if self._database is None:
             self._database = Database()
             self._database.upgrade()
-        return self._database.list_adapters(), self._database.list_aliases()
+        catalog = CatalogStore(self._database)
+        return catalog.list_adapters(), catalog.list_aliases()
 
-    def _build(self, adapters: list[dict[str, Any]], aliases: list[dict[str, Any]]) -> None:
+    def _build(self, adapters: list[AdapterRecord], aliases: list[AliasRecord]) -> None:
         routes: dict[str, Route] = {}
-        cards: list[dict[str, Any]] = []
+        cards: list[ModelCard] = []
         for row in adapters:
-            if row["base_model_id"] in self._lora_models:  # engines with LoRA on
-                routes[row["id"]] = Route(row["base_model_id"], row["id"])
-                cards.append(
-                    _card(row["id"], row["created_at"], root=row["uri"], parent=row["base_model_id"])
-                )
-        for row in aliases:
-            target = row["target"]
+            if row.base_model_id in self._lora_models:  # engines with LoRA on
+                routes[row.id] = Route(row.base_model_id, row.id)
+                cards.append(_card(row.id, row.created_at, root=row.uri, parent=row.base_model_id))
+        for alias in aliases:
+            target = alias.target
             route = routes.get(target) or (Route(target, None) if target in self._served else None)
-            if route is None or row["alias"] in self._served:
+            if route is None or alias.alias in self._served:
                 continue  # points at nothing served here, or would shadow a served model
-            routes[row["alias"]] = route
-            cards.append(_card(row["alias"], row["updated_at"], root=route.target, parent=route.engine))
+            routes[alias.alias] = route
+            cards.append(_card(alias.alias, alias.updated_at, root=route.target, parent=route.engine))
         self._routes, self._cards = routes, cards
 
 
-def _card(model_id: str, created: str, *, root: str, parent: str) -> dict[str, Any]:
-    from datetime import datetime
-
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": int(datetime.fromisoformat(created).timestamp()),
-        "owned_by": "welip",
-        "root": root,
-        "parent": parent,
-    }
+def _card(model_id: str, created: datetime, *, root: str, parent: str) -> ModelCard:
+    return ModelCard(id=model_id, created=int(created.timestamp()), root=root, parent=parent)

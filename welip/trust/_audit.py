@@ -11,6 +11,7 @@ overlaps an earlier partial write adds no duplicate.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -18,16 +19,50 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.util import metrics
 
-from welip.gateway._config import AuditConfig
+from welip.trust._config import AuditConfig
+from welip.trust._guardrails import Verdict
 
 logger = logging.getLogger("welip.gateway")
 
 SPOOL_GLOB = "audit-*.jsonl"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditRecord:
+    """One request as the audit log keeps it: never the key, the prompt only if asked for.
+
+    The fields are the ``audit_log`` table's columns; a spooled record is their JSON.
+    """
+
+    id: str  # minted per request: a replay that overlaps an earlier write adds nothing
+    ts: str  # arrival, ISO 8601 with its UTC offset
+    request_id: str
+    principal: str | None = None
+    principal_kind: str  # api_key | oidc | anonymous
+    key_id: str | None = None
+    role: str | None = None
+    method: str
+    route: str
+    model: str | None = None
+    status: int
+    error_code: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float
+    cache: str | None = None  # hit | miss | None when not cacheable
+    guardrails: list[Verdict] | None = None
+    replica: str | None = None
+    body: str | None = None  # the raw request, only with audit.record_prompts
+
+    def row(self) -> dict[str, Any]:
+        """The record as ``Database.write_audit`` and the spool take it."""
+        return dataclasses.asdict(self)
 
 
 class AuditWriter:
@@ -36,7 +71,7 @@ class AuditWriter:
     def __init__(self, write: Callable[[list[dict[str, Any]]], None], config: AuditConfig) -> None:
         self._write = write
         self._config = config
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[AuditRecord] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.spool_dir = Path(config.spool_dir).expanduser()
@@ -54,7 +89,7 @@ class AuditWriter:
         self._thread = threading.Thread(target=self._run, name="welip-audit", daemon=True)
         self._thread.start()
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: AuditRecord) -> None:
         """Queue one record (thread-safe, never blocks)."""
         self._queue.append(record)
         if len(self._queue) >= self._config.batch_size:
@@ -91,7 +126,7 @@ class AuditWriter:
     def _take(self) -> list[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
         while self._queue and len(batch) < self._config.batch_size:
-            batch.append(self._queue.popleft())
+            batch.append(self._queue.popleft().row())
         return batch
 
     def _flush(self) -> None:

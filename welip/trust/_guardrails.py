@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from welip.api import DONE, OpenAIError
-from welip.gateway._config import GuardrailPolicy, PiiKind
+from welip.trust._config import GuardrailPolicy, PiiKind
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _PHONE = re.compile(
@@ -92,21 +92,31 @@ def content_policy_violation(message: str) -> OpenAIError:
 
 
 @dataclass
+class Verdict:
+    """One kind of match in one direction, what was done about it, and how often."""
+
+    direction: str  # input | output
+    kind: str  # a PII kind, blocklist_regex, blocklist_keyword, max_prompt_tokens
+    action: str  # redact | block
+    count: int = 1
+
+
+@dataclass
 class Verdicts:
     """What the guardrails did to one request, for the audit record and metrics."""
 
-    items: list[dict[str, Any]] = field(default_factory=list)
+    items: list[Verdict] = field(default_factory=list)
 
     def add(self, direction: str, kind: str, action: str, count: int = 1) -> None:
         for item in self.items:
-            if (item["direction"], item["kind"], item["action"]) == (direction, kind, action):
-                item["count"] += count
+            if (item.direction, item.kind, item.action) == (direction, kind, action):
+                item.count += count
                 return
-        self.items.append({"direction": direction, "kind": kind, "action": action, "count": count})
+        self.items.append(Verdict(direction, kind, action, count))
 
     @property
     def blocked(self) -> bool:
-        return any(i["action"] == "block" for i in self.items)
+        return any(i.action == "block" for i in self.items)
 
 
 class TextGuard:

@@ -9,26 +9,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from welip.gateway import AuditConfig
-from welip.gateway._audit import AuditWriter
-from welip.store import Database
+from welip.store import AuditStore, Database
+from welip.trust import AuditConfig
+from welip.trust._audit import AuditRecord, AuditWriter
 
 
-def _record(i: int) -> dict[str, Any]:
-    return {
-        "id": uuid.uuid4().hex,
-        "ts": datetime.now(timezone.utc).isoformat(),
-        "request_id": f"req-{i}",
-        "principal_kind": "api_key",
-        "method": "POST",
-        "route": "/v1/chat/completions",
-        "status": 200,
-        "latency_ms": 1.0,
-    }
+def _record(i: int) -> AuditRecord:
+    return AuditRecord(
+        id=uuid.uuid4().hex,
+        ts=datetime.now(timezone.utc).isoformat(),
+        request_id=f"req-{i}",
+        principal_kind="api_key",
+        method="POST",
+        route="/v1/chat/completions",
+        status=200,
+        latency_ms=1.0,
+    )
 
 
 class FlakyDatabase:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: AuditStore) -> None:
         self.db = db
         self.down = False
 
@@ -46,8 +46,9 @@ def _until(predicate: Any, timeout_s: float = 5) -> None:
 
 
 def test_records_written_while_the_database_is_down_arrive_once(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path}/w.db")
-    db.upgrade()
+    database = Database(f"sqlite:///{tmp_path}/w.db")
+    database.upgrade()
+    db = AuditStore(database)
     flaky = FlakyDatabase(db)
     writer = AuditWriter(
         flaky.write, AuditConfig(flush_interval_s=0.02, batch_size=7, spool_dir=str(tmp_path))
@@ -73,22 +74,25 @@ def test_records_written_while_the_database_is_down_arrive_once(tmp_path: Path) 
 
 
 def test_spool_left_by_a_dead_replica_is_replayed_without_duplicates(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path}/w.db")
-    db.upgrade()
+    database = Database(f"sqlite:///{tmp_path}/w.db")
+    database.upgrade()
+    db = AuditStore(database)
     records = [_record(i) for i in range(10)]
-    db.write_audit(records[:4])  # the dead replica had written some before it spooled them again
+    # The dead replica had written some before it spooled them again.
+    db.write_audit([r.row() for r in records[:4]])
     dead = tmp_path / "audit-999999999.jsonl"
-    dead.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"torn": ')
+    dead.write_text("".join(json.dumps(r.row()) + "\n" for r in records) + '{"torn": ')
     writer = AuditWriter(db.write_audit, AuditConfig(flush_interval_s=0.02, spool_dir=str(tmp_path)))
     _until(lambda: not dead.exists())
     writer.close()
     assert db.count_audit() == 10
-    assert sorted(r["request_id"] for r in db.query_audit()) == sorted(r["request_id"] for r in records)
+    assert sorted(r["request_id"] for r in db.query_audit()) == sorted(r.request_id for r in records)
 
 
 def test_close_writes_what_is_still_queued(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path}/w.db")
-    db.upgrade()
+    database = Database(f"sqlite:///{tmp_path}/w.db")
+    database.upgrade()
+    db = AuditStore(database)
     writer = AuditWriter(db.write_audit, AuditConfig(flush_interval_s=30, spool_dir=str(tmp_path)))
     for i in range(5):
         writer.submit(_record(i))

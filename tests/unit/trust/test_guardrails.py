@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from welip.gateway import GuardrailPolicy, find_pii
-from welip.gateway._guardrails import TextGuard, Verdicts
+from welip.trust import GuardrailPolicy, find_pii
+from welip.trust._guardrails import TextGuard, Verdicts
 
 ALL = ["email", "phone", "credit_card", "kr_rrn"]
 
@@ -51,7 +51,7 @@ def test_redaction_names_the_kind_and_block_raises() -> None:
     with pytest.raises(Exception) as raised:
         blocking.apply("a@b.io", verdicts)
     assert getattr(raised.value, "code", None) == "content_policy_violation"
-    assert [v["action"] for v in verdicts.items] == ["redact", "redact", "block"]
+    assert [v.action for v in verdicts.items] == ["redact", "redact", "block"]
 
 
 def test_ordinary_words_are_not_held_back_but_digits_are() -> None:

@@ -19,10 +19,25 @@ from typing import Any
 import jwt
 
 from welip.api import OpenAIError
-from welip.gateway._config import ALL_PERMISSIONS, AuthConfig, OIDCConfig, RoleConfig
-from welip.store import KEY_PREFIX, Database, KeyRecord, hash_key
+from welip.store import KEY_PREFIX, Database, KeyRecord, KeyStore, hash_key
+from welip.trust._config import ALL_PERMISSIONS, AuthConfig, OIDCConfig, RoleConfig
 
 logger = logging.getLogger("welip.gateway")
+
+# Route families, by path prefix; the first match decides. Paths that match none
+# (the OpenAPI spec, docs, unknown paths answered 404) need only a valid caller.
+ROUTE_PERMISSIONS: tuple[tuple[str, str], ...] = (
+    ("/v1/chat/completions", "inference"),
+    ("/v1/completions", "inference"),
+    ("/v1/models", "inference"),
+    ("/v1/embeddings", "embeddings"),
+    ("/admin", "admin"),
+    ("/agents", "agents"),
+    ("/threads", "agents"),
+    ("/runs", "agents"),
+    ("/eval", "eval_submit"),
+    ("/finetune", "finetune_submit"),
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class Authenticator:
 
     def __init__(self, config: AuthConfig, database: Database | None) -> None:
         self._config = config
-        self._database = database
+        self._keys = KeyStore(database) if database is not None else None
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         admin_key = os.environ.get(config.admin_key_env) if config.admin_key_env else None
         if config.admin_key_env and not admin_key:
@@ -139,10 +154,10 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached is not None and now - cached[1] < self._config.key_cache_s:
             return cached[0]
-        if self._database is None:
+        if self._keys is None:
             return None
         try:
-            record = await asyncio.to_thread(self._database.key_by_hash, digest)
+            record = await asyncio.to_thread(self._keys.key_by_hash, digest)
         except Exception as exc:  # noqa: BLE001 - any database failure
             if cached is not None:
                 logger.warning("key lookup failed (%s); using the cached key", type(exc).__name__)
@@ -221,3 +236,11 @@ def authorize(principal: Principal, permission: str | None, model: str | None = 
         raise permission_denied(f"Your role `{principal.role}` may not use {permission} routes.")
     if model is not None and not principal.may_use(model):
         raise permission_denied(f"Your key or role may not use the model `{model}`.")
+
+
+def route_permission(path: str) -> str | None:
+    """The permission a path needs, or None for any authenticated caller."""
+    for prefix, permission in ROUTE_PERMISSIONS:
+        if path == prefix or path.startswith(prefix + "/"):
+            return permission
+    return None

@@ -1,0 +1,20 @@
+"""The trust layer's config: its validators, as the trust config and as the gateway's that extends it."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from welip.gateway import GatewayConfig
+from welip.trust import TrustConfig
+
+
+@pytest.mark.parametrize("config", [TrustConfig, GatewayConfig])
+def test_config_refuses_roles_it_does_not_define(config: type[TrustConfig]) -> None:
+    oidc = {"issuer": "i", "audience": "a", "jwks_url": "http://x", "role_mapping": {"g": "root"}}
+    with pytest.raises(ValidationError, match="unknown roles: root"):
+        config.model_validate({"auth": {"oidc": oidc}})
+    with pytest.raises(ValidationError, match="exactly one of jwks_url or public_key_env"):
+        config.model_validate({"auth": {"oidc": {"issuer": "i", "audience": "a"}}})
+    with pytest.raises(ValidationError, match="by_role names unknown roles: ghost"):
+        config.model_validate({"guardrails": {"by_role": {"ghost": {}}}})

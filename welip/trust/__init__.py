@@ -1,0 +1,54 @@
+"""The trust layer every ingress shares: identity, access, limits, guardrails, cache, audit, telemetry.
+
+The gateway and the agents app wrap their HTTP app in :class:`TrustMiddleware`
+(request context, authentication, route family; :meth:`Trust.settle` after the last
+byte) and call :class:`Trust` around inference: :meth:`Trust.admit` before the engine,
+:meth:`Trust.filter_answer` or :meth:`Trust.stream_filter` on its answer.
+"""
+
+from welip.trust._auth import Principal
+from welip.trust._config import (
+    AuditConfig,
+    AuthConfig,
+    CacheConfig,
+    GuardrailPolicy,
+    GuardrailsConfig,
+    LimitsConfig,
+    OIDCConfig,
+    RoleConfig,
+    TrustConfig,
+)
+from welip.trust._context import RequestContext, context_of, principal_of, record_error
+from welip.trust._guardrails import find_pii
+from welip.trust._limits import Bucket, MemoryRateLimiter, RedisRateLimiter
+from welip.trust._middleware import TrustMiddleware
+from welip.trust._stream import StreamFilter
+from welip.trust._tokens import TokenCounter
+from welip.trust._trust import Admission, Trust, build_trust
+
+__all__ = [
+    "Admission",
+    "AuditConfig",
+    "AuthConfig",
+    "Bucket",
+    "CacheConfig",
+    "GuardrailPolicy",
+    "GuardrailsConfig",
+    "LimitsConfig",
+    "MemoryRateLimiter",
+    "OIDCConfig",
+    "Principal",
+    "RedisRateLimiter",
+    "RequestContext",
+    "RoleConfig",
+    "StreamFilter",
+    "TokenCounter",
+    "Trust",
+    "TrustConfig",
+    "TrustMiddleware",
+    "build_trust",
+    "context_of",
+    "find_pii",
+    "principal_of",
+    "record_error",
+]

@@ -1,0 +1,227 @@
+"""Configuration of the trust layer, one model per concern, composed in :class:`TrustConfig`.
+
+The concerns: who may call (:class:`AuthConfig`, :class:`OIDCConfig`,
+:class:`RoleConfig`), how much (:class:`LimitsConfig`), what is remembered
+(:class:`AuditConfig`, :class:`CacheConfig`) and what may pass
+(:class:`GuardrailsConfig`). Connection strings and secrets never live here: the
+database and Redis come from ``WELIP_DATABASE_URL`` / ``WELIP_REDIS_URL``, keys and
+public keys from environment variables named by the config.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from welip.config import StrictModel
+
+Permission = Literal["inference", "embeddings", "agents", "eval_submit", "finetune_submit", "admin"]
+ALL_PERMISSIONS: tuple[Permission, ...] = (
+    "inference",
+    "embeddings",
+    "agents",
+    "eval_submit",
+    "finetune_submit",
+    "admin",
+)
+
+
+class RoleConfig(StrictModel):
+    """What a role may do: route families and models."""
+
+    permissions: list[Permission] = Field(
+        default_factory=list, description="Route families this role may call."
+    )
+    models: list[str] = Field(
+        default_factory=lambda: ["*"], description="Model ids this role may use; `*` means all."
+    )
+
+
+def _default_roles() -> dict[str, RoleConfig]:
+    return {
+        "admin": RoleConfig(permissions=list(ALL_PERMISSIONS)),
+        "developer": RoleConfig(
+            permissions=["inference", "embeddings", "agents", "eval_submit", "finetune_submit"]
+        ),
+        "user": RoleConfig(permissions=["inference", "embeddings", "agents"]),
+    }
+
+
+class OIDCConfig(StrictModel):
+    """OIDC/JWT bearer tokens, verified against a JWKS URL or a static public key."""
+
+    issuer: str = Field(min_length=1, description="Expected `iss` claim.")
+    audience: str = Field(min_length=1, description="Expected `aud` claim.")
+    jwks_url: str | None = Field(None, description="JWKS endpoint of the identity provider.")
+    public_key_env: str | None = Field(
+        None, description="Environment variable holding a PEM public key (instead of jwks_url)."
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256"], min_length=1, description="Accepted signature algorithms."
+    )
+    principal_claim: str = Field("sub", min_length=1, description="Claim naming the caller.")
+    roles_claim: str = Field("groups", min_length=1, description="Claim listing the caller's groups.")
+    role_mapping: dict[str, str] = Field(
+        default_factory=dict, description="Group name in roles_claim -> WeLIP role (first match wins)."
+    )
+    default_role: str | None = Field(None, description="Role for a valid token whose groups map to none.")
+    leeway_s: float = Field(30, ge=0, le=600, description="Clock skew tolerated on exp/nbf.")
+    jwks_cache_s: float = Field(300, gt=0, le=86400, description="How long fetched signing keys are kept.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OIDCConfig:
+        if (self.jwks_url is None) == (self.public_key_env is None):
+            raise ValueError("set exactly one of jwks_url or public_key_env")
+        return self
+
+
+class AuthConfig(StrictModel):
+    """Who may call the gateway."""
+
+    enabled: bool = Field(
+        False, description="Require an API key or bearer token on every route except /health."
+    )
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health", "/ready"],
+        description="Paths answered without credentials. /openapi.json and /docs are private unless listed.",
+    )
+    admin_key_env: str | None = Field(
+        None,
+        description=(
+            "Environment variable holding a bootstrap admin API key (from a Kubernetes Secret); "
+            "kept only as a hash in memory."
+        ),
+    )
+    key_cache_s: float = Field(
+        5,
+        ge=0,
+        le=3600,
+        description=(
+            "How long a replica trusts a looked-up key before asking the database again: the "
+            "longest a revocation takes to bite. A cached key keeps working while the database is down."
+        ),
+    )
+    roles: dict[str, RoleConfig] = Field(default_factory=_default_roles, description="Roles by name.")
+    oidc: OIDCConfig | None = Field(None, description="Accept OIDC/JWT bearer tokens too.")
+
+    @model_validator(mode="after")
+    def _known_roles(self) -> AuthConfig:
+        if self.oidc is not None:
+            mapped = set(self.oidc.role_mapping.values())
+            if self.oidc.default_role is not None:
+                mapped.add(self.oidc.default_role)
+            unknown = sorted(mapped - set(self.roles))
+            if unknown:
+                raise ValueError(f"oidc maps to unknown roles: {', '.join(unknown)}")
+        return self
+
+
+class LimitsConfig(StrictModel):
+    """Rate limits and backpressure."""
+
+    default_rpm: int | None = Field(
+        None, ge=1, le=10_000_000, description="Requests per minute for keys that set none."
+    )
+    default_tpm: int | None = Field(
+        None, ge=1, le=10_000_000_000, description="Tokens per minute for keys that set none."
+    )
+    max_in_flight_per_model: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Requests one gateway replica lets through to a model at once; beyond it the answer "
+            "is 503 with Retry-After at once, never a queue."
+        ),
+    )
+    redis_prefix: str = Field("welip", min_length=1, max_length=64, description="Prefix of Redis keys.")
+
+
+class CacheConfig(StrictModel):
+    """Exact-match response cache for deterministic (temperature 0) non-streamed requests."""
+
+    enabled: bool = Field(False, description="Serve repeated temperature-0 requests from the cache.")
+    ttl_s: int = Field(3600, ge=1, le=30 * 86400, description="How long an answer is kept.")
+    max_entries: int = Field(
+        1024, ge=1, le=1_000_000, description="In-process cache size when no Redis is configured."
+    )
+
+
+class AuditConfig(StrictModel):
+    """The audit log: one record per request, written off the request path."""
+
+    enabled: bool = Field(False, description="Record every request, allowed or refused.")
+    record_prompts: bool = Field(False, description="Also store the raw request body (off by default).")
+    flush_interval_s: float = Field(0.5, gt=0, le=60, description="Longest a record waits in memory.")
+    batch_size: int = Field(256, ge=1, le=100_000, description="Records written per database round trip.")
+    spool_dir: str = Field(
+        "~/.welip/spool",
+        min_length=1,
+        description="Append-only files that hold records while the database is unreachable.",
+    )
+
+
+PiiKind = Literal["email", "phone", "credit_card", "kr_rrn"]
+
+
+class GuardrailPolicy(StrictModel):
+    """What one direction (input or output) checks, and what it does on a match."""
+
+    pii: list[PiiKind] = Field(default_factory=list, description="PII kinds to detect.")
+    pii_action: Literal["redact", "block"] = Field("redact", description="Replace the match, or refuse.")
+    blocklist_regex: list[str] = Field(
+        default_factory=list, description="Patterns that refuse the request when found."
+    )
+    blocklist_keywords: list[str] = Field(
+        default_factory=list, description="Words (case-insensitive) that refuse the request when found."
+    )
+
+
+class GuardrailsConfigOverride(StrictModel):
+    """Policies that replace the defaults for one role."""
+
+    input: GuardrailPolicy | None = Field(None, description="Replaces the input policy.")
+    output: GuardrailPolicy | None = Field(None, description="Replaces the output policy.")
+
+
+class GuardrailsConfig(StrictModel):
+    """Content checks on prompts and on (streamed) answers."""
+
+    input: GuardrailPolicy = Field(default_factory=GuardrailPolicy, description="Checks on the prompt.")
+    output: GuardrailPolicy = Field(default_factory=GuardrailPolicy, description="Checks on the answer.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, le=10_000_000, description="Refuse prompts longer than this many tokens."
+    )
+    window_chars: int = Field(
+        64,
+        ge=16,
+        le=4096,
+        description=(
+            "Streamed text held back per choice so a match split across chunks is still caught; "
+            "a match longer than this may pass."
+        ),
+    )
+    by_role: dict[str, GuardrailsConfigOverride] = Field(
+        default_factory=dict, description="Per-role replacement of input/output policies."
+    )
+
+
+class TrustConfig(StrictModel):
+    """The trust layer in front of an ingress: who may call, how much, what is remembered and what may pass.
+
+    The gateway's config extends it (``GatewayConfig``); the agents app uses it as is.
+    """
+
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Identity and access.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Rate limits, backpressure.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit log.")
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig, description="Content checks.")
+
+    @model_validator(mode="after")
+    def _roles_exist(self) -> TrustConfig:
+        unknown = sorted(set(self.guardrails.by_role) - set(self.auth.roles))
+        if unknown:
+            raise ValueError(f"guardrails.by_role names unknown roles: {', '.join(unknown)}")
+        return self

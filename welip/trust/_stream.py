@@ -1,0 +1,63 @@
+"""The trust layer's filter over a streamed answer, applied to each batch of SSE events on its way out."""
+
+from __future__ import annotations
+
+import json
+
+from welip.trust._context import RequestContext
+from welip.trust._guardrails import StreamGuard
+from welip.trust._telemetry import Telemetry
+
+_USAGE_MARK = '"usage":{'
+
+
+class StreamFilter:
+    """Watches one SSE stream for the trust layer: time to first token, output guardrail, usage.
+
+    Called with each batch of SSE events of the answer, it returns what may be sent: the
+    text the output guardrail passed (and an error event once it blocks), without the
+    usage chunk the engine was asked for on the trust layer's behalf. The usage the
+    engine reports becomes the request's. Without a request context (an app built
+    without the trust middleware) it passes everything through.
+    """
+
+    def __init__(
+        self,
+        ctx: RequestContext | None = None,
+        guard: StreamGuard | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self._guard = guard
+        self._telemetry = telemetry
+        self._first = True
+
+    @property
+    def blocked(self) -> bool:
+        """The output guardrail ended the stream: read no more of the engine's answer."""
+        return self._guard is not None and self._guard.blocked
+
+    def __call__(self, text: str) -> str:
+        ctx = self._ctx
+        if ctx is None:
+            return text
+        if self._first:
+            self._first = False
+            if self._telemetry is not None:
+                self._telemetry.first_event(ctx)
+        if self._guard is not None:
+            text = self._guard.filter(text)
+            if self._guard.blocked:
+                ctx.error_code = "content_policy_violation"
+        if _USAGE_MARK not in text:
+            return text
+        kept = []
+        for event in text.split("\n\n"):
+            if _USAGE_MARK in event and event.startswith("data: {"):
+                chunk = json.loads(event[6:])
+                ctx.count_usage(chunk.get("usage"))
+                if ctx.strip_usage and not chunk.get("choices"):
+                    continue
+            if event:
+                kept.append(event + "\n\n")
+        return "".join(kept)

@@ -1,0 +1,435 @@
+"""The trust layer of one replica, composed: identity, access, limits, guardrails, cache, audit, telemetry.
+
+An ingress calls it at four points of a request, as Ray Serve LLM's request
+middleware chain and Starlette's middleware do:
+
+* on arrival, :class:`~welip.trust.TrustMiddleware` opens the request's context,
+  authenticates the caller and checks the route family (:meth:`Trust.authenticate`);
+* before inference, :meth:`Trust.admit` runs the per-model checks (model grant, input
+  guardrails, prompt size, in-flight bound, rate limits) and looks a deterministic
+  request up in the response cache; :meth:`Trust.admit_run` admits a request that runs
+  no engine itself (an agent run);
+* on the answer, :meth:`Trust.filter_answer` (a whole answer) or the
+  :meth:`Trust.stream_filter` (each batch of SSE events) applies the output guardrail
+  and takes the engine's usage;
+* after the last byte, :meth:`Trust.settle` reconciles the token buckets, counts the
+  request, ends its span and queues its audit record.
+
+The per-request calls take the request's :class:`RequestContext`, or ``None`` in an app
+built without the middleware: then they admit everything and change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from welip.api import OpenAIError
+from welip.store import AuditStore, Database
+from welip.trust._audit import AuditWriter
+from welip.trust._auth import Authenticator, Principal, authorize, route_permission
+from welip.trust._cache import MemoryResponseCache, RedisResponseCache, ResponseCache, cache_key
+from welip.trust._config import TrustConfig
+from welip.trust._context import RequestContext
+from welip.trust._guardrails import (
+    StreamGuard,
+    TextGuard,
+    content_policy_violation,
+    guard_request,
+    guard_response,
+)
+from welip.trust._limits import Bucket, Decision, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from welip.trust._stream import StreamFilter
+from welip.trust._telemetry import Telemetry, tracer
+from welip.trust._tokens import TokenCounter
+
+logger = logging.getLogger("welip.gateway")
+
+CACHE_HEADER = "x-welip-cache"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admission decided for a request it let through."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    """For the response: the caller's rate limits, and whether the cache answered."""
+    cached: bytes | None = None
+    """An answer from the response cache (JSON), to send without asking the engine."""
+    force_usage: bool = False
+    """Ask the engine for the final usage chunk the client did not request (the stream filter strips it)."""
+
+
+class Trust:
+    """Every trust component of one replica, composed; the calls an ingress makes per request."""
+
+    def __init__(
+        self,
+        config: TrustConfig,
+        *,
+        database: Database | None,
+        redis: Any | None,
+        replica: str | None = None,
+        token_counters: dict[str, TokenCounter] | None = None,
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.replica = replica
+        self.auth_enabled = config.auth.enabled
+        self.authenticator = Authenticator(config.auth, database) if config.auth.enabled else None
+        prefix = config.limits.redis_prefix
+        self.limiter: RateLimiter = RedisRateLimiter(redis, prefix) if redis else MemoryRateLimiter()
+        self.cache: ResponseCache | None = None
+        if config.cache.enabled:
+            self.cache = (
+                RedisResponseCache(redis, prefix, config.cache.ttl_s)
+                if redis
+                else MemoryResponseCache(config.cache.max_entries, config.cache.ttl_s)
+            )
+        self.audit = (
+            AuditWriter(AuditStore(database).write_audit, config.audit)
+            if config.audit.enabled and database is not None
+            else None
+        )
+        self.token_counters = token_counters or {}
+        self._in_flight: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.telemetry = Telemetry()
+        guard = config.guardrails
+        self._guards: dict[str | None, tuple[TextGuard, TextGuard]] = {
+            None: (
+                TextGuard(guard.input, "input", guard.window_chars),
+                TextGuard(guard.output, "output", guard.window_chars),
+            )
+        }
+        for role, override in guard.by_role.items():
+            self._guards[role] = (
+                TextGuard(override.input or guard.input, "input", guard.window_chars),
+                TextGuard(override.output or guard.output, "output", guard.window_chars),
+            )
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether admission needs the prompt's token count."""
+        limits = self.config.limits
+        return bool(
+            self.config.guardrails.max_prompt_tokens
+            or limits.default_tpm
+            or (self.auth_enabled and self.database is not None)  # keys may carry tpm/budgets
+        )
+
+    def close(self) -> None:
+        """Write the queued audit records (to the database or the spool) and stop the writer."""
+        if self.audit is not None:
+            self.audit.close()
+
+    # -- on arrival ---------------------------------------------------------------
+
+    async def authenticate(self, ctx: RequestContext, headers: dict[str, str]) -> None:
+        """Identify the caller and check the route family (raises 401/403)."""
+        if self.authenticator is None or ctx.route in self.config.auth.public_paths:
+            return
+        with tracer.start_as_current_span("welip.auth") as span:
+            ctx.principal = await self.authenticator.authenticate(headers.get("authorization"))
+            span.set_attributes({"welip.principal.kind": ctx.principal.kind, "user.id": ctx.principal.id})
+            authorize(ctx.principal, route_permission(ctx.route))
+
+    # -- before inference ---------------------------------------------------------
+
+    async def admit(
+        self,
+        ctx: RequestContext | None,
+        body: Any,
+        raw: bytes,
+        *,
+        engine_model: str | None = None,
+        target_model: str | None = None,
+    ) -> Admission:
+        """Let a chat, completion or embedding request through to its engine, or raise the refusal.
+
+        Checks the caller may use ``body.model``, refuses logprobs where output
+        guardrails apply, applies the input guardrails (which may redact ``body`` in
+        place), counts the prompt's tokens against ``max_prompt_tokens``, takes an
+        in-flight slot and charges the rate limits. A deterministic non-streamed
+        generation is then looked up in the response cache.
+
+        Args:
+            ctx: The request's context (``None``: admit without checks).
+            body: The parsed request.
+            raw: The body as received: the audit record keeps it with ``audit.record_prompts``,
+                and the cache key is made from it.
+            engine_model: The served model whose engine runs an adapter or alias request
+                (its tokenizer counts the prompt, its in-flight bound applies).
+            target_model: The concrete model an alias names now, so that an alias switch
+                never serves the old model's cached answers.
+        """
+        if ctx is None:
+            return Admission()
+        ctx.model = body.model
+        authorize(ctx.principal, None, body.model)
+        model = engine_model or body.model
+        self._check_input(ctx, body)
+        prompt_tokens = self._count_prompt(ctx, body, model)
+        self._take_slot(ctx, model)
+        headers = await self._rate_limit(ctx, prompt_tokens)
+        if self.config.audit.record_prompts:
+            ctx.body = raw.decode("utf-8", "replace")
+        if getattr(body, "stream", False):
+            options = body.stream_options
+            # Usage feeds limits, metrics and audit; the client gets it only if asked.
+            ctx.strip_usage = options is None or not options.include_usage
+            return Admission(headers, force_usage=ctx.strip_usage)
+        if self.cache is None or _is_embedding(body):
+            return Admission(headers)
+        return Admission(headers, await self._look_up(self.cache, ctx, raw, target_model, headers))
+
+    async def admit_run(self, ctx: RequestContext | None, subject: str) -> Admission:
+        """Admit a request that runs no engine itself (an agent run): the caller's request limits only.
+
+        ``subject`` (the assistant) is recorded as the request's model in audit and metrics.
+        """
+        if ctx is None:
+            return Admission()
+        ctx.model = subject
+        return Admission(await self._rate_limit(ctx, 0))
+
+    def _guards_for(self, principal: Principal) -> tuple[TextGuard, TextGuard]:
+        return self._guards.get(principal.role, self._guards[None])
+
+    def _check_input(self, ctx: RequestContext, body: Any) -> None:
+        """Refuse logprobs where output guardrails apply; apply the input guardrails (they may redact)."""
+        input_guard, output_guard = self._guards_for(ctx.principal)
+        if output_guard.active and getattr(body, "logprobs", None):
+            # Token logprobs carry the raw text the output guardrail would have changed.
+            raise OpenAIError(
+                400,
+                "Output guardrails apply to your role, and logprobs would bypass them. Use a role "
+                "without output guardrails (guardrails.by_role) for log-likelihood evaluation.",
+                param="logprobs",
+                code="logprobs_not_allowed",
+            )
+        if input_guard.active:
+            with tracer.start_as_current_span("welip.guardrails.input") as span:
+                guard_request(body, input_guard, ctx.verdicts)
+                verdicts = [f"{v.kind}:{v.action}" for v in ctx.verdicts.items]
+                span.set_attribute("welip.guardrails", verdicts)
+
+    def _count_prompt(self, ctx: RequestContext, body: Any, model: str) -> int:
+        """The prompt's tokens, when a limit needs them; refuses a prompt over ``max_prompt_tokens``."""
+        prompt_tokens = longest = 0
+        texts = getattr(body, "input", None)  # embeddings: each input is a prompt of its own
+        counter = self.token_counters.get(model)
+        if counter is not None and self.counts_tokens:
+            if isinstance(texts, list):
+                counts = counter.count_texts(texts)
+                prompt_tokens, longest = sum(counts), max(counts, default=0)
+            else:
+                prompt_tokens = longest = counter.count(body)
+            ctx.prompt_tokens = prompt_tokens
+        limit = self.config.guardrails.max_prompt_tokens
+        if limit is not None and longest > limit:
+            ctx.verdicts.add("input", "max_prompt_tokens", "block")
+            what = "An input" if isinstance(texts, list) else "The prompt"
+            raise content_policy_violation(
+                f"{what} has {longest} tokens; this gateway allows at most {limit}."
+            )
+        return prompt_tokens
+
+    def _take_slot(self, ctx: RequestContext, model: str) -> None:
+        """One of the model's in-flight slots, or 503 when ``max_in_flight_per_model`` are taken."""
+        bound = self.config.limits.max_in_flight_per_model
+        if bound is not None:
+            # Before the rate limit, so a request refused here spends none of the key's quota;
+            # the slot is released in settle() whatever happens next.
+            if self._in_flight.get(model, 0) >= bound:
+                raise OpenAIError(
+                    503,
+                    f"The model `{model}` is at capacity ({bound} requests in flight); retry shortly.",
+                    type="server_error",
+                    code="model_overloaded",
+                    headers={"retry-after": "1"},
+                )
+            self._in_flight[model] = self._in_flight.get(model, 0) + 1
+            ctx.in_flight_model = model
+
+    async def _rate_limit(self, ctx: RequestContext, prompt_tokens: int) -> dict[str, str]:
+        p = ctx.principal
+        limits = self.config.limits
+        buckets, costs = [], []
+        rpm = p.rpm or limits.default_rpm
+        tpm = p.tpm or limits.default_tpm
+        if rpm:
+            buckets.append(Bucket("requests", rpm))
+            costs.append(1)
+        if tpm:
+            buckets.append(Bucket("tokens", tpm))
+            costs.append(prompt_tokens)
+        if p.token_budget:
+            buckets.append(Bucket("budget", p.token_budget, period_ms=0))
+            costs.append(prompt_tokens)
+        if not buckets:
+            return {}
+        try:
+            with tracer.start_as_current_span("welip.rate_limit") as span:
+                span.set_attribute("welip.rate_limit.buckets", [b.name for b in buckets])
+                decision: Decision = await self.limiter.admit(p.id, buckets, costs)
+                span.set_attribute("welip.rate_limit.allowed", decision.allowed)
+        except Exception as exc:  # noqa: BLE001 - Redis down: refuse rather than admit unmetered
+            logger.warning("rate limiter unavailable: %s", exc)
+            raise OpenAIError(
+                503,
+                "The rate limiter is unavailable; try again shortly.",
+                type="server_error",
+                code="rate_limiter_unavailable",
+                headers={"retry-after": "5"},
+            ) from None
+        if not decision.allowed:
+            what = {
+                "requests": "requests per minute",
+                "tokens": "tokens per minute",
+                "budget": "token budget",
+            }
+            raise OpenAIError(
+                429,
+                f"Rate limit reached for {p.id} on {what.get(decision.denied_by or '', 'limits')}: "
+                f"limit {decision.limits.get(decision.denied_by or '', 0)}. "
+                f"Retry after {decision.headers().get('retry-after')} s.",
+                type="requests" if decision.denied_by == "requests" else "tokens",
+                code="rate_limit_exceeded",
+                headers=decision.headers(),
+            )
+        ctx.buckets = [b for b in buckets if b.name != "requests"]
+        ctx.charged_tokens = prompt_tokens
+        return decision.headers()
+
+    async def _look_up(
+        self,
+        cache: ResponseCache,
+        ctx: RequestContext,
+        raw: bytes,
+        target_model: str | None,
+        headers: dict[str, str],
+    ) -> bytes | None:
+        """The cached answer to a deterministic request; the cache header says whether there was one."""
+        payload = json.loads(raw)
+        if target_model is not None:
+            payload["model"] = target_model  # an alias switch must not serve the old model's answers
+        ctx.cache_key = cache_key(payload, ctx.principal.role)
+        if ctx.cache_key is None:
+            return None
+        cached = await cache.get(ctx.cache_key)
+        ctx.cache = "hit" if cached is not None else "miss"
+        headers[CACHE_HEADER] = ctx.cache
+        if cached is not None:
+            ctx.count_usage(json.loads(cached).get("usage"))
+        return cached
+
+    # -- on the answer -------------------------------------------------------------
+
+    async def filter_answer(self, ctx: RequestContext | None, answer: Any) -> bytes:
+        """A whole (non-streamed) answer's bytes to send: usage taken, output guardrail applied, cached.
+
+        Raises the output guardrail's refusal (400) before any byte is sent.
+        """
+        if ctx is not None:
+            usage = getattr(answer, "usage", None)
+            ctx.count_usage(usage.model_dump() if usage is not None else None)
+            output = self._guards_for(ctx.principal)[1]
+            if output.active:
+                guard_response(answer, output, ctx.verdicts)
+        data: bytes = answer.model_dump_json().encode()
+        if ctx is not None and ctx.cache_key is not None and self.cache is not None:
+            await self.cache.put(ctx.cache_key, data)
+        return data
+
+    def stream_filter(self, ctx: RequestContext | None) -> StreamFilter:
+        """The filter a streamed answer's SSE events pass through on their way to the client."""
+        if ctx is None:
+            return StreamFilter()
+        output = self._guards_for(ctx.principal)[1]
+        guard = StreamGuard(output, ctx.verdicts) if output.active else None
+        return StreamFilter(ctx, guard, self.telemetry)
+
+    def count_usage(self, ctx: RequestContext | None, usage: Mapping[str, Any] | None) -> None:
+        """The usage a model reported for an answer that passes no filter (embeddings)."""
+        if ctx is not None:
+            ctx.count_usage(usage)
+
+    # -- after the last byte ---------------------------------------------------------
+
+    def settle(self, ctx: RequestContext) -> None:
+        """Close the books of a request whose response has been sent (or abandoned)."""
+        if ctx.in_flight_model is not None:
+            self._in_flight[ctx.in_flight_model] -= 1
+        used = (ctx.prompt_tokens or 0) + (ctx.completion_tokens or 0)
+        if ctx.buckets and used != ctx.charged_tokens:
+            delta = used - ctx.charged_tokens
+            self._spawn(self.limiter.charge(ctx.principal.id, ctx.buckets, [delta] * len(ctx.buckets)))
+        self.telemetry.settled(ctx)
+        # Probes of the public paths (/health, /ready every few seconds) are not audited.
+        probe = ctx.route in self.config.auth.public_paths and ctx.status < 400
+        if self.audit is not None and not probe:
+            self.audit.submit(ctx.record(self.replica))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as exc:  # noqa: BLE001 - reconciliation is best effort once answered
+                logger.warning("token reconciliation failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _is_embedding(body: Any) -> bool:
+    return isinstance(getattr(body, "input", None), list)  # each input is a prompt of its own
+
+
+async def build_trust(
+    config: TrustConfig, model_sources: dict[str, str], embedding_sources: dict[str, str] | None = None
+) -> Trust:
+    """The trust layer of one replica, connected to the database and Redis named by the environment.
+
+    The database (``WELIP_DATABASE_URL``, SQLite by default) is opened and migrated
+    only when auth or audit needs it; Redis (``WELIP_REDIS_URL``) only when set.
+    Tokenizers are loaded for each model (``embedding_sources``: embedding models) when a
+    limit or guardrail counts tokens.
+    """
+    from ray import serve
+
+    from welip.models import resolve_model_path
+    from welip.serving import resolve_embedding_path
+    from welip.store import redis_from_env
+
+    database = None
+    if config.auth.enabled or config.audit.enabled:
+        database = Database()
+        await asyncio.to_thread(database.upgrade)
+    redis = redis_from_env()
+    try:
+        replica: str | None = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - not inside a Serve replica (tests, scripts)
+        replica = None
+    trust = Trust(config, database=database, redis=redis, replica=replica)
+    if trust.counts_tokens:
+        for model_id, source in model_sources.items():
+            path = await asyncio.to_thread(resolve_model_path, source)
+            trust.token_counters[model_id] = await asyncio.to_thread(TokenCounter.load, path)
+        for model_id, source in (embedding_sources or {}).items():
+            path = await asyncio.to_thread(resolve_embedding_path, source)
+            trust.token_counters[model_id] = await asyncio.to_thread(TokenCounter.load, path)
+    logger.info(
+        "gateway trust: auth=%s database=%s redis=%s audit=%s cache=%s",
+        config.auth.enabled,
+        database.engine.dialect.name if database else None,
+        "on" if redis else "off (per-replica limits)",
+        config.audit.enabled,
+        config.cache.enabled,
+    )
+    return trust
