@@ -1,8 +1,9 @@
 """Evaluation jobs against the real engine: through the gateway and in-job with ray.data.llm.
 
-``jobs/evaluate.py``'s ``main`` runs in this process, on the session's Ray cluster, as
-``ray job submit`` would run it there; results go to PostgreSQL (the session database),
-MLflow (a SQLite store per module) and local or S3 (moto) storage.
+``welip.evaluation.run_suite`` (what ``jobs/evaluate.py`` runs) runs in this process, under
+the job's root span, on the session's Ray cluster, as ``ray job submit`` would run it there;
+results go to PostgreSQL (the session database), MLflow (a SQLite store per module) and
+local or S3 (moto) storage.
 """
 
 from __future__ import annotations
@@ -26,21 +27,26 @@ from tests.integration.conftest import (
     MODEL,
     SHORT_CONTEXT,
     SHORT_MODEL,
-    load_job,
     series_value,
 )
 from tests.phoenix_server import PhoenixServer, children, named, wait_for_trace
 from welip.cli import app
 from welip.config import load_config
-from welip.evaluation import EndpointUnavailable, SuiteConfig, read_samples
-from welip.store import Database
+from welip.evaluation import EndpointUnavailable, SuiteConfig, read_samples, run_suite
+from welip.observability import job_span, trace_id_of
+from welip.store import Database, EvalRunStore
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 24
 
 
-JOB = load_job("evaluate")
+def evaluate(cfg: SuiteConfig) -> dict[str, Any]:
+    """``run_suite`` under the run's root span ``eval.run``, as ``welip.job.run_job`` runs it."""
+    with job_span("eval", "eval.run", {"openinference.span.kind": "CHAIN"}) as span:
+        summary = run_suite(cfg)
+    trace_id = trace_id_of(span)
+    return summary if trace_id is None else {**summary, "trace_id": trace_id}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,7 @@ def run(env: dict[str, str], suite: str, *overrides: str) -> dict[str, Any]:
         REPO_ROOT / "configs" / "eval" / suite,
         [f"target.base_url={env['base_url']}", *overrides],
     )
-    return JOB.main(cfg)
+    return evaluate(cfg)
 
 
 BATCH_TARGET = json.dumps(
@@ -132,10 +138,10 @@ def test_gateway_run_scores_every_row_and_records_it_everywhere(
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"samples.jsonl", "summary.json", "suite.json"} <= artifacts
 
-    row = Database(database_url).get_eval_run(summary["run_id"])
-    assert row is not None and row["status"] == "finished" and row["mlflow_run_id"] == run.info.run_id
-    assert row["metrics"]["numeric_match"] == pytest.approx(summary["metrics"]["numeric_match"]["mean"])
-    assert (row["rows"], row["scored"], row["results_url"]) == (LIMIT, LIMIT, summary["results_url"])
+    row = EvalRunStore(Database(database_url)).get_eval_run(summary["run_id"])
+    assert row is not None and row.status == "finished" and row.mlflow_run_id == run.info.run_id
+    assert row.metrics["numeric_match"] == pytest.approx(summary["metrics"]["numeric_match"]["mean"])
+    assert (row.rows, row.scored, row.results_url) == (LIMIT, LIMIT, summary["results_url"])
 
 
 def test_batch_mode_gives_the_same_answers_and_scores_at_temperature_0(
@@ -181,7 +187,7 @@ def test_judge_scores_with_guided_json_and_counts_parse_failures(env: dict[str, 
     starved["name"] = "quality_unguided"
     starved["judge"].update(structured_output=False, max_tokens=3)
     data["metric_list"].append(starved)
-    summary = JOB.main(type(cfg).model_validate(data))
+    summary = evaluate(type(cfg).model_validate(data))
 
     quality, unguided = summary["metrics"]["quality"], summary["metrics"]["quality_unguided"]
     assert quality["parse_failures"] == 0 and quality["n"] == 8 and 1 <= quality["mean"] <= 5
@@ -229,17 +235,17 @@ def test_malformed_rows_and_failed_requests_are_counted_not_fatal(
     ]
     (failed,) = summary["error_rows"]
     assert failed["id"] == "too-long" and "400" in failed["error"]
-    stored = Database(database_url).get_eval_run(summary["run_id"])
-    assert stored is not None and (stored["scored"], stored["errors"], stored["malformed"]) == (4, 1, 3)
+    stored = EvalRunStore(Database(database_url)).get_eval_run(summary["run_id"])
+    assert stored is not None and (stored.scored, stored.errors, stored.malformed) == (4, 1, 3)
 
 
 def test_unreachable_endpoint_or_bad_key_fails_fast_with_a_clear_message(
     env: dict[str, str], database_url: str
 ) -> None:
-    before = len(Database(database_url).list_eval_runs(limit=1000))
+    before = len(EvalRunStore(Database(database_url)).list_eval_runs(limit=1000))
     started = time.perf_counter()
     with pytest.raises(EndpointUnavailable, match=r"http://127.0.0.1:9/v1 is unreachable"):
-        JOB.main(
+        evaluate(
             load_config(
                 SuiteConfig,
                 REPO_ROOT / "configs/eval/arithmetic.yaml",
@@ -249,7 +255,7 @@ def test_unreachable_endpoint_or_bad_key_fails_fast_with_a_clear_message(
     assert time.perf_counter() - started < 10
     with pytest.raises(EndpointUnavailable, match="refused the credentials"):
         run(env, "arithmetic.yaml", "target.api_key_env=WELIP_IT_NO_SUCH_KEY")
-    assert len(Database(database_url).list_eval_runs(limit=1000)) == before
+    assert len(EvalRunStore(Database(database_url)).list_eval_runs(limit=1000)) == before
 
 
 def test_dataset_and_results_on_s3(env: dict[str, str], s3_endpoint: str) -> None:

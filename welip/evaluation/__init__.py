@@ -1,8 +1,9 @@
 """Evaluation: suites over Ray Data, rule-based metrics to LLM judges, tracked in MLflow.
 
 Metric functions are plain functions (``exact_match(prediction, reference)``) usable
-anywhere, fine-tuning rewards included. ``jobs/evaluate.py`` composes the rest into a
-Ray Job: load and render the suite, check endpoints, infer, score, judge, record.
+anywhere, fine-tuning rewards included. :func:`run_suite` composes the rest into one run
+(render the suite, check endpoints, infer, score, judge, record); ``jobs/evaluate.py``
+runs it as a Ray Job.
 """
 
 from welip.evaluation._client import EndpointUnavailable, check_endpoint, endpoint_version
@@ -42,6 +43,7 @@ from welip.evaluation._results import (
     summary_table,
     write_results,
 )
+from welip.evaluation._run import run_suite
 from welip.evaluation._stages import EndpointInference, JudgeStage, batch_processor, score_batch
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "regex_match",
     "result_schema",
     "rouge_l",
+    "run_suite",
     "score_batch",
     "summarize",
     "summary_table",

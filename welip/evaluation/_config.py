@@ -292,4 +292,3 @@ class SuiteConfig(StrictModel):
         """Every endpoint the suite calls: the target (when it is one), then each judge's."""
         targets = [self.target] if isinstance(self.target, EndpointTarget) else []
         return targets + [m.judge.target for m in self.metric_list if m.judge is not None]
-

@@ -108,4 +108,3 @@ class IngestConfig(StrictModel):
             if not pattern.strip() or pattern.startswith("/"):
                 raise ValueError(f"include pattern {pattern!r} must be a relative glob")
         return self
-
