@@ -100,10 +100,9 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AgentsAppConfig.model_validate(args)
     agents = resolve_agents(config)
     deployment = serve.deployment(
-        AgentServer,
         name="WelipAgents",
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.num_cpus, "runtime_env": {"env_vars": config.env_vars}},
-    )
+    )(AgentServer)
     return deployment.bind(config=config, agents=agents)

@@ -54,12 +54,11 @@ def build_app(args: dict[str, Any]) -> Application:
     embedders = {e.model_id: build_embedding_deployment(e) for e in config.embeddings}
     if config.gateway.placement == "standalone":
         gateway = serve.deployment(
-            Gateway,
             name="WelipGateway",
             num_replicas=config.gateway.num_replicas,
             max_ongoing_requests=config.gateway.max_ongoing_requests,
             ray_actor_options={"num_cpus": config.gateway.num_cpus},
-        )
+        )(Gateway)
         engines = {m.model_id: build_engine_deployment(m) for m in config.models}
         return gateway.bind(
             engines=engines,
