@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import Field
 
 import welip.job
@@ -35,8 +37,25 @@ def test_the_summary_is_printed_as_json(config_file: Path, capsys: pytest.Captur
 
     summary = run_job(main, _Config, component="demo", argv=["--config", str(config_file), "limit=7"])
     assert seen == [_Config(name="demo", limit=7)]
-    assert summary == {"name": "demo", "limit": 7}
+    # A trace id is added when this process traces (another test may have installed a provider).
+    assert {k: v for k, v in summary.items() if k != "trace_id"} == {"name": "demo", "limit": 7}
     assert json.loads(capsys.readouterr().out) == summary
+
+
+def test_the_run_is_one_root_span_and_its_trace_id_is_in_the_summary(
+    config_file: Path, span_exporter: InMemorySpanExporter
+) -> None:
+    def main(cfg: _Config) -> dict[str, object]:
+        trace.get_current_span().set_attribute("welip.demo.name", cfg.name)
+        return {}
+
+    summary = run_job(main, _Config, component="demo", argv=["--config", str(config_file)])
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "demo.run"]
+    assert span.parent is None
+    assert span.attributes is not None
+    assert span.attributes["openinference.span.kind"] == "CHAIN"
+    assert span.attributes["welip.demo.name"] == "demo"
+    assert summary["trace_id"] == format(span.context.trace_id, "032x")
 
 
 def test_an_invalid_config_exits_2_naming_the_field(
