@@ -9,7 +9,7 @@ middleware chain and Starlette's middleware do:
   guardrails, prompt size, in-flight bound, rate limits) and looks a deterministic
   request up in the response cache; :meth:`Trust.admit_run` admits a request that runs
   no engine itself (an agent run);
-* on the answer, :meth:`Trust.filter_answer` (a whole answer) or the
+* on the answer, :meth:`Trust.filter_answer` (a whole answer) or the filter from
   :meth:`Trust.stream_filter` (each batch of SSE events) applies the output guardrail
   and takes the engine's usage;
 * after the last byte, :meth:`Trust.settle` reconciles the token buckets, counts the

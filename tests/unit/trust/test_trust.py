@@ -25,9 +25,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ray.serve.llm.openai_api_models import ChatCompletionResponse
 
 from tests.unit.gateway.test_app import FakeEngine, served_card
+from welip.api import OpenAIError, parse_chat
 from welip.gateway import GatewayConfig, GatewayCore, LocalEngine, build_gateway_app
 from welip.store import AuditStore, Database, KeyStore
-from welip.trust import Trust
+from welip.trust import Admission, RequestContext, Trust, TrustConfig
 
 ADMIN_KEY = "wlp_admin-secret-for-tests"
 ISSUER, AUDIENCE = "https://idp.test", "welip"
@@ -469,3 +470,82 @@ def test_one_trace_per_request_gateway_then_auth_limit_and_the_engines_llm_span(
     assert (llm["llm.token_count.prompt"], llm["gen_ai.usage.output_tokens"]) == (9, 2)
     # Content capture is off by default: the prompt is on no span of the trace.
     assert all(secret not in str(dict(s.attributes or {})) for s in spans)
+
+
+# -- the interface an ingress calls, called directly ------------------------------------
+
+
+def _context() -> RequestContext:
+    return RequestContext(method="POST", route="/v1/chat/completions", request_id="r")
+
+
+def test_a_cached_answer_comes_back_from_admission_with_the_cache_header_and_its_usage() -> None:
+    trust = Trust(TrustConfig(cache={"enabled": True}), database=None, redis=None)
+    raw = json.dumps({**CHAT, "temperature": 0}).encode()
+
+    async def run() -> None:
+        first = _context()
+        missed = await trust.admit(first, parse_chat(raw), raw)
+        assert (missed.cached, missed.headers) == (None, {"x-welip-cache": "miss"})
+        sent = await trust.filter_answer(first, _answer("4", prompt_tokens=4, completion_tokens=6))
+        again = _context()
+        hit = await trust.admit(again, parse_chat(raw), raw)
+        assert (hit.cached, hit.headers) == (sent, {"x-welip-cache": "hit"})
+        assert (again.cache, again.prompt_tokens, again.completion_tokens) == ("hit", 4, 6)
+
+    asyncio.run(run())
+
+
+def test_settle_gives_the_in_flight_slot_back_whatever_the_outcome() -> None:
+    trust = Trust(TrustConfig(limits={"max_in_flight_per_model": 1}), database=None, redis=None)
+    raw = json.dumps(CHAT).encode()
+
+    async def run() -> None:
+        holder = _context()
+        await trust.admit(holder, parse_chat(raw), raw)
+        with pytest.raises(OpenAIError) as refused:
+            await trust.admit(_context(), parse_chat(raw), raw)
+        assert refused.value.code == "model_overloaded"
+        holder.status = 499  # the client left before any answer
+        trust.settle(holder)
+        assert await trust.admit(_context(), parse_chat(raw), raw) == Admission()
+
+    asyncio.run(run())
+
+
+def test_an_agent_run_is_admitted_on_the_callers_request_limit_under_its_assistant() -> None:
+    trust = Trust(TrustConfig(limits={"default_rpm": 1}), database=None, redis=None)
+
+    async def run() -> None:
+        ctx = _context()
+        admitted = await trust.admit_run(ctx, "welip-docs")
+        assert ctx.model == "welip-docs" and admitted.headers["x-ratelimit-remaining-requests"] == "0"
+        assert ctx.prompt_tokens is None
+        with pytest.raises(OpenAIError) as refused:
+            await trust.admit_run(_context(), "welip-docs")
+        assert refused.value.code == "rate_limit_exceeded"
+
+    asyncio.run(run())
+
+
+def test_without_a_request_context_every_call_admits_and_changes_nothing() -> None:
+    trust = Trust(
+        TrustConfig(limits={"default_rpm": 1, "max_in_flight_per_model": 1}, cache={"enabled": True}),
+        database=None,
+        redis=None,
+    )
+    raw = json.dumps({**CHAT, "temperature": 0, "stream": True}).encode()
+    body = parse_chat(raw)
+
+    async def run() -> None:
+        for _ in range(3):  # no limit, no in-flight slot is taken
+            assert await trust.admit(None, body, raw) == Admission()
+            assert await trust.admit_run(None, "welip-docs") == Admission()
+        answer = _answer("4")
+        assert await trust.filter_answer(None, answer) == answer.model_dump_json().encode()
+
+    asyncio.run(run())
+    usage = {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+    events = _chunk("hi") + _chunk(None, usage=usage) + "data: [DONE]\n\n"
+    passed = trust.stream_filter(None)
+    assert passed(events) == events and not passed.blocked

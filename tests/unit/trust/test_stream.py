@@ -1,0 +1,44 @@
+"""The stream filter: the usage chunk reaches the client only when it asked for it; it is counted always."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from welip.api import parse_chat
+from welip.trust import RequestContext, Trust, TrustConfig
+
+USAGE = {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+
+
+def _events() -> str:
+    """A content chunk, the final usage chunk and [DONE], as compact as the engine writes them."""
+    content = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    usage = {"object": "chat.completion.chunk", "choices": [], "usage": USAGE}
+    chunks = "".join(f"data: {json.dumps(c, separators=(',', ':'))}\n\n" for c in (content, usage))
+    return chunks + "data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("include_usage", [None, False, True])
+def test_the_usage_chunk_is_stripped_only_when_the_client_did_not_ask_for_it(
+    include_usage: bool | None,
+) -> None:
+    trust = Trust(TrustConfig(), database=None, redis=None)
+    request: dict[str, object] = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
+    if include_usage is not None:
+        request["stream_options"] = {"include_usage": include_usage}
+    raw = json.dumps(request).encode()
+    ctx = RequestContext(method="POST", route="/v1/chat/completions", request_id="r")
+    admission = asyncio.run(trust.admit(ctx, parse_chat(raw), raw))
+    asked = bool(include_usage)
+    assert admission.force_usage is not asked  # the engine is asked for usage either way
+    sent = trust.stream_filter(ctx)(_events())
+    assert ('"usage"' in sent) is asked
+    assert sent.count("data: ") == (3 if asked else 2) and sent.endswith("data: [DONE]\n\n")
+    assert (ctx.prompt_tokens, ctx.completion_tokens) == (4, 6)  # counted whether sent or not
