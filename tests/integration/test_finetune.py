@@ -1,7 +1,8 @@
 """Fine-tuning on Ray Train, and the loop back into serving, on the session's real stack.
 
-``jobs/finetune.py``'s ``main`` runs in this process on the session's Ray cluster (as
-``ray job submit`` would run it there): LoRA on SmolLM2 with one CPU worker, tracked in
+``welip.training.finetune`` (what ``jobs/finetune.py`` runs) runs in this process, under the
+job's root span, on the session's Ray cluster (as ``ray job submit`` would run it there):
+LoRA on SmolLM2 with one CPU worker, tracked in
 MLflow (a SQLite store per module), registered in the session's PostgreSQL catalog, and
 hot-loaded into the running engine of the session app. ``welip promote`` runs its gate
 evaluations as subprocesses joining the same cluster.
@@ -25,13 +26,15 @@ import ray
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.integration.conftest import ADMIN_KEY, MODEL, load_job, series_value
+from tests.integration.conftest import ADMIN_KEY, MODEL, series_value
 from tests.phoenix_server import PhoenixServer, children, named, wait_for_trace
 from welip.cli import app
 from welip.config import load_config
 from welip.evaluation import token_f1
-from welip.store import Database
-from welip.training import BackendUnavailable, FinetuneConfig
+from welip.job import parse_job_args
+from welip.observability import job_span, trace_id_of
+from welip.store import AuditStore, CatalogStore, Database, EvalRunStore
+from welip.training import BackendUnavailable, FinetuneConfig, finetune
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +45,12 @@ ANSWER = json.loads((REPO_ROOT / "data" / "finetune" / "welip_faq.jsonl").read_t
 ][-1]["content"]
 
 
-JOB = load_job("finetune")
+def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """``finetune`` under the run's root span ``finetune.run``, as ``welip.job.run_job`` runs it."""
+    with job_span("finetune", "finetune.run", {"openinference.span.kind": "CHAIN"}) as span:
+        summary = finetune(cfg)
+    trace_id = trace_id_of(span)
+    return summary if trace_id is None else {**summary, "trace_id": trace_id}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +85,7 @@ def config(*overrides: str) -> FinetuneConfig:
 
 @pytest.fixture(scope="module")
 def trained(env: dict[str, str]) -> dict[str, Any]:
-    return JOB.main(config())
+    return run_finetune(config())
 
 
 def chat(base_url: str, model: str, prompt: str = PROMPT, **extra: Any) -> httpx.Response:
@@ -119,8 +127,8 @@ def test_lora_steps_lower_the_loss_and_register_the_adapter(
     registered = client.get_model_version(name, version)
     assert registered.source == trained["adapter_url"] and registered.run_id == run.info.run_id
     assert registered.tags["welip.kind"] == "sft"
-    row = Database().get_adapter(trained["model"])
-    assert row is not None and row["base_model_id"] == MODEL and row["uri"] == trained["adapter_url"]
+    row = CatalogStore(Database()).get_adapter(trained["model"])
+    assert row is not None and row.base_model_id == MODEL and row.uri == trained["adapter_url"]
 
 
 def test_the_run_is_one_trace_with_a_span_per_step_and_tokens_are_counted(
@@ -171,7 +179,7 @@ def test_the_adapter_is_hot_loaded_and_changes_greedy_output(
 
     missing = chat(base_url, f"{trained['model']}9")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
-    broken = Database().register_adapter(
+    broken = CatalogStore(Database()).register_adapter(
         name="broken",
         version=None,
         base_model_id=MODEL,
@@ -180,7 +188,7 @@ def test_the_adapter_is_hot_loaded_and_changes_greedy_output(
         mlflow_run_id=None,
         lineage={},
     )
-    refused = chat(base_url, broken["id"])
+    refused = chat(base_url, broken.id)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "adapter_unavailable"
     assert "/nonexistent/adapter" in refused.json()["error"]["message"]
 
@@ -225,7 +233,7 @@ def test_a_run_whose_worker_is_killed_resumes_from_its_last_checkpoint(
     )
     killer.start()
     try:
-        summary = JOB.main(cfg)
+        summary = run_finetune(cfg)
     finally:
         stop.set()
     assert killed, "no worker was killed: the test did not test a restart"
@@ -271,12 +279,12 @@ def assert_merged_matches_adapter(merged: Path, adapter: Path) -> None:
 def test_bad_configs_fail_before_any_worker_starts(env: dict[str, str], tmp_path: Path) -> None:
     storage = tmp_path / "runs"
     with pytest.raises(BackendUnavailable, match="unsloth runs on GPUs only"):
-        JOB.main(config("backend=unsloth", f"storage_url={storage}"))
+        run_finetune(config("backend=unsloth", f"storage_url={storage}"))
     with pytest.raises(FileNotFoundError):
-        JOB.main(config("dataset=data/finetune/nope.jsonl", f"storage_url={storage}"))
+        run_finetune(config("dataset=data/finetune/nope.jsonl", f"storage_url={storage}"))
     assert not storage.exists() or not any(storage.rglob("checkpoint_*"))
     with pytest.raises(SystemExit) as exit_info:
-        JOB.parse_args(["--config", str(CONFIG), "lora_rnak=8"])
+        parse_job_args(FinetuneConfig, ["--config", str(CONFIG), "lora_rnak=8"])
     assert exit_info.value.code == 2
 
 
@@ -331,12 +339,14 @@ def test_promote_switches_the_alias_under_load_only_when_the_gate_passes(
     assert all(model == adapter for started, _, model in answers if started > switched_at + 3)
 
     db = Database()
-    assert db.get_alias(alias)["target"] == adapter  # type: ignore[index]
-    [audit] = [row for row in db.query_audit(model=alias, status=200) if row["route"] == "welip promote"]
+    assert CatalogStore(db).get_alias(alias).target == adapter  # type: ignore[union-attr]
+    [audit] = [
+        row for row in AuditStore(db).query_audit(model=alias, status=200) if row["route"] == "welip promote"
+    ]
     decision = json.loads(audit["body"])
     assert decision["candidate"] == adapter and decision["current"] == MODEL
     for run_id in (decision["candidate_eval_run"], decision["current_eval_run"]):
-        assert db.get_eval_run(run_id)["status"] == "finished"  # type: ignore[index]
+        assert EvalRunStore(db).get_eval_run(run_id).status == "finished"  # type: ignore[union-attr]
     assert decision["candidate_metrics"]["token_f1"] >= decision["current_metrics"]["token_f1"]
     name, _, version = adapter.rpartition("-v")
     assert str(MlflowClient().get_model_version_by_alias(name, alias).version) == version
@@ -345,6 +355,6 @@ def test_promote_switches_the_alias_under_load_only_when_the_gate_passes(
     back = runner.invoke(app, ["promote", MODEL, "--alias", alias, *gate, "--require", "token_f1 >= current"])
     assert back.exit_code == 1, back.output
     assert f"not promoted: {alias} -> {adapter}" in back.output
-    assert db.get_alias(alias)["target"] == adapter  # type: ignore[index]
-    [refused] = db.query_audit(model=alias, status=412)
+    assert CatalogStore(db).get_alias(alias).target == adapter  # type: ignore[union-attr]
+    [refused] = AuditStore(db).query_audit(model=alias, status=412)
     assert json.loads(refused["body"])["promoted"] is False

@@ -1,11 +1,14 @@
 """Fine-tuning and RL alignment on Ray Train, registered for serving.
 
-``jobs/finetune.py`` (LoRA SFT) and ``jobs/align.py`` (GRPO) compose these pieces:
-configs, data rendering with assistant-only labels, the per-worker loops, and the
-registration of adapters in MLflow and the WeLIP catalog the gateway loads from.
+:func:`finetune` (LoRA SFT, ``jobs/finetune.py``) and :func:`align` (GRPO,
+``jobs/align.py``) each run one job start to end over the same pipeline: check the
+backend, read the data, open one MLflow run, train, then the adapter to storage (merged
+on request), MLflow and the WeLIP catalog the gateway loads from. The pieces are here
+too: configs, data rendering with assistant-only labels, the per-worker loops, rewards
+and registration.
 """
 
-from welip.training._align import check_align_backend
+from welip.training._align import align, check_align_backend
 from welip.training._align_data import (
     AlignData,
     Prompt,
@@ -23,8 +26,10 @@ from welip.training._data import (
     to_messages,
     tokenize_chat,
 )
-from welip.training._grpo import grpo_loop
+from welip.training._finetune import finetune
+from welip.training._grpo import grpo_loop, run_trl
 from welip.training._model import (
+    ADAPTER_DIR,
     BackendUnavailable,
     check_backend,
     load_lora_model,
@@ -33,6 +38,7 @@ from welip.training._model import (
     save_adapter,
 )
 from welip.training._registry import (
+    MlflowRun,
     config_hash,
     copy_tree,
     git_commit,
@@ -44,7 +50,7 @@ from welip.training._registry import (
     worker_env,
 )
 from welip.training._rewards import compute_score, reward_function
-from welip.training._sft import ADAPTER_DIR, micro_batch_indices, sft_loop, total_steps
+from welip.training._sft import micro_batch_indices, sft_loop, total_steps
 from welip.training._verl import run_verl, verl_config
 
 __all__ = [
@@ -55,13 +61,16 @@ __all__ = [
     "BackendUnavailable",
     "Example",
     "FinetuneConfig",
+    "MlflowRun",
     "Prompt",
     "TrainingData",
+    "align",
     "check_align_backend",
     "check_backend",
     "compute_score",
     "config_hash",
     "copy_tree",
+    "finetune",
     "git_commit",
     "grpo_loop",
     "lineage",
@@ -74,6 +83,7 @@ __all__ = [
     "micro_batch_indices",
     "register_adapter",
     "reward_function",
+    "run_trl",
     "run_verl",
     "save_adapter",
     "sft_loop",

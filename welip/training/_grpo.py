@@ -1,9 +1,10 @@
 """GRPO with TRL: ``GRPOTrainer`` in a Ray Train worker group (``rl_backend: trl``).
 
-Each worker runs TRL's trainer with a PEFT LoRA adapter; rank 0 logs TRL's per-step
-numbers into the MLflow run the driver opened and reports the adapter as the final
-checkpoint. TRL's optimizer state is not checkpointed mid-run: a restarted group trains
-from the start (this backend is for small models).
+:func:`run_trl` starts the group; in each worker :func:`grpo_loop` runs TRL's trainer
+with a PEFT LoRA adapter; rank 0 logs TRL's per-step numbers into the MLflow run the
+driver opened and reports the adapter as the final checkpoint. TRL's optimizer state is
+not checkpointed mid-run: a restarted group trains from the start (this backend is for
+small models).
 """
 
 from __future__ import annotations
@@ -11,17 +12,49 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from welip.models import resolve_model_path
+from welip.training._align_data import Prompt, trl_rows
 from welip.training._config import AlignConfig
-from welip.training._model import load_tokenizer, lora_config, save_adapter, torch_threads
-from welip.training._sft import ADAPTER_DIR, STATE_FILE, progress_bar
+from welip.training._loop import LoopInputs
+from welip.training._model import ADAPTER_DIR, load_tokenizer, lora_config, save_adapter, torch_threads
+from welip.training._pipeline import TrainingRun, fit
+from welip.training._registry import MlflowRun
+from welip.training._sft import STATE_FILE, progress_bar
 
 logger = logging.getLogger("welip.align")
+
+
+def run_trl(
+    cfg: AlignConfig,
+    prompts: list[Prompt],
+    *,
+    run: TrainingRun,
+    adapter_dir: Path,
+    mlflow_run: MlflowRun | None,
+) -> tuple[list[float], int]:
+    """TRL's GRPO on Ray Train workers over ``prompts``; the adapter lands in ``adapter_dir``.
+
+    Returns:
+        The mean reward of each step, and the optimizer steps taken.
+    """
+    import ray
+
+    inputs = LoopInputs(
+        config=cfg.model_dump(mode="json"),
+        data=ray.put(trl_rows(prompts)),
+        total_steps=cfg.max_steps,
+        mlflow_run=mlflow_run,
+    )
+    trained = fit(grpo_loop, inputs, cfg, run)
+    with trained.checkpoint.as_directory() as ckpt:
+        shutil.copytree(Path(ckpt) / ADAPTER_DIR, adapter_dir)
+    return list(trained.metrics.get("rewards") or []), int(trained.metrics["step"])
 
 
 def grpo_loop(loop_config: dict[str, Any]) -> None:
@@ -36,9 +69,10 @@ def grpo_loop(loop_config: dict[str, Any]) -> None:
 
     from welip.training._rewards import reward_function
 
-    cfg = AlignConfig.model_validate(loop_config["config"])
+    inputs = LoopInputs.from_ray(loop_config)
+    cfg = AlignConfig.model_validate(inputs.config)
     rank = ray.train.get_context().get_world_rank()
-    rows: list[dict[str, Any]] = ray.get(loop_config["data"][0])
+    rows: list[dict[str, Any]] = ray.get(inputs.data)
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     if not on_gpu:
@@ -51,9 +85,7 @@ def grpo_loop(loop_config: dict[str, Any]) -> None:
         model_path, dtype=torch.bfloat16 if on_gpu else torch.float32
     )
     lora = lora_config(cfg)
-    steps = _StepLog(
-        loop_config.get("mlflow_run_id") if rank == 0 else None, loop_config.get("mlflow_uri"), cfg.max_steps
-    )
+    steps = _StepLog(inputs.mlflow_run if rank == 0 else None, cfg.max_steps)
     reward_funcs: list[Any] = [reward_function(cfg.reward_metric, cfg.reward_kwargs)]
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
@@ -108,15 +140,15 @@ def grpo_loop(loop_config: dict[str, Any]) -> None:
 class _StepLog:
     """Rank 0's per-step record: TRL's numbers into the driver's MLflow run, and the rewards."""
 
-    def __init__(self, run_id: str | None, tracking_uri: str | None, max_steps: int) -> None:
+    def __init__(self, mlflow_run: MlflowRun | None, max_steps: int) -> None:
         self.rewards: list[tuple[int, float]] = []
-        self._run_id = run_id
+        self._run_id = mlflow_run.run_id if mlflow_run else None
         self._max_steps = max_steps
         self._client: Any = None
-        if run_id:
+        if mlflow_run:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=tracking_uri)
+            self._client = MlflowClient(tracking_uri=mlflow_run.tracking_uri)
 
     def log(self, step: int, logs: dict[str, Any]) -> None:
         numbers = {

@@ -12,6 +12,8 @@ from welip.training._config import _Common
 
 logger = logging.getLogger(__name__)
 
+ADAPTER_DIR = "adapter"  # the adapter's folder in a checkpoint, in a run's outputs and in MLflow
+
 
 class BackendUnavailable(RuntimeError):
     """The configured backend cannot run where the job runs (e.g. Unsloth without a GPU)."""

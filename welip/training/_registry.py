@@ -9,15 +9,22 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from welip.store import Database, filesystem, use_mlflow
+from welip.store import AdapterRecord, CatalogStore, Database, filesystem, use_mlflow
 from welip.training._config import _Common
-from welip.training._sft import ADAPTER_DIR
+from welip.training._model import ADAPTER_DIR
 
 logger = logging.getLogger(__name__)
+
+
+class MlflowRun(NamedTuple):
+    """The job's MLflow run, which the driver opens and workers log into by id."""
+
+    run_id: str
+    tracking_uri: str
 
 
 def config_hash(cfg: _Common) -> str:
@@ -54,8 +61,8 @@ def lineage(cfg: _Common, dataset_sha256: str) -> dict[str, str]:
     }
 
 
-def start_mlflow_run(cfg: _Common, run_name: str, tags: dict[str, str]) -> tuple[str, str]:
-    """Open the job's MLflow run with the config as params; returns (run id, tracking URI).
+def start_mlflow_run(cfg: _Common, run_name: str, tags: dict[str, str]) -> MlflowRun:
+    """Open the job's MLflow run with the config as params.
 
     Workers log into this run by id, so restarted workers add to it rather than start
     another.
@@ -69,7 +76,7 @@ def start_mlflow_run(cfg: _Common, run_name: str, tags: dict[str, str]) -> tuple
     }
     mlflow.log_params(params)
     mlflow.end_run()
-    return run.info.run_id, uri
+    return MlflowRun(run.info.run_id, uri)
 
 
 def train_storage(root: str) -> tuple[str, Any]:
@@ -126,13 +133,13 @@ def register_adapter(
     mlflow_run_id: str | None,
     tags: dict[str, str],
     db: Database,
-) -> dict[str, Any]:
+) -> AdapterRecord:
     """Register the adapter: an MLflow model version (when tracked) and a catalog row.
 
     The MLflow version number is the catalog version, so ``<name>-v<N>`` means the same
     adapter in both, unless the catalog already holds that version (two registries, one
     catalog): then the next free one, named in the MLflow version's ``welip.model_id``
-    tag. The catalog row's lineage keeps ``mlflow_model_version``. Returns the row.
+    tag. The catalog row's lineage keeps ``mlflow_model_version``. Returns the catalog record.
     """
     version: int | None = None
     client: Any = None
@@ -163,12 +170,12 @@ def register_adapter(
         "lineage": lineage,
     }
     try:
-        row = db.register_adapter(version=version, **fields)
+        row = CatalogStore(db).register_adapter(version=version, **fields)
     except sa.exc.IntegrityError:
         # The catalog already has this version (another MLflow registry registered it):
         # take the next free one; the MLflow version records which catalog id it is.
         logger.warning("catalog already has %s-v%s; registering the next free version", cfg.name, version)
-        row = db.register_adapter(version=None, **fields)
+        row = CatalogStore(db).register_adapter(version=None, **fields)
     if client is not None:
-        client.set_model_version_tag(cfg.name, str(version), "welip.model_id", row["id"])
+        client.set_model_version_tag(cfg.name, str(version), "welip.model_id", row.id)
     return row

@@ -23,14 +23,15 @@ from welip.models import resolve_model_path
 from welip.observability import extract_context, setup_tracing
 from welip.training._config import FinetuneConfig
 from welip.training._data import IGNORE_INDEX
-from welip.training._model import load_lora_model, load_tokenizer, save_adapter, torch_threads
+from welip.training._loop import LoopInputs
+from welip.training._model import ADAPTER_DIR, load_lora_model, load_tokenizer, save_adapter, torch_threads
+from welip.training._registry import MlflowRun
 
 _tracer = trace.get_tracer("welip.training")
 logger = logging.getLogger("welip.finetune")
 
 STATE_FILE = "welip_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-ADAPTER_DIR = "adapter"
 PROBE_EXAMPLES = 32  # examples the before/after loss is measured on
 
 
@@ -90,14 +91,15 @@ def sft_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    cfg = FinetuneConfig.model_validate(loop_config["config"])
+    inputs = LoopInputs.from_ray(loop_config)
+    cfg = FinetuneConfig.model_validate(inputs.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     setup_tracing("finetune")
-    parent = extract_context(loop_config.get("trace_context"))
+    parent = extract_context(inputs.trace_context)
     tokens_seen, tokens_per_s = _finetune_metrics()
-    steps = int(loop_config["total_steps"])
-    examples: list[tuple[list[int], list[int]]] = ray.get(loop_config["data"][0])
+    steps = inputs.total_steps
+    examples: list[tuple[list[int], list[int]]] = ray.get(inputs.data)
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(torch_threads(cfg))
@@ -130,7 +132,7 @@ def sft_loop(loop_config: dict[str, Any]) -> None:
     trained = ray.train.torch.prepare_model(model) if world > 1 else model
     trained.train()
 
-    tracker = _Tracker(loop_config) if rank == 0 else None
+    tracker = _Tracker(inputs.mlflow_run) if rank == 0 else None
     batches = micro_batch_indices(
         len(examples), rank, world, cfg.batch_size, cfg.seed, start_step * cfg.grad_accum_steps
     )
@@ -269,13 +271,13 @@ class _no_sync:
 class _Tracker:
     """Rank 0's MLflow logging into the run the driver opened (one run across restarts)."""
 
-    def __init__(self, loop_config: dict[str, Any]) -> None:
-        self._run_id = loop_config.get("mlflow_run_id")
+    def __init__(self, mlflow_run: MlflowRun | None) -> None:
+        self._run_id = mlflow_run.run_id if mlflow_run else None
         self._client: Any = None
-        if self._run_id:
+        if mlflow_run:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=loop_config["mlflow_uri"])
+            self._client = MlflowClient(tracking_uri=mlflow_run.tracking_uri)
 
     def log(self, metrics: dict[str, Any]) -> None:
         if self._client is None:

@@ -17,6 +17,7 @@ from welip.models import resolve_model_path
 from welip.store import filesystem
 from welip.training._config import AlignConfig
 from welip.training._model import BackendUnavailable, load_tokenizer
+from welip.training._registry import MlflowRun
 
 logger = logging.getLogger("welip.align")
 
@@ -112,8 +113,7 @@ def run_verl(
     train_files: str,
     adapter_dir: Path,
     run_name: str,
-    mlflow_run_id: str | None,
-    mlflow_uri: str | None,
+    mlflow_run: MlflowRun | None,
 ) -> list[float]:
     """Run VeRL's GRPO on the connected Ray cluster; write the adapter into ``adapter_dir``.
 
@@ -181,8 +181,8 @@ def run_verl(
             return super().run(config)
 
     env = dict(PPO_RAY_RUNTIME_ENV["env_vars"])
-    if mlflow_run_id and mlflow_uri:
-        env.update(MLFLOW_RUN_ID=mlflow_run_id, MLFLOW_TRACKING_URI=mlflow_uri)
+    if mlflow_run:
+        env.update(MLFLOW_RUN_ID=mlflow_run.run_id, MLFLOW_TRACKING_URI=mlflow_run.tracking_uri)
     run_ppo(config, task_runner_class=ray.remote(num_cpus=1, runtime_env={"env_vars": env})(_Runner))
 
     checkpoint_dir = str(overrides["trainer.default_local_dir"])
@@ -196,11 +196,12 @@ def run_verl(
         (adapter_dir / name).write_bytes(data)
     load_tokenizer(resolve_model_path(cfg.model)).save_pretrained(str(adapter_dir))
     logger.info("VeRL's adapter of step %d fetched", step)
-    if not mlflow_run_id:
+    if not mlflow_run:
         return []
     from mlflow.tracking import MlflowClient
 
-    history = MlflowClient(tracking_uri=mlflow_uri).get_metric_history(mlflow_run_id, VERL_SCORE_METRIC)
+    client = MlflowClient(tracking_uri=mlflow_run.tracking_uri)
+    history = client.get_metric_history(mlflow_run.run_id, VERL_SCORE_METRIC)
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 

@@ -214,8 +214,7 @@ def test_run_verl_without_verl_raises_backend_unavailable(tmp_path: Path) -> Non
             train_files="x.parquet",
             adapter_dir=tmp_path,
             run_name="r",
-            mlflow_run_id=None,
-            mlflow_uri=None,
+            mlflow_run=None,
         )
 
 
