@@ -27,34 +27,25 @@ from welip.training._data import (
     tokenize_chat,
 )
 from welip.training._finetune import finetune
-from welip.training._grpo import grpo_loop, run_trl
 from welip.training._model import (
-    ADAPTER_DIR,
     BackendUnavailable,
     check_backend,
     load_lora_model,
     load_tokenizer,
     merge_adapter,
-    save_adapter,
 )
 from welip.training._registry import (
     MlflowRun,
-    config_hash,
-    copy_tree,
     git_commit,
     lineage,
-    log_outputs,
     register_adapter,
     start_mlflow_run,
-    train_storage,
-    worker_env,
 )
 from welip.training._rewards import compute_score, reward_function
-from welip.training._sft import micro_batch_indices, sft_loop, total_steps
+from welip.training._sft import micro_batch_indices, total_steps
 from welip.training._verl import run_verl, verl_config
 
 __all__ = [
-    "ADAPTER_DIR",
     "IGNORE_INDEX",
     "AlignConfig",
     "AlignData",
@@ -68,33 +59,24 @@ __all__ = [
     "check_align_backend",
     "check_backend",
     "compute_score",
-    "config_hash",
-    "copy_tree",
     "finetune",
     "git_commit",
-    "grpo_loop",
     "lineage",
     "load_align_data",
     "load_lora_model",
     "load_tokenizer",
     "load_training_data",
-    "log_outputs",
     "merge_adapter",
     "micro_batch_indices",
     "register_adapter",
     "reward_function",
-    "run_trl",
     "run_verl",
-    "save_adapter",
-    "sft_loop",
     "start_mlflow_run",
     "to_messages",
     "tokenize_chat",
     "total_steps",
-    "train_storage",
     "trl_rows",
     "verl_config",
     "verl_rows",
-    "worker_env",
     "write_parquet",
 ]
