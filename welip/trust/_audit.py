@@ -61,12 +61,12 @@ class AuditRecord:
     body: str | None = None  # the raw request, only with audit.record_prompts
 
     def row(self) -> dict[str, Any]:
-        """The record as ``Database.write_audit`` and the spool take it."""
+        """The record as ``AuditStore.write_audit`` and the spool take it."""
         return dataclasses.asdict(self)
 
 
 class AuditWriter:
-    """Queue audit records and write them to ``write`` (normally ``Database.write_audit``)."""
+    """Queue audit records and write them to ``write`` (normally ``AuditStore.write_audit``)."""
 
     def __init__(self, write: Callable[[list[dict[str, Any]]], None], config: AuditConfig) -> None:
         self._write = write
