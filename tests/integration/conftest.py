@@ -12,7 +12,6 @@ faked by a JWKS served on loopback.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 
 # The modes WeLIP ships (Makefile, KubeRay): Ray's processes read them when they start.
@@ -31,7 +30,6 @@ import time
 from collections.abc import Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
 import httpx
@@ -75,16 +73,6 @@ AGENTS_APP = "agents"
 # Where the session's jobs and the agents app keep artifacts (the RAG table among them).
 STORAGE_DIR = Path(f"/tmp/welip-it-storage-{SESSION}")
 AGENT_CONFIGS = ["configs/agents/welip_docs_rag.yaml", "configs/agents/tools_react.yaml"]
-
-
-def load_job(name: str) -> ModuleType:
-    """``jobs/<name>.py`` as a module (jobs are scripts, not a package), to call its ``main``."""
-    path = Path(__file__).resolve().parents[2] / "jobs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"welip_jobs_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_port() -> int:
