@@ -12,7 +12,7 @@ import json
 import os
 import shlex
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -440,7 +440,7 @@ def promote(
 
 def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -450,10 +450,10 @@ _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def _expiry(text: str) -> datetime:
     unit = text[-1:]
     if unit in _UNITS_S and text[:-1].isdigit():
-        return datetime.now(timezone.utc) + timedelta(seconds=int(text[:-1]) * _UNITS_S[unit])
+        return datetime.now(UTC) + timedelta(seconds=int(text[:-1]) * _UNITS_S[unit])
     value = _utc(datetime.fromisoformat(text))
     assert value is not None
-    if value <= datetime.now(timezone.utc):
+    if value <= datetime.now(UTC):
         raise ValueError(f"expiry {text} is in the past")
     return value
 

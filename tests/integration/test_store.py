@@ -6,7 +6,7 @@ import asyncio
 import multiprocessing
 import secrets
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -57,7 +57,7 @@ def test_postgresql_keys_and_idempotent_audit(pg: Database) -> None:
     record, key = keys.create_key(name="ci", role="user", models=["m"], tpm=100)
     found = keys.key_by_hash(hash_key(key))
     assert found is not None and found.id == record.id and found.models == ["m"] and found.usable()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [
         {
             "id": f"a{i}",

@@ -286,7 +286,7 @@ class AgentRuntime:
                 )
                 if thread_status == "interrupted":
                     metrics.interrupts.inc(1, tags={"assistant": run.assistant_id})
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 status, thread_status, error = (
                     "timeout",
                     "idle",

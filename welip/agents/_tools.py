@@ -8,7 +8,7 @@ import operator
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -98,7 +98,7 @@ def current_time(zone: str) -> str:
     """The current time in ``zone`` (an IANA name; UTC when empty), ISO 8601."""
     name = zone.strip() or "UTC"
     try:
-        tz: Any = timezone.utc if name.upper() == "UTC" else ZoneInfo(name)
+        tz: Any = UTC if name.upper() == "UTC" else ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         return f"error: unknown time zone {name!r}; use an IANA name such as Asia/Seoul"
     return datetime.now(tz).isoformat(timespec="seconds")

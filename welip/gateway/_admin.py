@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query
@@ -65,9 +65,7 @@ def build_admin_router(trust: Trust) -> APIRouter:
         if spec.role not in trust.config.auth.roles:
             known = ", ".join(sorted(trust.config.auth.roles))
             raise invalid_request(f"role `{spec.role}` is not one of: {known}.", param="role")
-        expires_at = (
-            datetime.now(timezone.utc) + timedelta(seconds=spec.expires_in_s) if spec.expires_in_s else None
-        )
+        expires_at = datetime.now(UTC) + timedelta(seconds=spec.expires_in_s) if spec.expires_in_s else None
         record, key = await _call(
             KeyStore(database()).create_key,
             name=spec.name,

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from welip.store import AdapterRecord, AuditStore, CatalogStore, Database, EvalRunRecord, use_mlflow
@@ -121,7 +121,7 @@ def decide_promotion(
         current_eval_run=current_run.id if current_run else None,
         candidate_metrics=_scored(candidate_run),
         current_metrics=_scored(current_run) if current_run else None,
-        decided_at=datetime.now(timezone.utc).isoformat(),
+        decided_at=datetime.now(UTC).isoformat(),
         decided_by=getpass.getuser(),
     )
     passed = True
@@ -233,7 +233,7 @@ def cli_audit_record(
     """An audit record of a change made from the command line (not a gateway request)."""
     return {
         "id": uuid.uuid4().hex,
-        "ts": datetime.now(timezone.utc),
+        "ts": datetime.now(UTC),
         "request_id": request_id or f"cli-{uuid.uuid4().hex[:12]}",
         "principal": principal,
         "principal_kind": "cli",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -115,7 +115,7 @@ _COUNTS = frozenset({"requests", "errors", "prompt_tokens", "completion_tokens"}
 def _usage_totals(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     totals: dict[tuple[date, str, str], dict[str, Any]] = {}
     for row in rows:
-        key = (row["ts"].astimezone(timezone.utc).date(), row["principal"] or "", row["model"] or "")
+        key = (row["ts"].astimezone(UTC).date(), row["principal"] or "", row["model"] or "")
         entry = totals.setdefault(
             key,
             {

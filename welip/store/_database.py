@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,14 @@ def database_url_from_env() -> str:
 
 def utcnow() -> datetime:
     """Now, in UTC (what every stored timestamp is)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
     """``value`` marked UTC where the database gave it back naive (SQLite)."""
     # SQLite gives naive datetimes back; everything WeLIP stores is UTC.
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 

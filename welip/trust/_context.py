@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -31,7 +31,7 @@ class RequestContext:
     route: str
     request_id: str
     audit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    ts: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     principal: Principal = ANONYMOUS
     model: str | None = None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from welip.store import AuditStore, Database
 
 
 def test_audit_filters_and_usage(database: Database) -> None:
     audit = AuditStore(database)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     base = {"principal_kind": "api_key", "method": "POST", "route": "/v1/chat/completions", "latency_ms": 1.0}
     rows = [
         {

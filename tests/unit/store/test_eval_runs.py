@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from welip.store import Database, EvalRunRecord, EvalRunStore
@@ -22,7 +22,7 @@ def test_eval_runs_are_recorded_and_listed_newest_first(database: Database) -> N
         "malformed": 1,
         "results_url": "s3://b/eval",
     }
-    older = datetime.now(timezone.utc) - timedelta(minutes=5)
+    older = datetime.now(UTC) - timedelta(minutes=5)
     runs.record_eval_run(EvalRunRecord(**base, id="r1", task="a", metrics={"em": 0.5}, created_at=older))
     runs.record_eval_run(EvalRunRecord(**base, id="r2", task="b", metrics={"em": None}, mlflow_run_id="ml"))
     assert [r.id for r in runs.list_eval_runs()] == ["r2", "r1"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -12,7 +12,7 @@ from welip.store import Database, KeyStore, hash_key
 def test_keys_are_stored_only_as_hashes_and_expire(database: Database) -> None:
     keys = KeyStore(database)
     record, key = keys.create_key(name="ci", role="user", models=["m"], rpm=5)
-    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    past = datetime.now(UTC) - timedelta(seconds=1)
     keys.create_key(name="old", role="user", expires_at=past)
     with database.engine.connect() as conn:
         dump = repr(conn.execute(sa.text("select * from api_keys")).fetchall())

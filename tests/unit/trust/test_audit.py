@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from welip.trust._audit import AuditRecord, AuditWriter
 def _record(i: int) -> AuditRecord:
     return AuditRecord(
         id=uuid.uuid4().hex,
-        ts=datetime.now(timezone.utc).isoformat(),
+        ts=datetime.now(UTC).isoformat(),
         request_id=f"req-{i}",
         principal_kind="api_key",
         method="POST",

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -151,7 +151,7 @@ def test_api_key_matrix_each_failure_has_its_status_and_code(env: None, db: Data
     revoked_record, revoked = KeyStore(db).create_key(name="r", role="user")
     KeyStore(db).revoke_key(revoked_record.id)
     _, expired = KeyStore(db).create_key(
-        name="e", role="user", expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)
+        name="e", role="user", expires_at=datetime.now(UTC) - timedelta(seconds=1)
     )
     _, short = KeyStore(db).create_key(name="s", role="short-only")
     cases = [
