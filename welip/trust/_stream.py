@@ -6,13 +6,12 @@ import json
 
 from welip.trust._context import RequestContext
 from welip.trust._guardrails import StreamGuard
-from welip.trust._telemetry import Telemetry
 
 _USAGE_MARK = '"usage":{'
 
 
 class StreamFilter:
-    """Watches one SSE stream for the trust layer: time to first token, output guardrail, usage.
+    """Watches one SSE stream for the trust layer: output guardrail, usage.
 
     Called with each batch of SSE events of the answer, it returns what may be sent: the
     text the output guardrail passed (and an error event once it blocks), without the
@@ -25,12 +24,9 @@ class StreamFilter:
         self,
         ctx: RequestContext | None = None,
         guard: StreamGuard | None = None,
-        telemetry: Telemetry | None = None,
     ) -> None:
         self._ctx = ctx
         self._guard = guard
-        self._telemetry = telemetry
-        self._first = True
 
     @property
     def blocked(self) -> bool:
@@ -41,10 +37,6 @@ class StreamFilter:
         ctx = self._ctx
         if ctx is None:
             return text
-        if self._first:
-            self._first = False
-            if self._telemetry is not None:
-                self._telemetry.first_event(ctx)
         if self._guard is not None:
             text = self._guard.filter(text)
             if self._guard.blocked:

@@ -61,8 +61,8 @@ class Telemetry:
             tag_keys=("model", "result"),
         )
 
-    def first_event(self, ctx: RequestContext) -> None:
-        """The first chunk of a streamed answer is leaving now: its time to first token."""
+    def observe_ttft(self, ctx: RequestContext) -> None:
+        """The engine's first answer to a streamed request is in hand: its time to first token."""
         self.ttft.observe(time.perf_counter() - ctx.started, tags={"model": ctx.model or ""})
 
     def settled(self, ctx: RequestContext) -> None:

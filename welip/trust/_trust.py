@@ -347,12 +347,17 @@ class Trust:
         return data
 
     def stream_filter(self, ctx: RequestContext | None) -> StreamFilter:
-        """The filter a streamed answer's SSE events pass through on their way to the client."""
+        """The filter a streamed answer's SSE events pass through on their way to the client.
+
+        Asked for when the engine's first answer is in hand: that moment is the request's
+        time to first token.
+        """
         if ctx is None:
             return StreamFilter()
+        self.telemetry.observe_ttft(ctx)
         output = self._guards_for(ctx.principal)[1]
         guard = StreamGuard(output, ctx.verdicts) if output.active else None
-        return StreamFilter(ctx, guard, self.telemetry)
+        return StreamFilter(ctx, guard)
 
     def count_usage(self, ctx: RequestContext | None, usage: Mapping[str, Any] | None) -> None:
         """The usage a model reported for an answer that passes no filter (embeddings)."""
