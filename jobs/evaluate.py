@@ -16,4 +16,12 @@ from welip.evaluation import EndpointUnavailable, SuiteConfig, run_suite
 from welip.job import run_job
 
 if __name__ == "__main__":
-    run_job(run_suite, SuiteConfig, component="eval", doc=__doc__, errors=(EndpointUnavailable,))
+    # run_suite() prints the summary table (welip promote shows it as the gate runs).
+    run_job(
+        run_suite,
+        SuiteConfig,
+        component="eval",
+        doc=__doc__,
+        errors=(EndpointUnavailable,),
+        print_summary=False,
+    )

@@ -17,4 +17,12 @@ from welip.job import run_job
 from welip.rag import IngestConfig, ingest
 
 if __name__ == "__main__":
-    run_job(ingest, IngestConfig, component="ingest", doc=__doc__, errors=(FileNotFoundError, ValueError))
+    # ingest() prints its one-line report; the summary dict is for callers of the library.
+    run_job(
+        ingest,
+        IngestConfig,
+        component="ingest",
+        doc=__doc__,
+        errors=(FileNotFoundError, ValueError),
+        print_summary=False,
+    )

@@ -8,9 +8,9 @@ A job script is a docstring, one library function and one line::
 :func:`run_job` parses ``--config PATH [key=value ...]`` (dotted keys, YAML values), writes
 JSON log lines with the trace id on stderr, opens the run's root span (exported when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, flushed before the process exits), joins the Ray
-cluster, runs the function and prints its summary as JSON on stdout. Exit codes: 0 done,
-1 a failure the job expects (``errors``: a missing file, an unreachable endpoint), 2 an
-invalid config.
+cluster, runs the function and prints its summary as JSON on stdout (unless the job prints
+its own report). Exit codes: 0 done, 1 a failure the job expects (``errors``: a missing
+file, an unreachable endpoint), 2 an invalid config.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def run_job(
     component: str,
     doc: str | None = None,
     errors: tuple[type[Exception], ...] = (),
+    print_summary: bool = True,
     argv: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run ``main`` as a Ray Job entrypoint and return its summary (see the module's docstring).
@@ -68,6 +69,8 @@ def run_job(
         doc: the script's docstring, shown by ``--help``.
         errors: exceptions that end the job with ``error: <message>`` and exit code 1
             instead of a traceback.
+        print_summary: print the summary as JSON on stdout (off for a job that prints its
+            own report, such as the eval table).
         argv: the arguments (default: ``sys.argv[1:]``).
     """
     configure_job_logging()  # JSON lines on stderr, with the trace id
@@ -83,5 +86,6 @@ def run_job(
     if trace_id is not None:  # traced: where to find the run in the trace UI
         summary["trace_id"] = trace_id
         logger.info("trace %s", trace_id)
-    print(json.dumps(summary, indent=2, default=str))
+    if print_summary:
+        print(json.dumps(summary, indent=2, default=str))
     return summary

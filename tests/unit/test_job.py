@@ -94,3 +94,17 @@ def test_an_unexpected_error_is_raised(config_file: Path) -> None:
 
     with pytest.raises(RuntimeError, match="bug"):
         run_job(main, _Config, component="demo", argv=["--config", str(config_file)])
+
+
+def test_a_job_that_prints_its_own_report_prints_no_json(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def main(cfg: _Config) -> dict[str, object]:
+        print("accuracy 0.75 over 24 samples")
+        return {"accuracy": 0.75}
+
+    summary = run_job(
+        main, _Config, component="demo", print_summary=False, argv=["--config", str(config_file)]
+    )
+    assert summary["accuracy"] == 0.75
+    assert capsys.readouterr().out == "accuracy 0.75 over 24 samples\n"
