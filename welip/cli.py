@@ -387,7 +387,7 @@ def alias_set(
     db = _database()
     try:
         row = set_alias_ungated(db, alias, target)
-    except ValueError as exc:
+    except PromotionRefused as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(row.public(), default=str))

@@ -193,11 +193,11 @@ def set_alias_ungated(db: Database, alias: str, target: str) -> AliasRecord:
     Returns the alias's record.
 
     Raises:
-        ValueError: ``target`` is itself an alias.
+        PromotionRefused: ``target`` is itself an alias (nothing switched).
     """
     catalog = CatalogStore(db)
     if catalog.get_alias(target) is not None:
-        raise ValueError(f"{target} is itself an alias; point {alias} at a model")
+        raise PromotionRefused(f"{target} is itself an alias; point {alias} at a model")
     user = getpass.getuser()
     row = catalog.set_alias(alias, target, updated_by=user)
     detail = {"target": target, "previous": row.previous}

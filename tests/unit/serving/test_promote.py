@@ -52,7 +52,7 @@ def test_setting_an_alias_without_a_gate_is_audited_and_never_points_at_an_alias
     set_alias_ungated(db, "prod", "faq-v1")
     row = set_alias_ungated(db, "prod", "faq-v2")
     assert (row.target, row.previous) == ("faq-v2", "faq-v1")
-    with pytest.raises(ValueError, match="prod is itself an alias"):
+    with pytest.raises(PromotionRefused, match="prod is itself an alias"):
         set_alias_ungated(db, "staging", "prod")
     audits = audit_log.query_audit(model="prod")
     assert [(a["route"], a["principal_kind"], a["status"]) for a in audits] == [
