@@ -39,6 +39,9 @@ class RequestContext:
     error_code: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Choice chunks a streamed answer brought, one token each as vLLM streams them: the
+    # completion charged when no usage chunk came (the client left, a guardrail cut the stream).
+    streamed_tokens: int = 0
     charged_tokens: int = 0
     buckets: list[Bucket] = field(default_factory=list)
     cache: str | None = None  # hit | miss, when the request was cacheable

@@ -438,3 +438,7 @@ async def build_trust(
         config.cache.enabled,
     )
     return trust
+        if ctx.completion_tokens is None and ctx.streamed_tokens:
+            # The stream ended before its usage chunk (the client left, the output guardrail
+            # cut it): what was generated is what the engine streamed.
+            ctx.completion_tokens = ctx.streamed_tokens
