@@ -370,6 +370,10 @@ class Trust:
         """Close the books of a request whose response has been sent (or abandoned)."""
         if ctx.in_flight_model is not None:
             self._in_flight[ctx.in_flight_model] -= 1
+        if ctx.completion_tokens is None and ctx.streamed_tokens:
+            # The stream ended before its usage chunk (the client left, the output guardrail
+            # cut it): what was generated is what the engine streamed.
+            ctx.completion_tokens = ctx.streamed_tokens
         used = (ctx.prompt_tokens or 0) + (ctx.completion_tokens or 0)
         if ctx.buckets and used != ctx.charged_tokens:
             delta = used - ctx.charged_tokens
@@ -438,7 +442,3 @@ async def build_trust(
         config.cache.enabled,
     )
     return trust
-        if ctx.completion_tokens is None and ctx.streamed_tokens:
-            # The stream ended before its usage chunk (the client left, the output guardrail
-            # cut it): what was generated is what the engine streamed.
-            ctx.completion_tokens = ctx.streamed_tokens
