@@ -136,6 +136,16 @@ class LimitsConfig(StrictModel):
         ),
     )
     redis_prefix: str = Field("welip", min_length=1, max_length=64, description="Prefix of Redis keys.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description=(
+            "Largest request body accepted, in bytes (default 4 MiB). A larger one is answered 413 "
+            "`request_too_large` before it is read whole: by its Content-Length, or as soon as a "
+            "chunked body passes the bound. Raise it for chat requests that carry images inline."
+        ),
+    )
 
 
 class CacheConfig(StrictModel):
