@@ -8,7 +8,6 @@ answered with a 400 before any streamed byte.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,6 +17,7 @@ from ray.serve.llm.openai_api_models import (
 )
 
 from welip.api._errors import OpenAIError, invalid_request
+from welip.api._json import load_json
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
@@ -164,10 +164,7 @@ def parse_embedding(raw: bytes) -> EmbeddingRequest:
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid_request(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    payload = load_json(raw)
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_type")
     return payload
