@@ -85,7 +85,7 @@ def test_auth_matrix_each_refusal_has_its_status_and_code(
         ("jwt expired", chat, _bearer(make_token(oidc_key, exp=now - 300)), 401, "invalid_token"),
         ("jwt not yet valid", chat, _bearer(make_token(oidc_key, nbf=now + 300)), 401, "invalid_token"),
         ("jwt wrong signature", chat, _bearer(make_token(other)), 401, "invalid_token"),
-        ("role without the model", chat, _bearer(short["key"]), 403, "permission_denied"),
+        ("role without the model (as if unknown)", chat, _bearer(short["key"]), 404, "model_not_found"),
         ("role without the route", "/admin/keys", _bearer(user["key"]), 403, "permission_denied"),
         (
             "oidc role without the route",

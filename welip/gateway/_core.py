@@ -36,7 +36,7 @@ from welip.gateway._catalog import Catalog, Route
 from welip.gateway._config import GatewayConfig
 from welip.observability import inject_context, trace_generation, tracing_enabled
 from welip.serving import AdapterNotFound, EmbeddingResult
-from welip.trust import StreamFilter, Trust, context_of, principal_of
+from welip.trust import Principal, StreamFilter, Trust, context_of, principal_of
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
 # hands it to the replica as this header; the engine request reuses it.
@@ -261,6 +261,7 @@ class GatewayCore:
         route = await self._route(body.model)
         self._refuse_unsupported(body, route)
         ctx = context_of(request)
+        self.trust.check_model(ctx, body.model)  # a forbidden model is an unknown one, before any look-up
         admission = await self.trust.admit(
             ctx, body, raw, engine_model=route.engine, target_model=route.target
         )
@@ -353,7 +354,6 @@ class GatewayCore:
 
     async def embed(self, body: EmbeddingRequest, request: Request, raw: bytes) -> Response:
         """Embed a checked ``/v1/embeddings`` request through the trust layer."""
-        embedder = await self._embedder(body)
         ctx = context_of(request)
         admission = await self.trust.admit(ctx, body, raw)  # input guardrails may redact body.input
         result = await self._embeddings(embedder, body.input)
@@ -362,24 +362,27 @@ class GatewayCore:
         self.trust.count_usage(ctx, usage)  # what the model read: admission's count is reconciled to it
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(vector, body.encoding_format)}
+        self.trust.check_model(ctx, body.model)  # a forbidden model is an unknown one, before any look-up
+        embedder = await self._embedder(body, principal_of(request))
             for i, vector in enumerate(result.vectors)
         ]
         answer = {"object": "list", "data": data, "model": body.model, "usage": usage}
         # orjson: a full request (2048 x 384 floats) takes ~30 ms, not ~300 ms, on the shared event loop.
         return Response(orjson.dumps(answer), media_type="application/json", headers=admission.headers)
 
-    async def _embedder(self, body: EmbeddingRequest) -> EmbeddingClient:
+    async def _embedder(self, body: EmbeddingRequest, principal: Principal) -> EmbeddingClient:
         """The embedding model a request names, or the refusal of what it cannot do."""
         embedder = self.embedders.get(body.model)
         if embedder is None:
             if body.model in self.engines or (
                 self.catalog is not None and await self.catalog.route(body.model) is not None
             ):
-                served = ", ".join(f"`{m}`" for m in self.embedders) or "none"
+                # Only the embedding models this caller may use: the others are none of its business.
+                usable = ", ".join(f"`{m}`" for m in self.embedders if principal.may_use(m)) or "none"
                 raise OpenAIError(
                     400,
                     f"The model `{body.model}` generates text; it has no embeddings. "
-                    f"Embedding models here: {served}.",
+                    f"Embedding models available to you: {usable}.",
                     param="model",
                     code="model_not_supported",
                 )

@@ -38,6 +38,17 @@ class RoleConfig(StrictModel):
     )
 
 
+# Asymmetric signatures only: an HS* secret would be shared with every service that checks
+# tokens, and `none` means unsigned.
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512", "EdDSA"
+]
+
+
+def _default_algorithms() -> list[JwtAlgorithm]:
+    return ["RS256"]
+
+
 def _default_roles() -> dict[str, RoleConfig]:
     return {
         "admin": RoleConfig(permissions=list(ALL_PERMISSIONS)),
@@ -57,8 +68,10 @@ class OIDCConfig(StrictModel):
     public_key_env: str | None = Field(
         None, description="Environment variable holding a PEM public key (instead of jwks_url)."
     )
-    algorithms: list[str] = Field(
-        default_factory=lambda: ["RS256"], min_length=1, description="Accepted signature algorithms."
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=_default_algorithms,
+        min_length=1,
+        description="Accepted signature algorithms: asymmetric only (RS*, PS*, ES*, EdDSA).",
     )
     principal_claim: str = Field("sub", min_length=1, description="Claim naming the caller.")
     roles_claim: str = Field("groups", min_length=1, description="Claim listing the caller's groups.")
@@ -84,7 +97,12 @@ class AuthConfig(StrictModel):
     )
     public_paths: list[str] = Field(
         default_factory=lambda: ["/health", "/ready"],
-        description="Paths answered without credentials. /openapi.json and /docs are private unless listed.",
+        description=(
+            "Paths answered without credentials, to a caller that holds no permission and no model: "
+            "only a route that needs no permission (/health, /ready, /version, /openapi.json, /docs) "
+            "is opened by listing it; a listed inference, embeddings, agents or admin route still "
+            "asks for a key or token. /openapi.json and /docs are private unless listed."
+        ),
     )
     admin_key_env: str | None = Field(
         None,
@@ -100,6 +118,27 @@ class AuthConfig(StrictModel):
         description=(
             "How long a replica trusts a looked-up key before asking the database again: the "
             "longest a revocation takes to bite. A cached key keeps working while the database is down."
+        ),
+    )
+    key_cache_max_entries: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "API keys one replica remembers (least recently used out). Only keys that exist are "
+            "remembered, so a flood of random keys never pushes a valid one out."
+        ),
+    )
+    max_auth_failures_per_minute: int | None = Field(
+        30,
+        ge=1,
+        le=100_000,
+        description=(
+            "Failed authentications (a wrong, revoked or expired key; an invalid token) one client "
+            "address may make per minute on one replica; beyond it the answer is 429 with Retry-After "
+            "and no key is looked up, except keys the replica already knows and the admin key. "
+            "Addresses are the connection's peer (a load balancer's, unless it preserves client "
+            "addresses); the 10,000 most recent addresses are tracked. null: no limit."
         ),
     )
     roles: dict[str, RoleConfig] = Field(default_factory=_default_roles, description="Roles by name.")
@@ -177,6 +216,15 @@ PiiKind = Literal["email", "phone", "credit_card", "kr_rrn"]
 
 class GuardrailPolicy(StrictModel):
     """What one direction (input or output) checks, and what it does on a match."""
+    scope: Literal["principal", "role"] = Field(
+        "principal",
+        description=(
+            "Whose requests share cached answers. principal (default): each API key or OIDC subject "
+            "has its own, so a hit tells a caller only what it sent itself. role: every caller of a "
+            "role shares them (more hits), and a hit (x-welip-cache) tells a caller that someone "
+            "in its role sent the same request: choose it only where that is no secret."
+        ),
+    )
 
     pii: list[PiiKind] = Field(default_factory=list, description="PII kinds to detect.")
     pii_action: Literal["redact", "block"] = Field("redact", description="Replace the match, or refuse.")

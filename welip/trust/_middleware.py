@@ -102,7 +102,8 @@ class TrustMiddleware:
 
         try:
             try:
-                await self.trust.authenticate(ctx, headers)
+                client = scope.get("client")  # (host, port); failed authentications count per host
+                await self.trust.authenticate(ctx, headers, source=client[0] if client else None)
             except OpenAIError as exc:
                 await respond(exc)
                 return

@@ -31,7 +31,7 @@ from typing import Any
 from welip.api import OpenAIError
 from welip.store import AuditStore, Database
 from welip.trust._audit import AuditWriter
-from welip.trust._auth import Authenticator, Principal, authorize, route_permission
+from welip.trust._auth import OPEN, Authenticator, Principal, authorize, route_permission
 from welip.trust._cache import MemoryResponseCache, RedisResponseCache, ResponseCache, cache_key
 from welip.trust._config import TrustConfig
 from welip.trust._context import RequestContext
@@ -83,6 +83,13 @@ class Trust:
         self.authenticator = Authenticator(config.auth, database) if config.auth.enabled else None
         prefix = config.limits.redis_prefix
         self.limiter: RateLimiter = RedisRateLimiter(redis, prefix) if redis else MemoryRateLimiter()
+        for path in config.auth.public_paths:
+            if config.auth.enabled and route_permission(path) is not None:
+                logger.warning(
+                    "auth.public_paths lists %s, a %s route: it still asks for a key or token",
+                    path,
+                    route_permission(path),
+                )
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             self.cache = (
@@ -129,14 +136,36 @@ class Trust:
 
     # -- on arrival ---------------------------------------------------------------
 
-    async def authenticate(self, ctx: RequestContext, headers: dict[str, str]) -> None:
-        """Identify the caller and check the route family (raises 401/403)."""
-        if self.authenticator is None or ctx.route in self.config.auth.public_paths:
+    async def authenticate(
+        self, ctx: RequestContext, headers: dict[str, str], source: str | None = None
+    ) -> None:
+        """Identify the caller and check the route family (raises 401/403, or 429 for ``source``).
+
+        With auth off every caller is :data:`~welip.trust._auth.OPEN`. A public path that
+        needs no permission is answered to the anonymous caller, who holds no permission
+        and no model; any other route, listed as public or not, needs a key or token.
+        ``source`` is the client's address, which failed authentications are counted by.
+        """
+        if self.authenticator is None:
+            ctx.principal = OPEN
+            return
+        permission = route_permission(ctx.route)
+        if permission is None and ctx.route in self.config.auth.public_paths:
             return
         with tracer.start_as_current_span("welip.auth") as span:
-            ctx.principal = await self.authenticator.authenticate(headers.get("authorization"))
+            ctx.principal = await self.authenticator.authenticate(headers.get("authorization"), source)
             span.set_attributes({"welip.principal.kind": ctx.principal.kind, "user.id": ctx.principal.id})
-            authorize(ctx.principal, route_permission(ctx.route))
+            authorize(ctx.principal, permission)
+
+    def check_model(self, ctx: RequestContext | None, model: str) -> None:
+        """404 ``model_not_found``, as for a model that does not exist, unless the caller may use ``model``.
+
+        An ingress calls it before it looks the model up, so that nothing it answers about a
+        model (an embedding model sent to chat, a text model sent to embeddings) reaches a
+        caller who may not use it.
+        """
+        if ctx is not None:
+            authorize(ctx.principal, None, model)
 
     # -- before inference ---------------------------------------------------------
 
@@ -318,7 +347,10 @@ class Trust:
         payload = json.loads(raw)
         if target_model is not None:
             payload["model"] = target_model  # an alias switch must not serve the old model's answers
-        ctx.cache_key = cache_key(payload, ctx.principal.role)
+        p = ctx.principal
+        # Per principal unless configured otherwise: a hit must not tell one caller what another sent.
+        partition = [p.role] if self.config.cache.scope == "role" else [p.id, p.role]
+        ctx.cache_key = cache_key(payload, partition)
         if ctx.cache_key is None:
             return None
         cached = await cache.get(ctx.cache_key)
@@ -379,8 +411,12 @@ class Trust:
             delta = used - ctx.charged_tokens
             self._spawn(self.limiter.charge(ctx.principal.id, ctx.buckets, [delta] * len(ctx.buckets)))
         self.telemetry.settled(ctx)
-        # Probes of the public paths (/health, /ready every few seconds) are not audited.
-        probe = ctx.route in self.config.auth.public_paths and ctx.status < 400
+        # Probes of the public paths (/health, /ready every few seconds) are not audited;
+        # a listed route that needs a permission is no probe (it asked for credentials).
+        route = ctx.route
+        probe = (
+            route in self.config.auth.public_paths and route_permission(route) is None and ctx.status < 400
+        )
         if self.audit is not None and not probe:
             self.audit.submit(ctx.record(self.replica))
 

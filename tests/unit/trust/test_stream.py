@@ -9,6 +9,7 @@ import pytest
 
 from welip.api import parse_chat
 from welip.trust import RequestContext, Trust, TrustConfig
+from welip.trust._auth import OPEN
 
 USAGE = {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
 
@@ -34,7 +35,8 @@ def test_the_usage_chunk_is_stripped_only_when_the_client_did_not_ask_for_it(
     if include_usage is not None:
         request["stream_options"] = {"include_usage": include_usage}
     raw = json.dumps(request).encode()
-    ctx = RequestContext(method="POST", route="/v1/chat/completions", request_id="r")
+    # As the middleware leaves it in an app with auth off.
+    ctx = RequestContext(method="POST", route="/v1/chat/completions", request_id="r", principal=OPEN)
     admission = asyncio.run(trust.admit(ctx, parse_chat(raw), raw))
     asked = bool(include_usage)
     assert admission.force_usage is not asked  # the engine is asked for usage either way

@@ -29,6 +29,7 @@ from welip.api import OpenAIError, parse_chat
 from welip.gateway import GatewayConfig, GatewayCore, LocalEngine, build_gateway_app
 from welip.store import AuditStore, Database, KeyStore
 from welip.trust import Admission, RequestContext, Trust, TrustConfig
+from welip.trust._auth import OPEN
 
 ADMIN_KEY = "wlp_admin-secret-for-tests"
 ISSUER, AUDIENCE = "https://idp.test", "welip"
@@ -160,7 +161,7 @@ def test_api_key_matrix_each_failure_has_its_status_and_code(env: None, db: Data
         ({"Authorization": "Basic abc"}, "/v1/chat/completions", 401, "invalid_api_key"),
         (_bearer(revoked), "/v1/chat/completions", 401, "invalid_api_key"),
         (_bearer(expired), "/v1/chat/completions", 401, "invalid_api_key"),
-        (_bearer(short), "/v1/chat/completions", 403, "permission_denied"),
+        (_bearer(short), "/v1/chat/completions", 404, "model_not_found"),  # as an unknown model
         (_bearer(user), "/admin/keys", 403, "permission_denied"),
         ({}, "/openapi.json", 401, "invalid_api_key"),
         ({}, "/admin/audit", 401, "invalid_api_key"),
@@ -476,7 +477,8 @@ def test_one_trace_per_request_gateway_then_auth_limit_and_the_engines_llm_span(
 
 
 def _context() -> RequestContext:
-    return RequestContext(method="POST", route="/v1/chat/completions", request_id="r")
+    # As the middleware leaves it in an app with auth off.
+    return RequestContext(method="POST", route="/v1/chat/completions", request_id="r", principal=OPEN)
 
 
 def test_a_cached_answer_comes_back_from_admission_with_the_cache_header_and_its_usage() -> None:
