@@ -201,7 +201,10 @@ class AuditConfig(StrictModel):
     """The audit log: one record per request, written off the request path."""
 
     enabled: bool = Field(False, description="Record every request, allowed or refused.")
-    record_prompts: bool = Field(False, description="Also store the raw request body (off by default).")
+    record_prompts: bool = Field(
+        False,
+        description="Also store the request body, after input redaction (off by default).",
+    )
     flush_interval_s: float = Field(0.5, gt=0, le=60, description="Longest a record waits in memory.")
     batch_size: int = Field(256, ge=1, le=100_000, description="Records written per database round trip.")
     spool_dir: str = Field(

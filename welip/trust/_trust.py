@@ -41,6 +41,7 @@ from welip.trust._guardrails import (
     content_policy_violation,
     guard_request,
     guard_response,
+    guarded_body,
 )
 from welip.trust._limits import Bucket, Decision, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from welip.trust._stream import StreamFilter
@@ -129,6 +130,11 @@ class Trust:
             or (self.auth_enabled and self.database is not None)  # keys may carry tpm/budgets
         )
 
+    @property
+    def guards_input(self) -> bool:
+        """Whether some role's input guardrails apply (they read token-id prompts with a tokenizer)."""
+        return any(input_guard.active for input_guard, _ in self._guards.values())
+
     def close(self) -> None:
         """Write the queued audit records (to the database or the spool) and stop the writer."""
         if self.audit is not None:
@@ -189,7 +195,8 @@ class Trust:
         Args:
             ctx: The request's context (``None``: admit without checks).
             body: The parsed request.
-            raw: The body as received: the audit record keeps it with ``audit.record_prompts``,
+            raw: The body as received: the audit record keeps it (as the input guardrails
+                left it) with ``audit.record_prompts``,
                 and the cache key is made from it.
             engine_model: The served model whose engine runs an adapter or alias request
                 (its tokenizer counts the prompt, its in-flight bound applies).
@@ -201,12 +208,14 @@ class Trust:
         ctx.model = body.model
         authorize(ctx.principal, None, body.model)
         model = engine_model or body.model
-        self._check_input(ctx, body)
+        self._check_input(ctx, body, self.token_counters.get(model))
         prompt_tokens = self._count_prompt(ctx, body, model)
         self._take_slot(ctx, model)
         headers = await self._rate_limit(ctx, prompt_tokens)
         if self.config.audit.record_prompts:
-            ctx.body = raw.decode("utf-8", "replace")
+            # What the input guardrails redacted is never recorded: the body as they left it.
+            redacted = any(v.direction == "input" and v.action == "redact" for v in ctx.verdicts.items)
+            ctx.body = guarded_body(body, raw) if redacted else raw.decode("utf-8", "replace")
         if getattr(body, "stream", False):
             options = body.stream_options
             # Usage feeds limits, metrics and audit; the client gets it only if asked.
@@ -229,11 +238,25 @@ class Trust:
     def _guards_for(self, principal: Principal) -> tuple[TextGuard, TextGuard]:
         return self._guards.get(principal.role, self._guards[None])
 
-    def _check_input(self, ctx: RequestContext, body: Any) -> None:
-        """Refuse logprobs where output guardrails apply; apply the input guardrails (they may redact)."""
+    def _check_input(self, ctx: RequestContext, body: Any, tokens: TokenCounter | None) -> None:
+        """Refuse logprobs and token ids where output guardrails apply; apply the input guardrails.
+
+        The input guardrails may redact ``body``; they read a token-id prompt with ``tokens``,
+        the model's tokenizer.
+        """
         input_guard, output_guard = self._guards_for(ctx.principal)
-        if output_guard.active and getattr(body, "logprobs", None):
-            # Token logprobs carry the raw text the output guardrail would have changed.
+        logprobs = getattr(body, "logprobs", None)
+        # Token logprobs carry the raw text the output guardrail would have changed (a
+        # completion's `logprobs: 0` too: the sampled tokens themselves), and token ids it.
+        if output_guard.active and getattr(body, "return_token_ids", None):
+            raise OpenAIError(
+                400,
+                "Output guardrails apply to your role, and token ids would bypass them. Use a role "
+                "without output guardrails (guardrails.by_role) to receive token ids.",
+                param="return_token_ids",
+                code="token_ids_not_allowed",
+            )
+        if output_guard.active and logprobs is not None and logprobs is not False:
             raise OpenAIError(
                 400,
                 "Output guardrails apply to your role, and logprobs would bypass them. Use a role "
@@ -243,7 +266,7 @@ class Trust:
             )
         if input_guard.active:
             with tracer.start_as_current_span("welip.guardrails.input") as span:
-                guard_request(body, input_guard, ctx.verdicts)
+                guard_request(body, input_guard, ctx.verdicts, tokens)
                 verdicts = [f"{v.kind}:{v.action}" for v in ctx.verdicts.items]
                 span.set_attribute("welip.guardrails", verdicts)
 
@@ -444,7 +467,7 @@ async def build_trust(
     The database (``WELIP_DATABASE_URL``, SQLite by default) is opened and migrated
     only when auth or audit needs it; Redis (``WELIP_REDIS_URL``) only when set.
     Tokenizers are loaded for each model (``embedding_sources``: embedding models) when a
-    limit or guardrail counts tokens.
+    limit or guardrail counts tokens, or input guardrails read token-id prompts.
     """
     from ray import serve
 
@@ -462,7 +485,7 @@ async def build_trust(
     except Exception:  # noqa: BLE001 - not inside a Serve replica (tests, scripts)
         replica = None
     trust = Trust(config, database=database, redis=redis, replica=replica)
-    if trust.counts_tokens:
+    if trust.counts_tokens or trust.guards_input:
         for model_id, source in model_sources.items():
             path = await asyncio.to_thread(resolve_model_path, source)
             trust.token_counters[model_id] = await asyncio.to_thread(TokenCounter.load, path)
