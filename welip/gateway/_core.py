@@ -258,10 +258,10 @@ class GatewayCore:
 
     async def generate(self, body: Any, method: str, request: Request, raw: bytes) -> Response:
         """Run a checked request on its engine; errors are raised before any byte is sent."""
-        route = await self._route(body.model)
-        self._refuse_unsupported(body, route)
         ctx = context_of(request)
         self.trust.check_model(ctx, body.model)  # a forbidden model is an unknown one, before any look-up
+        route = await self._route(body.model)
+        self._refuse_unsupported(body, route)
         admission = await self.trust.admit(
             ctx, body, raw, engine_model=route.engine, target_model=route.target
         )
@@ -355,6 +355,8 @@ class GatewayCore:
     async def embed(self, body: EmbeddingRequest, request: Request, raw: bytes) -> Response:
         """Embed a checked ``/v1/embeddings`` request through the trust layer."""
         ctx = context_of(request)
+        self.trust.check_model(ctx, body.model)  # a forbidden model is an unknown one, before any look-up
+        embedder = await self._embedder(body, principal_of(request))
         admission = await self.trust.admit(ctx, body, raw)  # input guardrails may redact body.input
         result = await self._embeddings(embedder, body.input)
         tokens = sum(result.token_counts)
@@ -362,8 +364,6 @@ class GatewayCore:
         self.trust.count_usage(ctx, usage)  # what the model read: admission's count is reconciled to it
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(vector, body.encoding_format)}
-        self.trust.check_model(ctx, body.model)  # a forbidden model is an unknown one, before any look-up
-        embedder = await self._embedder(body, principal_of(request))
             for i, vector in enumerate(result.vectors)
         ]
         answer = {"object": "list", "data": data, "model": body.model, "usage": usage}
