@@ -195,6 +195,15 @@ class CacheConfig(StrictModel):
     max_entries: int = Field(
         1024, ge=1, le=1_000_000, description="In-process cache size when no Redis is configured."
     )
+    scope: Literal["principal", "role"] = Field(
+        "principal",
+        description=(
+            "Whose requests share cached answers. principal (default): each API key or OIDC subject "
+            "has its own, so a hit tells a caller only what it sent itself. role: every caller of a "
+            "role shares them (more hits), and a hit (x-welip-cache) tells a caller that someone "
+            "in its role sent the same request: choose it only where that is no secret."
+        ),
+    )
 
 
 class AuditConfig(StrictModel):
@@ -219,15 +228,6 @@ PiiKind = Literal["email", "phone", "credit_card", "kr_rrn"]
 
 class GuardrailPolicy(StrictModel):
     """What one direction (input or output) checks, and what it does on a match."""
-    scope: Literal["principal", "role"] = Field(
-        "principal",
-        description=(
-            "Whose requests share cached answers. principal (default): each API key or OIDC subject "
-            "has its own, so a hit tells a caller only what it sent itself. role: every caller of a "
-            "role shares them (more hits), and a hit (x-welip-cache) tells a caller that someone "
-            "in its role sent the same request: choose it only where that is no secret."
-        ),
-    )
 
     pii: list[PiiKind] = Field(default_factory=list, description="PII kinds to detect.")
     pii_action: Literal["redact", "block"] = Field("redact", description="Replace the match, or refuse.")

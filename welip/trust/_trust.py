@@ -82,8 +82,6 @@ class Trust:
         self.replica = replica
         self.auth_enabled = config.auth.enabled
         self.authenticator = Authenticator(config.auth, database) if config.auth.enabled else None
-        prefix = config.limits.redis_prefix
-        self.limiter: RateLimiter = RedisRateLimiter(redis, prefix) if redis else MemoryRateLimiter()
         for path in config.auth.public_paths:
             if config.auth.enabled and route_permission(path) is not None:
                 logger.warning(
@@ -91,6 +89,8 @@ class Trust:
                     path,
                     route_permission(path),
                 )
+        prefix = config.limits.redis_prefix
+        self.limiter: RateLimiter = RedisRateLimiter(redis, prefix) if redis else MemoryRateLimiter()
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             self.cache = (
