@@ -173,6 +173,18 @@ class Trust:
         if ctx is not None:
             authorize(ctx.principal, None, model)
 
+    async def count_request(self, ctx: RequestContext) -> None:
+        """Take one request from the caller's rpm on arrival, before the body is read (raises 429).
+
+        For the requests :meth:`admit` lets through later (a POST to an inference or
+        embeddings route): a caller over its request limit is refused before its body is
+        read, parsed, guarded or counted. :meth:`admit` then charges the token buckets only.
+        """
+        if ctx.method != "POST" or route_permission(ctx.route) not in _ADMITTED_PERMISSIONS:
+            return
+        ctx.rate_headers = await self._rate_limit(ctx, 0, requests_only=True)
+        ctx.request_counted = True
+
     # -- before inference ---------------------------------------------------------
 
     async def admit(
@@ -308,23 +320,33 @@ class Trust:
             self._in_flight[model] = self._in_flight.get(model, 0) + 1
             ctx.in_flight_model = model
 
-    async def _rate_limit(self, ctx: RequestContext, prompt_tokens: int) -> dict[str, str]:
+    async def _rate_limit(
+        self, ctx: RequestContext, prompt_tokens: int, *, requests_only: bool = False
+    ) -> dict[str, str]:
+        """Take one request and ``prompt_tokens`` from the caller's buckets, or refuse.
+
+        ``requests_only``: the request bucket alone (:meth:`count_request`); a request
+        already counted is not counted again.
+        """
         p = ctx.principal
         limits = self.config.limits
         buckets, costs = [], []
         rpm = p.rpm or limits.default_rpm
         tpm = p.tpm or limits.default_tpm
-        if rpm:
+        if rpm and not ctx.request_counted:
             buckets.append(Bucket("requests", rpm))
             costs.append(1)
+        budget = None if requests_only else p.token_budget
+        if requests_only:
+            tpm = None
         if tpm:
             buckets.append(Bucket("tokens", tpm))
             costs.append(prompt_tokens)
-        if p.token_budget:
-            buckets.append(Bucket("budget", p.token_budget, period_ms=0))
+        if budget:
+            buckets.append(Bucket("budget", budget, period_ms=0))
             costs.append(prompt_tokens)
         if not buckets:
-            return {}
+            return dict(ctx.rate_headers)
         try:
             with tracer.start_as_current_span("welip.rate_limit") as span:
                 span.set_attribute("welip.rate_limit.buckets", [b.name for b in buckets])
@@ -354,9 +376,11 @@ class Trust:
                 code="rate_limit_exceeded",
                 headers=decision.headers(),
             )
+        if requests_only:
+            return decision.headers()
         ctx.buckets = [b for b in buckets if b.name != "requests"]
         ctx.charged_tokens = prompt_tokens
-        return decision.headers()
+        return {**ctx.rate_headers, **decision.headers()}
 
     async def _look_up(
         self,
@@ -453,6 +477,10 @@ class Trust:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+# The route families whose POSTs admit() lets through: counted against rpm on arrival.
+_ADMITTED_PERMISSIONS = ("inference", "embeddings")
 
 
 def _is_embedding(body: Any) -> bool:
