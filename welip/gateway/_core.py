@@ -211,6 +211,8 @@ class GatewayCore:
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
+        # Each engine's context: admission bounds max_tokens by it and reserves up to it.
+        self._max_model_len = {card.id: card.max_model_len for card in model_cards if card.max_model_len}
         self.embedders = embedders or {}
         self.embedding_cards = embedding_cards or []
         self._max_inputs = {
@@ -263,7 +265,12 @@ class GatewayCore:
         route = await self._route(body.model)
         self._refuse_unsupported(body, route)
         admission = await self.trust.admit(
-            ctx, body, raw, engine_model=route.engine, target_model=route.target
+            ctx,
+            body,
+            raw,
+            engine_model=route.engine,
+            target_model=route.target,
+            max_model_len=self._max_model_len.get(route.engine),
         )
         if admission.cached is not None:
             return Response(admission.cached, media_type="application/json", headers=admission.headers)

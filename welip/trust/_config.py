@@ -157,7 +157,7 @@ class AuthConfig(StrictModel):
 
 
 class LimitsConfig(StrictModel):
-    """Rate limits and backpressure."""
+    """Rate limits, backpressure, and the bounds on what one generation request may ask for."""
 
     default_rpm: int | None = Field(
         None, ge=1, le=10_000_000, description="Requests per minute for keys that set none."
@@ -172,6 +172,27 @@ class LimitsConfig(StrictModel):
         description=(
             "Requests one gateway replica lets through to a model at once; beyond it the answer "
             "is 503 with Retry-After at once, never a queue."
+        ),
+    )
+    max_choices_per_request: int = Field(
+        16,
+        ge=1,
+        le=128,
+        description=(
+            "Most choices one chat or completion request may ask for (`n`, and `best_of` where "
+            "given), each as long as `max_tokens`; beyond it the answer is 400. OpenAI's own bound, "
+            "128, is the most this may be."
+        ),
+    )
+    default_max_model_len: int = Field(
+        32_768,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Context length, in tokens, assumed for a model whose `engine_kwargs` set no "
+            "`max_model_len` (vLLM then takes the model's own): it bounds `max_tokens` and what "
+            "admission reserves for a request that sets none. Set `max_model_len` on the model "
+            "to have its exact context used."
         ),
     )
     redis_prefix: str = Field("welip", min_length=1, max_length=64, description="Prefix of Redis keys.")

@@ -5,8 +5,9 @@ middleware chain and Starlette's middleware do:
 
 * on arrival, :class:`~welip.trust.TrustMiddleware` opens the request's context,
   authenticates the caller and checks the route family (:meth:`Trust.authenticate`);
-* before inference, :meth:`Trust.admit` runs the per-model checks (model grant, input
-  guardrails, prompt size, in-flight bound, rate limits) and looks a deterministic
+* before inference, :meth:`Trust.admit` runs the per-model checks (model grant, choices
+  and ``max_tokens`` within bounds, input guardrails, prompt size, in-flight bound, rate
+  limits charged for what the request may generate) and looks a deterministic
   request up in the response cache; :meth:`Trust.admit_run` admits a request that runs
   no engine itself (an agent run);
 * on the answer, :meth:`Trust.filter_answer` (a whole answer) or the filter from
@@ -28,7 +29,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from welip.api import OpenAIError
+from welip.api import OpenAIError, invalid_request
 from welip.store import AuditStore, Database
 from welip.trust._audit import AuditWriter
 from welip.trust._auth import OPEN, Authenticator, Principal, authorize, route_permission
@@ -195,14 +196,19 @@ class Trust:
         *,
         engine_model: str | None = None,
         target_model: str | None = None,
+        max_model_len: int | None = None,
     ) -> Admission:
         """Let a chat, completion or embedding request through to its engine, or raise the refusal.
 
-        Checks the caller may use ``body.model``, refuses logprobs where output
-        guardrails apply, applies the input guardrails (which may redact ``body`` in
-        place), counts the prompt's tokens against ``max_prompt_tokens``, takes an
-        in-flight slot and charges the rate limits. A deterministic non-streamed
-        generation is then looked up in the response cache.
+        Checks the caller may use ``body.model``, refuses more choices (``n``,
+        ``best_of``) than ``limits.max_choices_per_request`` and a ``max_tokens`` beyond
+        the model's context, refuses logprobs where output guardrails apply, applies the
+        input guardrails (which may redact ``body`` in place), counts the prompt's tokens
+        against ``max_prompt_tokens``, takes an in-flight slot and charges the rate limits
+        with what the request may use: its prompt and, for a generation, every choice up
+        to ``max_tokens`` (by default the rest of the context). :meth:`settle` gives back
+        what the engine did not use. A deterministic non-streamed generation is then
+        looked up in the response cache.
 
         Args:
             ctx: The request's context (``None``: admit without checks).
@@ -214,16 +220,23 @@ class Trust:
                 (its tokenizer counts the prompt, its in-flight bound applies).
             target_model: The concrete model an alias names now, so that an alias switch
                 never serves the old model's cached answers.
+            max_model_len: The engine's context length, in tokens (``None``: not configured;
+                ``limits.default_max_model_len`` is assumed).
         """
         if ctx is None:
             return Admission()
         ctx.model = body.model
         authorize(ctx.principal, None, body.model)
         model = engine_model or body.model
+        context = max_model_len or self.config.limits.default_max_model_len
+        generates = not _is_embedding(body)
+        if generates:
+            _check_bounds(body, self.config.limits.max_choices_per_request, context)
         self._check_input(ctx, body, self.token_counters.get(model))
         prompt_tokens = self._count_prompt(ctx, body, model)
         self._take_slot(ctx, model)
-        headers = await self._rate_limit(ctx, prompt_tokens)
+        reserved = _completion_reserve(body, prompt_tokens, context) if generates else 0
+        headers = await self._rate_limit(ctx, prompt_tokens, reserved, _max_tokens_field(body))
         if self.config.audit.record_prompts:
             # What the input guardrails redacted is never recorded: the body as they left it.
             redacted = any(v.direction == "input" and v.action == "redact" for v in ctx.verdicts.items)
@@ -321,18 +334,26 @@ class Trust:
             ctx.in_flight_model = model
 
     async def _rate_limit(
-        self, ctx: RequestContext, prompt_tokens: int, *, requests_only: bool = False
+        self,
+        ctx: RequestContext,
+        prompt_tokens: int,
+        reserved: int = 0,
+        param: str | None = None,
+        *,
+        requests_only: bool = False,
     ) -> dict[str, str]:
-        """Take one request and ``prompt_tokens`` from the caller's buckets, or refuse.
+        """Take one request and ``prompt_tokens + reserved`` tokens from the caller's buckets, or refuse.
 
-        ``requests_only``: the request bucket alone (:meth:`count_request`); a request
-        already counted is not counted again.
+        ``reserved``: the completion tokens a generation may use, named by ``param``
+        (its ``max_tokens`` field) in a refusal. ``requests_only``: the request bucket
+        alone (:meth:`count_request`); a request already counted is not counted again.
         """
         p = ctx.principal
         limits = self.config.limits
         buckets, costs = [], []
         rpm = p.rpm or limits.default_rpm
         tpm = p.tpm or limits.default_tpm
+        tokens = prompt_tokens + reserved
         if rpm and not ctx.request_counted:
             buckets.append(Bucket("requests", rpm))
             costs.append(1)
@@ -341,12 +362,29 @@ class Trust:
             tpm = None
         if tpm:
             buckets.append(Bucket("tokens", tpm))
-            costs.append(prompt_tokens)
+            costs.append(tokens)
         if budget:
             buckets.append(Bucket("budget", budget, period_ms=0))
-            costs.append(prompt_tokens)
+            costs.append(tokens)
         if not buckets:
             return dict(ctx.rate_headers)
+        what = {"requests": "requests per minute", "tokens": "tokens per minute", "budget": "token budget"}
+        asked = (
+            f" This request may use {tokens} tokens: its prompt ({prompt_tokens}) and {reserved} "
+            f"to generate (each choice up to `{param}`, by default the rest of the model's context)."
+            if reserved
+            else ""
+        )
+        for bucket in buckets:
+            if bucket.name != "requests" and tokens > bucket.capacity:
+                # Waiting would never admit it: say so, and what to lower, instead of a 429.
+                raise invalid_request(
+                    f"The request is larger than the whole {what[bucket.name]} of {p.id} "
+                    f"({bucket.capacity}).{asked} Lower `{param or 'max_tokens'}` or `n`, or shorten "
+                    "the prompt.",
+                    param=param if reserved else None,
+                    code="request_over_token_limit",
+                )
         try:
             with tracer.start_as_current_span("welip.rate_limit") as span:
                 span.set_attribute("welip.rate_limit.buckets", [b.name for b in buckets])
@@ -362,16 +400,13 @@ class Trust:
                 headers={"retry-after": "5"},
             ) from None
         if not decision.allowed:
-            what = {
-                "requests": "requests per minute",
-                "tokens": "tokens per minute",
-                "budget": "token budget",
-            }
+            denied = decision.denied_by or ""
             raise OpenAIError(
                 429,
-                f"Rate limit reached for {p.id} on {what.get(decision.denied_by or '', 'limits')}: "
-                f"limit {decision.limits.get(decision.denied_by or '', 0)}. "
-                f"Retry after {decision.headers().get('retry-after')} s.",
+                f"Rate limit reached for {p.id} on {what.get(denied, 'limits')}: "
+                f"limit {decision.limits.get(denied, 0)}. "
+                f"Retry after {decision.headers().get('retry-after')} s."
+                + (asked + f" A lower `{param}` needs fewer." if denied != "requests" and asked else ""),
                 type="requests" if decision.denied_by == "requests" else "tokens",
                 code="rate_limit_exceeded",
                 headers=decision.headers(),
@@ -379,7 +414,7 @@ class Trust:
         if requests_only:
             return decision.headers()
         ctx.buckets = [b for b in buckets if b.name != "requests"]
-        ctx.charged_tokens = prompt_tokens
+        ctx.charged_tokens = tokens
         return {**ctx.rate_headers, **decision.headers()}
 
     async def _look_up(
@@ -485,6 +520,54 @@ _ADMITTED_PERMISSIONS = ("inference", "embeddings")
 
 def _is_embedding(body: Any) -> bool:
     return isinstance(getattr(body, "input", None), list)  # each input is a prompt of its own
+
+
+def _choices(body: Any) -> tuple[str, int]:
+    """The field that sets how many sequences each prompt generates (``n``, or a larger ``best_of``)."""
+    n = getattr(body, "n", None) or 1
+    best_of = getattr(body, "best_of", None)  # not a field of vLLM's models: kept as an extra if sent
+    if isinstance(best_of, int) and best_of > n:
+        return "best_of", best_of
+    return "n", n
+
+
+def _max_tokens_field(body: Any) -> str:
+    """The field that bounds each choice's length (``max_completion_tokens`` first, as in vLLM)."""
+    if getattr(body, "max_completion_tokens", None) is not None:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
+def _check_bounds(body: Any, most_choices: int, context: int) -> None:
+    """400 naming the field: more choices than ``most_choices``, a ``max_tokens`` the context cannot hold."""
+    field_name, choices = _choices(body)
+    if choices > most_choices:
+        raise invalid_request(
+            f"`{field_name}` is {choices}; this gateway generates at most {most_choices} choices "
+            "per request.",
+            param=field_name,
+        )
+    for field_name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, field_name, None)
+        if isinstance(value, int) and value > context:
+            raise invalid_request(
+                f"`{field_name}` is {value}, more than the model's context of {context} tokens "
+                "(prompt included) can hold.",
+                param=field_name,
+            )
+
+
+def _completion_reserve(body: Any, prompt_tokens: int, context: int) -> int:
+    """The most completion tokens a generation request may produce.
+
+    Each of its prompts (a completion may send several) generates its choices, each up
+    to ``max_tokens`` and to what the context leaves after the prompt (vLLM's default
+    when ``max_tokens`` is unset). Only the prompts' total is known, which bounds the sum.
+    """
+    prompt = getattr(body, "prompt", None)
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list) else 1
+    per_choice = getattr(body, _max_tokens_field(body), None) or context
+    return _choices(body)[1] * max(0, min(prompts * per_choice, prompts * context - prompt_tokens))
 
 
 async def build_trust(

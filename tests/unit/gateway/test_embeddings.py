@@ -291,11 +291,16 @@ def test_usage_and_audit_count_the_tokens_the_model_read(db: Database, tmp_path:
 def test_tokens_per_minute_refuse_embeddings_too(db: Database, tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     client = _secure(db, tmp_path, embedder)
-    _, key = KeyStore(db).create_key(name="u", role="embed-user", tpm=10)
+    _, key = KeyStore(db).create_key(name="u", role="embed-user", tpm=20)
     many = {"model": EMBED, "input": ["one two three four"] * 3}  # 18 tokens counted at admission
+    assert client.post("/v1/embeddings", json=many, headers=_bearer(key)).status_code == 200
     refused = client.post("/v1/embeddings", json=many, headers=_bearer(key))
     assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limit_exceeded")
-    assert embedder.calls == []
+    # 24 tokens: more than the key's whole minute, which no wait would cure.
+    larger = {"model": EMBED, "input": ["one two three four"] * 4}
+    too_large = client.post("/v1/embeddings", json=larger, headers=_bearer(key))
+    assert (too_large.status_code, too_large.json()["error"]["code"]) == (400, "request_over_token_limit")
+    assert len(embedder.calls) == 1
 
 
 def test_input_guardrails_redact_or_refuse_each_input(db: Database, tmp_path: Path) -> None:

@@ -244,23 +244,22 @@ def test_rpm_limit_answers_429_with_retry_after_and_headers(env: None, db: Datab
     assert len(engine.calls) == 2
 
 
-def test_tpm_is_charged_for_the_prompt_then_reconciled_with_completion(
+def test_tpm_is_charged_for_the_prompt_and_max_tokens_then_reconciled_with_completion(
     env: None, db: Database, tmp_path: Path
 ) -> None:
     engine = FakeEngine([_answer("4", prompt_tokens=5, completion_tokens=40)])
     client, _ = _client(db, tmp_path, {"m": engine})
     _, key = KeyStore(db).create_key(name="u", role="user", tpm=100)
-    first = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    # Admission charged the 5 counted prompt tokens.
-    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 95
+    first = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60}, headers=_bearer(key))
+    # Admission reserved the 5 counted prompt tokens and the 60 the answer may have.
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 35
     time.sleep(0.05)  # reconciliation runs after the response
-    second = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    # 5 + 40 for the first (reconciled), 5 for the second; the bucket refills 100/min meanwhile.
-    assert 50 <= int(second.headers["x-ratelimit-remaining-tokens"]) <= 52
-    third = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    fourth = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    assert (third.status_code, fourth.status_code) == (200, 429)
-    assert fourth.json()["error"]["code"] == "rate_limit_exceeded"
+    second = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 20}, headers=_bearer(key))
+    # 5 + 40 for the first (reconciled), 5 + 20 for the second; the bucket refills 100/min meanwhile.
+    assert 30 <= int(second.headers["x-ratelimit-remaining-tokens"]) <= 32
+    time.sleep(0.05)  # the second used 45 too: 20 more are charged
+    third = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 20}, headers=_bearer(key))
+    assert (third.status_code, third.json()["error"]["code"]) == (429, "rate_limit_exceeded")
 
 
 def test_in_flight_bound_refuses_at_once_with_503(env: None, db: Database, tmp_path: Path) -> None:
