@@ -28,7 +28,8 @@ def model_card(model: ModelConfig, created: int) -> ModelCard:
     return ModelCard(
         id=model.model_id,
         created=created,
-        root=model.source,
+        root=model.model_id,  # clients see no storage location
+        source=model.source,
         max_model_len=model.engine_kwargs.get("max_model_len"),
     )
 
@@ -38,7 +39,8 @@ def embedding_card(model: EmbeddingModelConfig, created: int) -> ModelCard:
     return ModelCard(
         id=model.model_id,
         created=created,
-        root=model.source,
+        root=model.model_id,
+        source=model.source,
         max_inputs_per_request=model.max_inputs_per_request,
     )
 

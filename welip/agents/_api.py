@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from welip.agents._graphs import AgentInput
 from welip.agents._runtime import AgentRuntime, new_id
 from welip.agents._store import RunRow, ThreadBusy, ThreadRow
-from welip.api import OpenAIError
+from welip.api import OpenAIError, load_json
 
 OwnerOf = Callable[[Request], str]
 Admit = Callable[[Request, str], Awaitable[None]]
@@ -78,10 +78,7 @@ def _invalid(message: str, param: str | None, status: int = 422, code: str = "in
 
 
 def _parse(model: type[_Body], raw: bytes) -> Any:
-    try:
-        data = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise _invalid(f"The body is not valid JSON: {exc.msg}.", None, 400, "invalid_json") from None
+    data = load_json(raw) if raw.strip() else {}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

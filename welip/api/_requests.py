@@ -2,13 +2,13 @@
 
 The request models are vLLM's own (re-exported by ``ray.serve.llm``), so the
 engine sees exactly what ``vllm serve`` would. WeLIP adds the checks vLLM leaves to
-the engine or skips: unknown roles, non-positive token counts, wrong JSON types, all
-answered with a 400 before any streamed byte.
+the engine or skips: unknown roles, non-positive token counts, OpenAI's upper bounds
+(``n``, ``best_of``, embedding inputs), wrong JSON types, all answered with a 400
+before any streamed byte.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,16 +18,28 @@ from ray.serve.llm.openai_api_models import (
 )
 
 from welip.api._errors import OpenAIError, invalid_request
+from welip.api._json import load_json
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+_POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "best_of")
+MAX_N = 128  # OpenAI's bound on `n`; admission applies the gateway's own (limits.max_choices_per_request)
+MAX_BEST_OF = 20  # OpenAI's bound on the legacy completions' `best_of`
+# Upper bounds checked while parsing; `max_tokens` is bounded by the model's context at admission.
+_MOST = {"n": MAX_N, "best_of": MAX_BEST_OF}
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on `input` items
+# OpenAI takes at most 8192 tokens per input; as many characters as that in English text
+# at four per token. The embedding model reads far fewer (it truncates): a longer input is
+# only work for the tokenizer, on the gateway's event loop.
+MAX_EMBEDDING_INPUT_CHARS = 32_768
 
 _Request = TypeVar("_Request", bound=BaseModel)
 
 __all__ = [
     "CHAT_ROLES",
+    "MAX_BEST_OF",
     "MAX_EMBEDDING_INPUTS",
+    "MAX_EMBEDDING_INPUT_CHARS",
+    "MAX_N",
     "ChatCompletionRequest",
     "CompletionRequest",
     "EmbeddingRequest",
@@ -151,6 +163,12 @@ def parse_embedding(raw: bytes) -> EmbeddingRequest:
             raise invalid_request(
                 f"input[{i}] is an empty string; every input must have text.", param="input"
             )
+        if len(text) > MAX_EMBEDDING_INPUT_CHARS:
+            raise invalid_request(
+                f"input[{i}] has {len(text)} characters; each input may have at most "
+                f"{MAX_EMBEDDING_INPUT_CHARS}. Split longer texts into chunks.",
+                param="input",
+            )
     encoding = payload.get("encoding_format")
     if encoding is not None and encoding not in ("float", "base64"):
         raise invalid_request(
@@ -164,10 +182,7 @@ def parse_embedding(raw: bytes) -> EmbeddingRequest:
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid_request(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    payload = load_json(raw)
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_type")
     return payload
@@ -192,6 +207,9 @@ def _check_positive_ints(payload: dict[str, Any]) -> None:
             raise invalid_request(f"`{field}` must be an integer.", param=field, code="invalid_type")
         if value < 1:
             raise invalid_request(f"`{field}` must be at least 1, got {value}.", param=field)
+        most = _MOST.get(field)
+        if most is not None and value > most:
+            raise invalid_request(f"`{field}` must be at most {most}, got {value}.", param=field)
 
 
 def _validate(model: type[_Request], payload: dict[str, Any]) -> _Request:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # WeLIP's fields beyond OpenAI's model object; each kind of model has its own.
 _OWN_FIELDS = ("parent", "max_model_len", "max_inputs_per_request")
@@ -20,7 +20,9 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "welip"
     root: str
-    """The weights: a served model's source, an adapter's URI, an alias's target."""
+    """The weights by name, never where they are stored: the model's own id, or an alias's target."""
+    source: str | None = Field(None, exclude=True)
+    """Where a served model's weights are read from (its tokenizer, for limits); never shown to clients."""
     parent: str | None = None
     """Adapters and aliases: the served model whose engine runs them."""
     max_model_len: int | None = None

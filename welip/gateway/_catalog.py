@@ -103,7 +103,8 @@ class Catalog:
         for row in adapters:
             if row.base_model_id in self._lora_models:  # engines with LoRA on
                 routes[row.id] = Route(row.base_model_id, row.id)
-                cards.append(_card(row.id, row.created_at, root=row.uri, parent=row.base_model_id))
+                # Its id, not its URI: clients are not told where adapters are stored.
+                cards.append(_card(row.id, row.created_at, root=row.id, parent=row.base_model_id))
         for alias in aliases:
             target = alias.target
             route = routes.get(target) or (Route(target, None) if target in self._served else None)

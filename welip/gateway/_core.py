@@ -36,7 +36,7 @@ from welip.gateway._catalog import Catalog, Route
 from welip.gateway._config import GatewayConfig
 from welip.observability import inject_context, trace_generation, tracing_enabled
 from welip.serving import AdapterNotFound, EmbeddingResult
-from welip.trust import StreamFilter, Trust, context_of, principal_of
+from welip.trust import Principal, StreamFilter, Trust, context_of, principal_of
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
 # hands it to the replica as this header; the engine request reuses it.
@@ -211,6 +211,8 @@ class GatewayCore:
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
+        # Each engine's context: admission bounds max_tokens by it and reserves up to it.
+        self._max_model_len = {card.id: card.max_model_len for card in model_cards if card.max_model_len}
         self.embedders = embedders or {}
         self.embedding_cards = embedding_cards or []
         self._max_inputs = {
@@ -258,11 +260,17 @@ class GatewayCore:
 
     async def generate(self, body: Any, method: str, request: Request, raw: bytes) -> Response:
         """Run a checked request on its engine; errors are raised before any byte is sent."""
+        ctx = context_of(request)
+        self.trust.check_model(ctx, body.model)  # a forbidden model is an unknown one, before any look-up
         route = await self._route(body.model)
         self._refuse_unsupported(body, route)
-        ctx = context_of(request)
         admission = await self.trust.admit(
-            ctx, body, raw, engine_model=route.engine, target_model=route.target
+            ctx,
+            body,
+            raw,
+            engine_model=route.engine,
+            target_model=route.target,
+            max_model_len=self._max_model_len.get(route.engine),
         )
         if admission.cached is not None:
             return Response(admission.cached, media_type="application/json", headers=admission.headers)
@@ -353,8 +361,9 @@ class GatewayCore:
 
     async def embed(self, body: EmbeddingRequest, request: Request, raw: bytes) -> Response:
         """Embed a checked ``/v1/embeddings`` request through the trust layer."""
-        embedder = await self._embedder(body)
         ctx = context_of(request)
+        self.trust.check_model(ctx, body.model)  # a forbidden model is an unknown one, before any look-up
+        embedder = await self._embedder(body, principal_of(request))
         admission = await self.trust.admit(ctx, body, raw)  # input guardrails may redact body.input
         result = await self._embeddings(embedder, body.input)
         tokens = sum(result.token_counts)
@@ -368,18 +377,19 @@ class GatewayCore:
         # orjson: a full request (2048 x 384 floats) takes ~30 ms, not ~300 ms, on the shared event loop.
         return Response(orjson.dumps(answer), media_type="application/json", headers=admission.headers)
 
-    async def _embedder(self, body: EmbeddingRequest) -> EmbeddingClient:
+    async def _embedder(self, body: EmbeddingRequest, principal: Principal) -> EmbeddingClient:
         """The embedding model a request names, or the refusal of what it cannot do."""
         embedder = self.embedders.get(body.model)
         if embedder is None:
             if body.model in self.engines or (
                 self.catalog is not None and await self.catalog.route(body.model) is not None
             ):
-                served = ", ".join(f"`{m}`" for m in self.embedders) or "none"
+                # Only the embedding models this caller may use: the others are none of its business.
+                usable = ", ".join(f"`{m}`" for m in self.embedders if principal.may_use(m)) or "none"
                 raise OpenAIError(
                     400,
                     f"The model `{body.model}` generates text; it has no embeddings. "
-                    f"Embedding models here: {served}.",
+                    f"Embedding models available to you: {usable}.",
                     param="model",
                     code="model_not_supported",
                 )

@@ -132,7 +132,7 @@ class EngineGateway(PreparedLLMServer):
 
 
 def _sources(cards: list[ModelCard]) -> dict[str, str]:
-    return {card.id: card.root for card in cards}
+    return {card.id: card.source or card.root for card in cards}
 
 
 def _embedding_clients(handles: dict[str, DeploymentHandle] | None) -> dict[str, EmbeddingClient]:

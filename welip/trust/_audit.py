@@ -58,7 +58,7 @@ class AuditRecord:
     cache: str | None = None  # hit | miss | None when not cacheable
     guardrails: list[Verdict] | None = None
     replica: str | None = None
-    body: str | None = None  # the raw request, only with audit.record_prompts
+    body: str | None = None  # the request after input redaction, only with audit.record_prompts
 
     def row(self) -> dict[str, Any]:
         """The record as ``AuditStore.write_audit`` and the spool take it."""

@@ -4,21 +4,28 @@ Every request except the configured public paths carries ``Authorization: Bearer
 <credential>``. A credential that starts with ``wlp_`` is a WeLIP API key, looked up
 by its hash (cached for ``key_cache_s``, and kept while the database is down); any
 other is verified as a JWT. The principal's role then decides the route families and
-models it may use (:func:`authorize`).
+models it may use (:func:`authorize`); a model it may not use looks exactly like one
+that does not exist.
+
+Failed authentications are limited per client address (``max_auth_failures_per_minute``),
+so a flood of guessed keys costs a bounded number of key look-ups.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
-from welip.api import OpenAIError
+from welip.api import OpenAIError, model_not_found
 from welip.store import KEY_PREFIX, Database, KeyRecord, KeyStore, hash_key
 from welip.trust._config import ALL_PERMISSIONS, AuthConfig, OIDCConfig, RoleConfig
 
@@ -62,9 +69,22 @@ ANONYMOUS = Principal(
     id="anonymous",
     kind="anonymous",
     role=None,
+    permissions=frozenset(),
+    models=frozenset(),
+)
+"""A caller nobody has authenticated (a public path's): no permission, no model."""
+
+OPEN = Principal(
+    id="anonymous",
+    kind="anonymous",
+    role=None,
     permissions=frozenset(ALL_PERMISSIONS),
     models=None,
 )
+"""Every caller where auth is off (``auth.enabled: false``), or where no trust layer is installed."""
+
+# Client addresses one replica counts failed authentications for (least recently failed out).
+_FAILURE_SOURCES = 10_000
 
 
 def invalid_api_key(message: str) -> OpenAIError:
@@ -82,6 +102,53 @@ def permission_denied(message: str) -> OpenAIError:
     return OpenAIError(403, message, code="permission_denied")
 
 
+def too_many_failures(retry_after_s: int) -> OpenAIError:
+    """429 ``rate_limit_exceeded``: this address failed to authenticate too often."""
+    return OpenAIError(
+        429,
+        f"Too many failed authentications from your address; retry after {retry_after_s} s.",
+        type="requests",
+        code="rate_limit_exceeded",
+        headers={"retry-after": str(retry_after_s)},
+    )
+
+
+class FailureBudget:
+    """Failed authentications per client address: a token bucket of ``per_minute`` each.
+
+    Only the most recent ``max_sources`` addresses are remembered; one pushed out starts
+    afresh.
+    """
+
+    def __init__(self, per_minute: int, max_sources: int = _FAILURE_SOURCES) -> None:
+        self._capacity = float(per_minute)
+        self._per_s = per_minute / 60
+        self._max_sources = max_sources
+        self._sources: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
+
+    def _tokens(self, source: str, now: float) -> float:
+        entry = self._sources.get(source)
+        if entry is None:
+            return self._capacity
+        tokens, when = entry
+        return min(self._capacity, tokens + (now - when) * self._per_s)
+
+    def retry_after_s(self, source: str) -> int | None:
+        """Seconds until ``source`` may fail again, or None while it has failures left."""
+        tokens = self._tokens(source, time.monotonic())
+        if tokens >= 1:
+            return None
+        return max(1, math.ceil((1 - tokens) / self._per_s))
+
+    def spend(self, source: str) -> None:
+        """Count one failed authentication from ``source``."""
+        now = time.monotonic()
+        self._sources[source] = (max(0.0, self._tokens(source, now) - 1), now)
+        self._sources.move_to_end(source)
+        while len(self._sources) > self._max_sources:
+            self._sources.popitem(last=False)
+
+
 def _models(role: RoleConfig, narrowed: list[str] | None) -> frozenset[str] | None:
     role_models = None if "*" in role.models else frozenset(role.models)
     if narrowed is None:
@@ -91,32 +158,52 @@ def _models(role: RoleConfig, narrowed: list[str] | None) -> frozenset[str] | No
 
 
 class Authenticator:
-    """Turns an ``Authorization`` header into a :class:`Principal`, or a 401/403."""
+    """Turns an ``Authorization`` header into a :class:`Principal`, or its refusal (:meth:`authenticate`)."""
 
     def __init__(self, config: AuthConfig, database: Database | None) -> None:
         self._config = config
         self._keys = KeyStore(database) if database is not None else None
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        # Keys that exist (usable or not), least recently used first; a miss is never kept,
+        # so guessed keys cannot push a valid one out.
+        self._cache: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
+        per_minute = config.max_auth_failures_per_minute
+        self._failures = FailureBudget(per_minute) if per_minute is not None else None
         admin_key = os.environ.get(config.admin_key_env) if config.admin_key_env else None
         if config.admin_key_env and not admin_key:
             logger.warning("auth.admin_key_env names %s, which is unset", config.admin_key_env)
         self._admin_hash = hash_key(admin_key) if admin_key else None
         self._oidc = _OIDCVerifier(config.oidc) if config.oidc else None
 
-    async def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, source: str | None = None) -> Principal:
+        """The caller presenting ``authorization``, from client address ``source`` (if known).
+
+        Raises 401 for a missing or wrong credential; 429 once ``source`` has failed
+        ``max_auth_failures_per_minute`` times (then only a key this replica already
+        knows, or the admin key, is still checked); 503 when the key store or the
+        identity provider's keys cannot be reached.
+        """
         if not authorization:
             raise invalid_api_key("You didn't provide an API key. Send it as `Authorization: Bearer <key>`.")
         scheme, _, credential = authorization.partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
             raise invalid_api_key("The Authorization header must be `Bearer <key or token>`.")
-        if credential.startswith(KEY_PREFIX) or self._oidc is None:
-            return await self._api_key(credential)
-        return await self._oidc.verify(credential, self._config)
+        budget = self._failures if source is not None else None
+        blocked_s = budget.retry_after_s(source) if budget is not None and source is not None else None
+        try:
+            if credential.startswith(KEY_PREFIX) or self._oidc is None:
+                return await self._api_key(credential, blocked_s)
+            if blocked_s is not None:
+                raise too_many_failures(blocked_s)
+            return await self._oidc.verify(credential, self._config)
+        except OpenAIError as exc:
+            if exc.status_code == 401 and budget is not None and source is not None:
+                budget.spend(source)
+            raise
 
-    async def _api_key(self, key: str) -> Principal:
+    async def _api_key(self, key: str, blocked_s: int | None = None) -> Principal:
         digest = hash_key(key)
-        if digest == self._admin_hash:
+        if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
             return Principal(
                 id="admin-key",
                 kind="api_key",
@@ -127,6 +214,8 @@ class Authenticator:
                 models=None,
                 key_id="admin-key",
             )
+        if blocked_s is not None and digest not in self._cache:
+            raise too_many_failures(blocked_s)  # before any look-up: a flood costs no query
         record = await self._lookup(digest)
         if record is None:
             raise invalid_api_key("Incorrect API key provided.")
@@ -152,8 +241,10 @@ class Authenticator:
     async def _lookup(self, digest: str) -> KeyRecord | None:
         now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and now - cached[1] < self._config.key_cache_s:
-            return cached[0]
+        if cached is not None:
+            self._cache.move_to_end(digest)
+            if now - cached[1] < self._config.key_cache_s:
+                return cached[0]
         if self._keys is None:
             return None
         try:
@@ -169,9 +260,13 @@ class Authenticator:
                 code="auth_unavailable",
                 headers={"retry-after": "5"},
             ) from None
-        if len(self._cache) > 100_000:
-            self._cache.clear()
+        if record is None:
+            self._cache.pop(digest, None)  # deleted since it was cached
+            return None
         self._cache[digest] = (record, now)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self._config.key_cache_max_entries:
+            self._cache.popitem(last=False)
         return record
 
 
@@ -207,8 +302,19 @@ class _OIDCVerifier:
                 leeway=config.leeway_s,
                 options={"require": ["exp", "iss", "aud"]},
             )
+        except jwt.PyJWKClientConnectionError as exc:
+            # The detail names the identity provider's address: for the log, not the caller.
+            logger.warning("JWKS fetch from %s failed: %s", config.jwks_url, exc)
+            raise OpenAIError(
+                503,
+                "The identity provider's signing keys are unavailable; try again shortly.",
+                type="server_error",
+                code="auth_unavailable",
+                headers={"retry-after": "5"},
+            ) from None
         except jwt.PyJWKClientError as exc:
-            raise invalid_token(f"The bearer token's signing key could not be found: {exc}") from None
+            logger.info("bearer token's signing key not found: %s", exc)
+            raise invalid_token("The bearer token's signing key could not be found.") from None
         except jwt.PyJWTError as exc:
             raise invalid_token(f"The bearer token is not valid: {exc}") from None
         subject = claims.get(config.principal_claim)
@@ -231,11 +337,16 @@ class _OIDCVerifier:
 
 
 def authorize(principal: Principal, permission: str | None, model: str | None = None) -> None:
-    """Raise 403 ``permission_denied`` unless the principal may call this route on this model."""
+    """Raise unless the principal may call this route on this model.
+
+    A route family it may not call is 403 ``permission_denied``; a model it may not use
+    is 404 ``model_not_found``, word for word what a model that does not exist gets, so
+    that the answer tells nobody which models exist.
+    """
     if permission is not None and permission not in principal.permissions:
         raise permission_denied(f"Your role `{principal.role}` may not use {permission} routes.")
     if model is not None and not principal.may_use(model):
-        raise permission_denied(f"Your key or role may not use the model `{model}`.")
+        raise model_not_found(model)
 
 
 def route_permission(path: str) -> str | None:

@@ -1,8 +1,9 @@
 """Exact-match response cache for deterministic requests.
 
 Only non-streamed requests that ask for ``temperature: 0`` (and one choice) are
-cached, keyed on the model, the caller's role (its output guardrails may differ) and
-the request body with volatile fields removed. In Redis when ``WELIP_REDIS_URL`` is
+cached, keyed on the model, the caller (its principal and role by default; its role
+only with ``cache.scope: role``: output guardrails differ per role) and the request
+body with volatile fields removed. In Redis when ``WELIP_REDIS_URL`` is
 set (shared by every replica), else in a bounded in-process LRU.
 """
 
@@ -17,12 +18,12 @@ from typing import Any, Protocol
 _VOLATILE = frozenset({"stream", "stream_options", "user", "request_id", "metadata"})
 
 
-def cache_key(payload: dict[str, Any], role: str | None) -> str | None:
-    """The cache key of a request body, or None when it is not cacheable."""
+def cache_key(payload: dict[str, Any], partition: list[str | None]) -> str | None:
+    """The cache key of a request body among ``partition`` (who shares it); None: not cacheable."""
     if payload.get("stream") or payload.get("temperature") != 0 or (payload.get("n") or 1) != 1:
         return None
     canonical = {k: v for k, v in payload.items() if k not in _VOLATILE}
-    text = json.dumps([role, canonical], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps([partition, canonical], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -38,6 +38,17 @@ class RoleConfig(StrictModel):
     )
 
 
+# Asymmetric signatures only: an HS* secret would be shared with every service that checks
+# tokens, and `none` means unsigned.
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512", "EdDSA"
+]
+
+
+def _default_algorithms() -> list[JwtAlgorithm]:
+    return ["RS256"]
+
+
 def _default_roles() -> dict[str, RoleConfig]:
     return {
         "admin": RoleConfig(permissions=list(ALL_PERMISSIONS)),
@@ -57,8 +68,10 @@ class OIDCConfig(StrictModel):
     public_key_env: str | None = Field(
         None, description="Environment variable holding a PEM public key (instead of jwks_url)."
     )
-    algorithms: list[str] = Field(
-        default_factory=lambda: ["RS256"], min_length=1, description="Accepted signature algorithms."
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=_default_algorithms,
+        min_length=1,
+        description="Accepted signature algorithms: asymmetric only (RS*, PS*, ES*, EdDSA).",
     )
     principal_claim: str = Field("sub", min_length=1, description="Claim naming the caller.")
     roles_claim: str = Field("groups", min_length=1, description="Claim listing the caller's groups.")
@@ -84,7 +97,12 @@ class AuthConfig(StrictModel):
     )
     public_paths: list[str] = Field(
         default_factory=lambda: ["/health", "/ready"],
-        description="Paths answered without credentials. /openapi.json and /docs are private unless listed.",
+        description=(
+            "Paths answered without credentials, to a caller that holds no permission and no model: "
+            "only a route that needs no permission (/health, /ready, /version, /openapi.json, /docs) "
+            "is opened by listing it; a listed inference, embeddings, agents or admin route still "
+            "asks for a key or token. /openapi.json and /docs are private unless listed."
+        ),
     )
     admin_key_env: str | None = Field(
         None,
@@ -100,6 +118,27 @@ class AuthConfig(StrictModel):
         description=(
             "How long a replica trusts a looked-up key before asking the database again: the "
             "longest a revocation takes to bite. A cached key keeps working while the database is down."
+        ),
+    )
+    key_cache_max_entries: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "API keys one replica remembers (least recently used out). Only keys that exist are "
+            "remembered, so a flood of random keys never pushes a valid one out."
+        ),
+    )
+    max_auth_failures_per_minute: int | None = Field(
+        30,
+        ge=1,
+        le=100_000,
+        description=(
+            "Failed authentications (a wrong, revoked or expired key; an invalid token) one client "
+            "address may make per minute on one replica; beyond it the answer is 429 with Retry-After "
+            "and no key is looked up, except keys the replica already knows and the admin key. "
+            "Addresses are the connection's peer (a load balancer's, unless it preserves client "
+            "addresses); the 10,000 most recent addresses are tracked. null: no limit."
         ),
     )
     roles: dict[str, RoleConfig] = Field(default_factory=_default_roles, description="Roles by name.")
@@ -118,7 +157,7 @@ class AuthConfig(StrictModel):
 
 
 class LimitsConfig(StrictModel):
-    """Rate limits and backpressure."""
+    """Rate limits, backpressure, and the bounds on what one generation request may ask for."""
 
     default_rpm: int | None = Field(
         None, ge=1, le=10_000_000, description="Requests per minute for keys that set none."
@@ -135,7 +174,38 @@ class LimitsConfig(StrictModel):
             "is 503 with Retry-After at once, never a queue."
         ),
     )
+    max_choices_per_request: int = Field(
+        16,
+        ge=1,
+        le=128,
+        description=(
+            "Most choices one chat or completion request may ask for (`n`, and `best_of` where "
+            "given), each as long as `max_tokens`; beyond it the answer is 400. OpenAI's own bound, "
+            "128, is the most this may be."
+        ),
+    )
+    default_max_model_len: int = Field(
+        32_768,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Context length, in tokens, assumed for a model whose `engine_kwargs` set no "
+            "`max_model_len` (vLLM then takes the model's own): it bounds `max_tokens` and what "
+            "admission reserves for a request that sets none. Set `max_model_len` on the model "
+            "to have its exact context used."
+        ),
+    )
     redis_prefix: str = Field("welip", min_length=1, max_length=64, description="Prefix of Redis keys.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description=(
+            "Largest request body accepted, in bytes (default 4 MiB). A larger one is answered 413 "
+            "`request_too_large` before it is read whole: by its Content-Length, or as soon as a "
+            "chunked body passes the bound. Raise it for chat requests that carry images inline."
+        ),
+    )
 
 
 class CacheConfig(StrictModel):
@@ -146,13 +216,25 @@ class CacheConfig(StrictModel):
     max_entries: int = Field(
         1024, ge=1, le=1_000_000, description="In-process cache size when no Redis is configured."
     )
+    scope: Literal["principal", "role"] = Field(
+        "principal",
+        description=(
+            "Whose requests share cached answers. principal (default): each API key or OIDC subject "
+            "has its own, so a hit tells a caller only what it sent itself. role: every caller of a "
+            "role shares them (more hits), and a hit (x-welip-cache) tells a caller that someone "
+            "in its role sent the same request: choose it only where that is no secret."
+        ),
+    )
 
 
 class AuditConfig(StrictModel):
     """The audit log: one record per request, written off the request path."""
 
     enabled: bool = Field(False, description="Record every request, allowed or refused.")
-    record_prompts: bool = Field(False, description="Also store the raw request body (off by default).")
+    record_prompts: bool = Field(
+        False,
+        description="Also store the request body, after input redaction (off by default).",
+    )
     flush_interval_s: float = Field(0.5, gt=0, le=60, description="Longest a record waits in memory.")
     batch_size: int = Field(256, ge=1, le=100_000, description="Records written per database round trip.")
     spool_dir: str = Field(

@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from welip.api import OpenAIError
 from welip.trust._audit import AuditRecord
-from welip.trust._auth import ANONYMOUS, Principal
+from welip.trust._auth import ANONYMOUS, OPEN, Principal
 from welip.trust._guardrails import Verdicts
 from welip.trust._limits import Bucket
 
@@ -33,13 +33,20 @@ class RequestContext:
     audit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
-    principal: Principal = ANONYMOUS
+    principal: Principal = ANONYMOUS  # until authenticated: no permission, no model
     model: str | None = None
     status: int = 0
     error_code: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Choice chunks a streamed answer brought, one token each as vLLM streams them: the
+    # completion charged when no usage chunk came (the client left, a guardrail cut the stream).
+    streamed_tokens: int = 0
     charged_tokens: int = 0
+    # The request was counted against the caller's rpm on arrival, before its body was read;
+    # rate_headers are that decision's x-ratelimit-*-requests headers, for the response.
+    request_counted: bool = False
+    rate_headers: dict[str, str] = field(default_factory=dict)
     buckets: list[Bucket] = field(default_factory=list)
     cache: str | None = None  # hit | miss, when the request was cacheable
     cache_key: str | None = None
@@ -109,9 +116,9 @@ def context_of(request: Request) -> RequestContext | None:
 
 
 def principal_of(request: Request) -> Principal:
-    """Who is calling; anonymous (allowed everything) in an app without the trust middleware."""
+    """Who is calling; ``OPEN`` (allowed everything) in an app without the trust middleware."""
     ctx = context_of(request)
-    return ctx.principal if ctx is not None else ANONYMOUS
+    return ctx.principal if ctx is not None else OPEN
 
 
 def record_error(request: Request, error: OpenAIError) -> None:

@@ -1,5 +1,10 @@
 """Guardrails: PII detection (redact or block) and blocklists, on prompts and answers.
 
+Every text a model reads or writes is checked, not only the messages' content: names,
+reasoning, tool definitions and tool calls, template arguments, a prompt given as
+token ids (read with the model's tokenizer); what a text guardrail cannot read (prompt
+embeddings) is refused. Media parts (images, audio, video) are not text and pass as sent.
+
 Streamed answers are checked over a sliding window per choice: text that could still
 be the start of a match (a trailing run of digits, the word being written, or the
 last ``window_chars`` when a regex blocklist is on) is held back until the next chunk
@@ -13,9 +18,11 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from welip.api import DONE, OpenAIError
+from pydantic import BaseModel
+
+from welip.api import DONE, OpenAIError, invalid_request
 from welip.trust._config import GuardrailPolicy, PiiKind
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -184,54 +191,217 @@ class TextGuard:
         return start
 
 
-def guard_request(body: Any, guard: TextGuard, verdicts: Verdicts) -> None:
-    """Check (and redact in place) the prompt of a chat or completion request, or embedding inputs."""
+class TokenCodec(Protocol):
+    """A model's tokenizer, as the input guardrail reads a prompt given as token ids."""
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+# Content-part keys whose values are media (images, audio, video, files, their
+# embeddings), not text: a text guardrail cannot judge them, and rewriting the base64
+# in them would corrupt them.
+_MEDIA_KEYS = frozenset(
+    {
+        "image_url",
+        "image_pil",
+        "image_embeds",
+        "input_audio",
+        "audio_url",
+        "audio_embeds",
+        "video_url",
+        "video_embeds",
+        "file",
+        "uuid",
+    }
+)
+# Request fields the input guardrail checks besides the messages, prompt and inputs:
+# chat templates render them into the prompt.
+_TEMPLATE_FIELDS = ("chat_template", "chat_template_kwargs", "documents")
+GUARDED_FIELDS = ("messages", "tools", *_TEMPLATE_FIELDS, "prompt", "suffix", "input")
+"""The request fields :func:`guard_request` may rewrite (:func:`guarded_body` takes them from the request)."""
+
+
+def _unreadable(what: str, param: str) -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"Input guardrails apply to your role, and they cannot read {what}; send the prompt as text.",
+        param=param,
+        code="unsupported_value",
+    )
+
+
+def guard_request(body: Any, guard: TextGuard, verdicts: Verdicts, tokens: TokenCodec | None = None) -> None:
+    """Check (and redact in place) every text of a request the model will read.
+
+    Chat: each message's text (content and its text parts, ``name``, reasoning, tool
+    calls' names and arguments) but not its role or media; the request's ``tools``,
+    ``chat_template``, ``chat_template_kwargs`` and ``documents``, their keys included (a
+    tool's parameter names and template variables are rendered into the prompt).
+    Completions: the prompt, as text or as token ids (decoded with ``tokens``, the
+    model's tokenizer, and encoded again only when redacted), and ``suffix``.
+    Embeddings: each input. Numbers are checked as the digits the model reads.
+
+    Raises:
+        OpenAIError: 400 ``content_policy_violation`` on a blocking match; 400
+            ``unsupported_value`` for what the guardrail cannot read (prompt embeddings,
+            token ids without a tokenizer); 400 ``invalid_value`` for token ids outside
+            the model's vocabulary.
+    """
     texts = getattr(body, "input", None)
     if isinstance(texts, list):
         body.input = [guard.apply(t, verdicts) if isinstance(t, str) else t for t in texts]
         return
     messages = getattr(body, "messages", None)
     if messages is not None:
-        for message in messages:
-            content = message.get("content")
-            if isinstance(content, str):
-                message["content"] = guard.apply(content, verdicts)
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        part["text"] = guard.apply(part["text"], verdicts)
+        for i, message in enumerate(messages):
+            if isinstance(message, dict):
+                _guard_message(message, guard, verdicts, f"messages[{i}]")
+        if getattr(body, "tools", None):
+            body.tools = _guard_json(body.tools, guard, verdicts, keys=True)
+        for name in _TEMPLATE_FIELDS:
+            if getattr(body, name, None) is not None:
+                setattr(body, name, _guard_json(getattr(body, name), guard, verdicts, keys=True))
         return
+    if getattr(body, "prompt_embeds", None) is not None:
+        raise _unreadable("prompt embeddings", "prompt_embeds")
     prompt = body.prompt
     if isinstance(prompt, str):
         body.prompt = guard.apply(prompt, verdicts)
-    elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         body.prompt = [guard.apply(p, verdicts) for p in prompt]
+    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        body.prompt = _guard_ids(prompt, guard, verdicts, tokens)
+    elif isinstance(prompt, list):
+        body.prompt = [_guard_ids(p, guard, verdicts, tokens) for p in prompt]
+    if isinstance(getattr(body, "suffix", None), str):
+        body.suffix = guard.apply(body.suffix, verdicts)
+
+
+def _guard_message(message: dict[str, Any], guard: TextGuard, verdicts: Verdicts, where: str) -> None:
+    for key, value in message.items():
+        if key == "role" or value is None:
+            continue  # the role is a label the parser checked, not text
+        if key == "content" and isinstance(value, list):
+            message[key] = [_guard_part(part, guard, verdicts, f"{where}.content") for part in value]
+        else:
+            # A developer message may carry its own `tools`, keys rendered like the request's.
+            message[key] = _guard_json(value, guard, verdicts, keys=key == "tools")
+
+
+def _guard_part(part: Any, guard: TextGuard, verdicts: Verdicts, param: str) -> Any:
+    """One content part: its text checked (text, refusal, thinking, ...), its media left as sent."""
+    if not isinstance(part, dict):
+        return _guard_json(part, guard, verdicts)
+    kind = part.get("type")
+    if kind == "prompt_embeds":
+        raise _unreadable("prompt embeddings", param)
+    return {
+        key: value
+        if key == "type" or key in _MEDIA_KEYS or (key == kind and not isinstance(value, str))
+        else _guard_json(value, guard, verdicts)
+        for key, value in part.items()
+    }
+
+
+def _guard_json(value: Any, guard: TextGuard, verdicts: Verdicts, *, keys: bool = False) -> Any:
+    """``value`` with every string (and, with ``keys``, every key) checked; numbers as the digits they are."""
+    if isinstance(value, str):
+        return guard.apply(value, verdicts)
+    if isinstance(value, bool) or not isinstance(value, int | list | tuple | dict | BaseModel):
+        return value
+    if isinstance(value, int):
+        digits = str(value)
+        checked = guard.apply(digits, verdicts)
+        return value if checked == digits else checked
+    if isinstance(value, list | tuple):
+        return [_guard_json(v, guard, verdicts, keys=keys) for v in value]
+    if isinstance(value, BaseModel):  # a request's typed part (a tool): checked as the JSON it renders as
+        dumped = value.model_dump(mode="json", exclude_unset=True)
+        return type(value).model_validate(_guard_json(dumped, guard, verdicts, keys=keys))
+    out: dict[Any, Any] = {}
+    for k, v in value.items():
+        key = guard.apply(k, verdicts) if keys and isinstance(k, str) else k
+        out[key] = _guard_json(v, guard, verdicts, keys=keys)
+    return out
+
+
+def _guard_ids(ids: list[int], guard: TextGuard, verdicts: Verdicts, tokens: TokenCodec | None) -> list[int]:
+    """A token-id prompt checked as the text the model reads; the ids of the redacted text if it changed."""
+    if tokens is None:
+        raise _unreadable(
+            "token ids without the model's tokenizer, which this gateway has not loaded", "prompt"
+        )
+    try:
+        text = tokens.decode(ids)
+    except ValueError as exc:
+        raise invalid_request(f"`prompt`: {exc}.", param="prompt") from None
+    checked = guard.apply(text, verdicts)
+    return ids if checked == text else tokens.encode(checked)
+
+
+def guarded_body(body: Any, raw: bytes) -> str:
+    """The request as received, with the fields the input guardrail checked as it left them (redacted)."""
+    payload = json.loads(raw)
+    for name in GUARDED_FIELDS:
+        if name in payload:
+            value = getattr(body, name, None)
+            if isinstance(value, list):
+                value = [
+                    v.model_dump(mode="json", exclude_unset=True) if isinstance(v, BaseModel) else v
+                    for v in value
+                ]
+            payload[name] = value
+    return json.dumps(payload, ensure_ascii=False)
+
+
+# Text fields of an answer's message or a streamed delta (vLLM names reasoning
+# `reasoning`; before 0.11 and in other servers it is `reasoning_content`).
+_ANSWER_TEXT = ("content", "reasoning", "reasoning_content", "refusal")
 
 
 def guard_response(response: Any, guard: TextGuard, verdicts: Verdicts) -> None:
-    """Check (and redact in place) a whole, non-streamed answer."""
+    """Check (and redact in place) a whole, non-streamed answer: its text, reasoning and tool calls."""
     for choice in getattr(response, "choices", None) or []:
         message = getattr(choice, "message", None)
-        if message is not None and isinstance(message.content, str):
-            message.content = guard.apply(message.content, verdicts)
+        if message is not None:
+            for name in _ANSWER_TEXT:
+                if isinstance(getattr(message, name, None), str):
+                    setattr(message, name, guard.apply(getattr(message, name), verdicts))
+            calls = getattr(message, "tool_calls", None) or []
+            functions = [getattr(call, "function", None) for call in calls]
+            for function in [*functions, getattr(message, "function_call", None)]:
+                for name in ("name", "arguments"):
+                    if isinstance(getattr(function, name, None), str):
+                        setattr(function, name, guard.apply(getattr(function, name), verdicts))
         elif isinstance(getattr(choice, "text", None), str):
             choice.text = guard.apply(choice.text, verdicts)
 
 
+_Key = tuple[int, str, int]
+"""Where the stream guard holds text back: choice, field (``tool_calls``: a call's arguments), call."""
+
+
 class StreamGuard:
-    """Output guardrail over one SSE stream, holding back what may still become a match."""
+    """Output guardrail over one SSE stream, holding back what may still become a match.
+
+    Each text field of each choice is a stream of its own: the answer, its reasoning,
+    each tool call's arguments (a tool's name arrives whole). What a field holds back is
+    released at the choice's finish.
+    """
 
     def __init__(self, guard: TextGuard, verdicts: Verdicts) -> None:
         self._guard = guard
         self._verdicts = verdicts
-        self._held: dict[int, str] = {}
+        self._held: dict[_Key, str] = {}
         self.blocked = False
 
-    def _release(self, index: int, text: str, final: bool) -> str:
-        buf = self._guard.apply(self._held.pop(index, "") + text, self._verdicts)
+    def _release(self, key: _Key, text: str, final: bool) -> str:
+        buf = self._guard.apply(self._held.pop(key, "") + text, self._verdicts)
         cut = len(buf) if final else self._guard.hold_from(buf)
         if cut < len(buf):
-            self._held[index] = buf[cut:]
+            self._held[key] = buf[cut:]
         return buf[:cut]
 
     def _event(self, data: str) -> str:
@@ -241,11 +411,28 @@ class StreamGuard:
             final = choice.get("finish_reason") is not None
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                if isinstance(delta.get("content"), str) or (final and index in self._held):
-                    delta["content"] = self._release(index, delta.get("content") or "", final)
-            elif isinstance(choice.get("text"), str) or (final and index in self._held):
-                choice["text"] = self._release(index, choice.get("text") or "", final)
+                self._delta(index, delta, final)
+            elif isinstance(choice.get("text"), str) or (final and (index, "text", 0) in self._held):
+                choice["text"] = self._release((index, "text", 0), choice.get("text") or "", final)
         return json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+
+    def _delta(self, index: int, delta: dict[str, Any], final: bool) -> None:
+        arrived = {(index, name, 0): delta[name] for name in _ANSWER_TEXT if isinstance(delta.get(name), str)}
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict):
+                continue
+            if isinstance(function.get("name"), str):
+                function["name"] = self._guard.apply(function["name"], self._verdicts)
+            if isinstance(function.get("arguments"), str):
+                arrived[(index, "tool_calls", call.get("index", 0))] = function["arguments"]
+        if final:
+            # Fields that were still holding text back and sent nothing in the last delta.
+            for key in [k for k in self._held if k[0] == index and k not in arrived]:
+                _put(delta, key, self._release(key, "", final=True))
+        for key, text in arrived.items():
+            _put(delta, key, self._release(key, text, final))
 
     def filter(self, text: str) -> str:
         """Check one batch of SSE events; a blocking match ends the stream with an error event."""
@@ -266,3 +453,23 @@ class StreamGuard:
                 out += [exc.to_sse(), DONE]
                 break
         return "".join(out)
+
+
+def _put(delta: dict[str, Any], key: _Key, text: str) -> None:
+    """Set one field of a delta (a tool call's arguments: that call's, added if the delta lacks it)."""
+    _, name, call_index = key
+    if name != "tool_calls":
+        delta[name] = text
+        return
+    calls = delta.get("tool_calls")
+    if not isinstance(calls, list):
+        calls = delta["tool_calls"] = []
+    for call in calls:
+        if (
+            isinstance(call, dict)
+            and call.get("index", 0) == call_index
+            and isinstance(call.get("function"), dict)
+        ):
+            call["function"]["arguments"] = text
+            return
+    calls.append({"index": call_index, "function": {"arguments": text}})

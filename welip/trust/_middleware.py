@@ -18,14 +18,25 @@ from welip.trust._trust import Trust
 logger = logging.getLogger("welip.gateway")
 
 
+def body_too_large(limit: int) -> OpenAIError:
+    """413 ``request_too_large``: a body over ``limits.max_body_bytes``."""
+    return OpenAIError(
+        413,
+        f"The request body is larger than the {limit} bytes this server accepts.",
+        code="request_too_large",
+    )
+
+
 class TrustMiddleware:
     """ASGI middleware: auth before any route, settlement after the last byte.
 
     Every HTTP request gets a :class:`RequestContext` (in the scope, see
     :func:`~welip.trust.context_of`) and the ``welip.gateway.request`` span. The caller
-    is authenticated and the route family checked before the app runs; when the
-    response has been sent, or the client has left, :meth:`Trust.settle` closes the
-    request's books.
+    is authenticated and the route family checked before the app runs, and a body over
+    ``limits.max_body_bytes`` is refused (413) before it is read whole: by its
+    Content-Length, or as soon as a chunked body passes the bound. When the response
+    has been sent, or the client has left, :meth:`Trust.settle` closes the request's
+    books.
     """
 
     def __init__(self, app: ASGIApp, trust: Trust) -> None:
@@ -50,19 +61,67 @@ class TrustMiddleware:
         token = otel_context.attach(trace.set_span_in_context(ctx.span))
         scope.setdefault("state", {})["welip"] = ctx
 
-        async def send_and_watch(message: Message) -> None:
+        limit = self.trust.config.limits.max_body_bytes
+        received = 0
+        cut = False  # the body passed the bound while the app read it
+        started = False  # the client has the start of a response
+        replaced = False  # the app's own answer to the cut body gave way to the 413
+
+        async def forward(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 ctx.status = message["status"]
             await send(message)
 
+        async def respond(error: OpenAIError) -> None:
+            ctx.error_code = error.code
+            await error.to_response()(scope, receive, forward)
+
+        async def receive_bounded() -> Message:
+            nonlocal received, cut
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    cut = True
+                    raise body_too_large(limit)
+            return message
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return
+            if cut and not started:
+                # However the app answered the body it could not read (FastAPI's own body
+                # parsing makes any error a 400), the caller is told why: 413.
+                replaced = True
+                await respond(body_too_large(limit))
+                return
+            await forward(message)
+
         try:
             try:
-                await self.trust.authenticate(ctx, headers)
+                client = scope.get("client")  # (host, port); failed authentications count per host
+                await self.trust.authenticate(ctx, headers, source=client[0] if client else None)
             except OpenAIError as exc:
-                ctx.error_code = exc.code
-                await exc.to_response()(scope, receive, send_and_watch)
+                await respond(exc)
                 return
-            await self.app(scope, receive, send_and_watch)
+            if _declared_over(headers.get("content-length", ""), limit):
+                await respond(body_too_large(limit))
+                return
+            try:
+                await self.trust.count_request(ctx)
+            except OpenAIError as exc:  # over its rpm: refused before the body is read
+                await respond(exc)
+                return
+            try:
+                await self.app(scope, receive_bounded, send_and_watch)
+            except Exception:
+                if not cut or (started and not replaced):
+                    raise
+                if not started:  # the app let the refusal through unanswered
+                    await respond(body_too_large(limit))
         except asyncio.CancelledError:
             ctx.error_code = ctx.error_code or "client_disconnected"
             raise
@@ -74,3 +133,10 @@ class TrustMiddleware:
             except Exception:
                 logger.exception("settling request %s failed", ctx.request_id)
             otel_context.detach(token)
+
+
+def _declared_over(content_length: str, limit: int) -> bool:
+    """Whether a Content-Length header declares more than ``limit`` bytes."""
+    if not (content_length.isascii() and content_length.isdigit()):
+        return False  # absent (a chunked body: counted as it arrives) or malformed (the server refuses it)
+    return len(content_length) > 18 or int(content_length) > limit

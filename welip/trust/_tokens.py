@@ -51,6 +51,22 @@ class TokenCounter:
     def _encode(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text`` alone: no special tokens added (a prompt's own are in its text)."""
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids as the model reads them: special tokens kept, spacing untouched.
+
+        Raises:
+            ValueError: An id outside the tokenizer's vocabulary, which no text stands for.
+        """
+        size = len(self._tokenizer)
+        outside = next((i for i in ids if not 0 <= i < size), None)
+        if outside is not None:
+            raise ValueError(f"token id {outside} is outside the model's vocabulary (0 to {size - 1})")
+        return str(self._tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
     def count_texts(self, texts: list[str]) -> list[int]:
         """Tokens of each text as the model's tokenizer encodes it, special tokens included."""
         return [len(ids) for ids in self._tokenizer(texts, verbose=False)["input_ids"]]

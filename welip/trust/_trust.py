@@ -5,8 +5,9 @@ middleware chain and Starlette's middleware do:
 
 * on arrival, :class:`~welip.trust.TrustMiddleware` opens the request's context,
   authenticates the caller and checks the route family (:meth:`Trust.authenticate`);
-* before inference, :meth:`Trust.admit` runs the per-model checks (model grant, input
-  guardrails, prompt size, in-flight bound, rate limits) and looks a deterministic
+* before inference, :meth:`Trust.admit` runs the per-model checks (model grant, choices
+  and ``max_tokens`` within bounds, input guardrails, prompt size, in-flight bound, rate
+  limits charged for what the request may generate) and looks a deterministic
   request up in the response cache; :meth:`Trust.admit_run` admits a request that runs
   no engine itself (an agent run);
 * on the answer, :meth:`Trust.filter_answer` (a whole answer) or the filter from
@@ -28,10 +29,10 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from welip.api import OpenAIError
+from welip.api import OpenAIError, invalid_request
 from welip.store import AuditStore, Database
 from welip.trust._audit import AuditWriter
-from welip.trust._auth import Authenticator, Principal, authorize, route_permission
+from welip.trust._auth import OPEN, Authenticator, Principal, authorize, route_permission
 from welip.trust._cache import MemoryResponseCache, RedisResponseCache, ResponseCache, cache_key
 from welip.trust._config import TrustConfig
 from welip.trust._context import RequestContext
@@ -41,6 +42,7 @@ from welip.trust._guardrails import (
     content_policy_violation,
     guard_request,
     guard_response,
+    guarded_body,
 )
 from welip.trust._limits import Bucket, Decision, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from welip.trust._stream import StreamFilter
@@ -81,6 +83,13 @@ class Trust:
         self.replica = replica
         self.auth_enabled = config.auth.enabled
         self.authenticator = Authenticator(config.auth, database) if config.auth.enabled else None
+        for path in config.auth.public_paths:
+            if config.auth.enabled and route_permission(path) is not None:
+                logger.warning(
+                    "auth.public_paths lists %s, a %s route: it still asks for a key or token",
+                    path,
+                    route_permission(path),
+                )
         prefix = config.limits.redis_prefix
         self.limiter: RateLimiter = RedisRateLimiter(redis, prefix) if redis else MemoryRateLimiter()
         self.cache: ResponseCache | None = None
@@ -122,6 +131,11 @@ class Trust:
             or (self.auth_enabled and self.database is not None)  # keys may carry tpm/budgets
         )
 
+    @property
+    def guards_input(self) -> bool:
+        """Whether some role's input guardrails apply (they read token-id prompts with a tokenizer)."""
+        return any(input_guard.active for input_guard, _ in self._guards.values())
+
     def close(self) -> None:
         """Write the queued audit records (to the database or the spool) and stop the writer."""
         if self.audit is not None:
@@ -129,14 +143,48 @@ class Trust:
 
     # -- on arrival ---------------------------------------------------------------
 
-    async def authenticate(self, ctx: RequestContext, headers: dict[str, str]) -> None:
-        """Identify the caller and check the route family (raises 401/403)."""
-        if self.authenticator is None or ctx.route in self.config.auth.public_paths:
+    async def authenticate(
+        self, ctx: RequestContext, headers: dict[str, str], source: str | None = None
+    ) -> None:
+        """Identify the caller and check the route family (raises 401/403, or 429 for ``source``).
+
+        With auth off every caller is :data:`~welip.trust._auth.OPEN`. A public path that
+        needs no permission is answered to the anonymous caller, who holds no permission
+        and no model; any other route, listed as public or not, needs a key or token.
+        ``source`` is the client's address, which failed authentications are counted by.
+        """
+        if self.authenticator is None:
+            ctx.principal = OPEN
+            return
+        permission = route_permission(ctx.route)
+        if permission is None and ctx.route in self.config.auth.public_paths:
             return
         with tracer.start_as_current_span("welip.auth") as span:
-            ctx.principal = await self.authenticator.authenticate(headers.get("authorization"))
+            ctx.principal = await self.authenticator.authenticate(headers.get("authorization"), source)
             span.set_attributes({"welip.principal.kind": ctx.principal.kind, "user.id": ctx.principal.id})
-            authorize(ctx.principal, route_permission(ctx.route))
+            authorize(ctx.principal, permission)
+
+    def check_model(self, ctx: RequestContext | None, model: str) -> None:
+        """404 ``model_not_found``, as for a model that does not exist, unless the caller may use ``model``.
+
+        An ingress calls it before it looks the model up, so that nothing it answers about a
+        model (an embedding model sent to chat, a text model sent to embeddings) reaches a
+        caller who may not use it.
+        """
+        if ctx is not None:
+            authorize(ctx.principal, None, model)
+
+    async def count_request(self, ctx: RequestContext) -> None:
+        """Take one request from the caller's rpm on arrival, before the body is read (raises 429).
+
+        For the requests :meth:`admit` lets through later (a POST to an inference or
+        embeddings route): a caller over its request limit is refused before its body is
+        read, parsed, guarded or counted. :meth:`admit` then charges the token buckets only.
+        """
+        if ctx.method != "POST" or route_permission(ctx.route) not in _ADMITTED_PERMISSIONS:
+            return
+        ctx.rate_headers = await self._rate_limit(ctx, 0, requests_only=True)
+        ctx.request_counted = True
 
     # -- before inference ---------------------------------------------------------
 
@@ -148,36 +196,51 @@ class Trust:
         *,
         engine_model: str | None = None,
         target_model: str | None = None,
+        max_model_len: int | None = None,
     ) -> Admission:
         """Let a chat, completion or embedding request through to its engine, or raise the refusal.
 
-        Checks the caller may use ``body.model``, refuses logprobs where output
-        guardrails apply, applies the input guardrails (which may redact ``body`` in
-        place), counts the prompt's tokens against ``max_prompt_tokens``, takes an
-        in-flight slot and charges the rate limits. A deterministic non-streamed
-        generation is then looked up in the response cache.
+        Checks the caller may use ``body.model``, refuses more choices (``n``,
+        ``best_of``) than ``limits.max_choices_per_request`` and a ``max_tokens`` beyond
+        the model's context, refuses logprobs where output guardrails apply, applies the
+        input guardrails (which may redact ``body`` in place), counts the prompt's tokens
+        against ``max_prompt_tokens``, takes an in-flight slot and charges the rate limits
+        with what the request may use: its prompt and, for a generation, every choice up
+        to ``max_tokens`` (by default the rest of the context). :meth:`settle` gives back
+        what the engine did not use. A deterministic non-streamed generation is then
+        looked up in the response cache.
 
         Args:
             ctx: The request's context (``None``: admit without checks).
             body: The parsed request.
-            raw: The body as received: the audit record keeps it with ``audit.record_prompts``,
+            raw: The body as received: the audit record keeps it (as the input guardrails
+                left it) with ``audit.record_prompts``,
                 and the cache key is made from it.
             engine_model: The served model whose engine runs an adapter or alias request
                 (its tokenizer counts the prompt, its in-flight bound applies).
             target_model: The concrete model an alias names now, so that an alias switch
                 never serves the old model's cached answers.
+            max_model_len: The engine's context length, in tokens (``None``: not configured;
+                ``limits.default_max_model_len`` is assumed).
         """
         if ctx is None:
             return Admission()
         ctx.model = body.model
         authorize(ctx.principal, None, body.model)
         model = engine_model or body.model
-        self._check_input(ctx, body)
+        context = max_model_len or self.config.limits.default_max_model_len
+        generates = not _is_embedding(body)
+        if generates:
+            _check_bounds(body, self.config.limits.max_choices_per_request, context)
+        self._check_input(ctx, body, self.token_counters.get(model))
         prompt_tokens = self._count_prompt(ctx, body, model)
         self._take_slot(ctx, model)
-        headers = await self._rate_limit(ctx, prompt_tokens)
+        reserved = _completion_reserve(body, prompt_tokens, context) if generates else 0
+        headers = await self._rate_limit(ctx, prompt_tokens, reserved, _max_tokens_field(body))
         if self.config.audit.record_prompts:
-            ctx.body = raw.decode("utf-8", "replace")
+            # What the input guardrails redacted is never recorded: the body as they left it.
+            redacted = any(v.direction == "input" and v.action == "redact" for v in ctx.verdicts.items)
+            ctx.body = guarded_body(body, raw) if redacted else raw.decode("utf-8", "replace")
         if getattr(body, "stream", False):
             options = body.stream_options
             # Usage feeds limits, metrics and audit; the client gets it only if asked.
@@ -200,11 +263,25 @@ class Trust:
     def _guards_for(self, principal: Principal) -> tuple[TextGuard, TextGuard]:
         return self._guards.get(principal.role, self._guards[None])
 
-    def _check_input(self, ctx: RequestContext, body: Any) -> None:
-        """Refuse logprobs where output guardrails apply; apply the input guardrails (they may redact)."""
+    def _check_input(self, ctx: RequestContext, body: Any, tokens: TokenCounter | None) -> None:
+        """Refuse logprobs and token ids where output guardrails apply; apply the input guardrails.
+
+        The input guardrails may redact ``body``; they read a token-id prompt with ``tokens``,
+        the model's tokenizer.
+        """
         input_guard, output_guard = self._guards_for(ctx.principal)
-        if output_guard.active and getattr(body, "logprobs", None):
-            # Token logprobs carry the raw text the output guardrail would have changed.
+        logprobs = getattr(body, "logprobs", None)
+        # Token logprobs carry the raw text the output guardrail would have changed (a
+        # completion's `logprobs: 0` too: the sampled tokens themselves), and token ids it.
+        if output_guard.active and getattr(body, "return_token_ids", None):
+            raise OpenAIError(
+                400,
+                "Output guardrails apply to your role, and token ids would bypass them. Use a role "
+                "without output guardrails (guardrails.by_role) to receive token ids.",
+                param="return_token_ids",
+                code="token_ids_not_allowed",
+            )
+        if output_guard.active and logprobs is not None and logprobs is not False:
             raise OpenAIError(
                 400,
                 "Output guardrails apply to your role, and logprobs would bypass them. Use a role "
@@ -214,7 +291,7 @@ class Trust:
             )
         if input_guard.active:
             with tracer.start_as_current_span("welip.guardrails.input") as span:
-                guard_request(body, input_guard, ctx.verdicts)
+                guard_request(body, input_guard, ctx.verdicts, tokens)
                 verdicts = [f"{v.kind}:{v.action}" for v in ctx.verdicts.items]
                 span.set_attribute("welip.guardrails", verdicts)
 
@@ -256,23 +333,58 @@ class Trust:
             self._in_flight[model] = self._in_flight.get(model, 0) + 1
             ctx.in_flight_model = model
 
-    async def _rate_limit(self, ctx: RequestContext, prompt_tokens: int) -> dict[str, str]:
+    async def _rate_limit(
+        self,
+        ctx: RequestContext,
+        prompt_tokens: int,
+        reserved: int = 0,
+        param: str | None = None,
+        *,
+        requests_only: bool = False,
+    ) -> dict[str, str]:
+        """Take one request and ``prompt_tokens + reserved`` tokens from the caller's buckets, or refuse.
+
+        ``reserved``: the completion tokens a generation may use, named by ``param``
+        (its ``max_tokens`` field) in a refusal. ``requests_only``: the request bucket
+        alone (:meth:`count_request`); a request already counted is not counted again.
+        """
         p = ctx.principal
         limits = self.config.limits
         buckets, costs = [], []
         rpm = p.rpm or limits.default_rpm
         tpm = p.tpm or limits.default_tpm
-        if rpm:
+        tokens = prompt_tokens + reserved
+        if rpm and not ctx.request_counted:
             buckets.append(Bucket("requests", rpm))
             costs.append(1)
+        budget = None if requests_only else p.token_budget
+        if requests_only:
+            tpm = None
         if tpm:
             buckets.append(Bucket("tokens", tpm))
-            costs.append(prompt_tokens)
-        if p.token_budget:
-            buckets.append(Bucket("budget", p.token_budget, period_ms=0))
-            costs.append(prompt_tokens)
+            costs.append(tokens)
+        if budget:
+            buckets.append(Bucket("budget", budget, period_ms=0))
+            costs.append(tokens)
         if not buckets:
-            return {}
+            return dict(ctx.rate_headers)
+        what = {"requests": "requests per minute", "tokens": "tokens per minute", "budget": "token budget"}
+        asked = (
+            f" This request may use {tokens} tokens: its prompt ({prompt_tokens}) and {reserved} "
+            f"to generate (each choice up to `{param}`, by default the rest of the model's context)."
+            if reserved
+            else ""
+        )
+        for bucket in buckets:
+            if bucket.name != "requests" and tokens > bucket.capacity:
+                # Waiting would never admit it: say so, and what to lower, instead of a 429.
+                raise invalid_request(
+                    f"The request is larger than the whole {what[bucket.name]} of {p.id} "
+                    f"({bucket.capacity}).{asked} Lower `{param or 'max_tokens'}` or `n`, or shorten "
+                    "the prompt.",
+                    param=param if reserved else None,
+                    code="request_over_token_limit",
+                )
         try:
             with tracer.start_as_current_span("welip.rate_limit") as span:
                 span.set_attribute("welip.rate_limit.buckets", [b.name for b in buckets])
@@ -288,23 +400,22 @@ class Trust:
                 headers={"retry-after": "5"},
             ) from None
         if not decision.allowed:
-            what = {
-                "requests": "requests per minute",
-                "tokens": "tokens per minute",
-                "budget": "token budget",
-            }
+            denied = decision.denied_by or ""
             raise OpenAIError(
                 429,
-                f"Rate limit reached for {p.id} on {what.get(decision.denied_by or '', 'limits')}: "
-                f"limit {decision.limits.get(decision.denied_by or '', 0)}. "
-                f"Retry after {decision.headers().get('retry-after')} s.",
+                f"Rate limit reached for {p.id} on {what.get(denied, 'limits')}: "
+                f"limit {decision.limits.get(denied, 0)}. "
+                f"Retry after {decision.headers().get('retry-after')} s."
+                + (asked + f" A lower `{param}` needs fewer." if denied != "requests" and asked else ""),
                 type="requests" if decision.denied_by == "requests" else "tokens",
                 code="rate_limit_exceeded",
                 headers=decision.headers(),
             )
+        if requests_only:
+            return decision.headers()
         ctx.buckets = [b for b in buckets if b.name != "requests"]
-        ctx.charged_tokens = prompt_tokens
-        return decision.headers()
+        ctx.charged_tokens = tokens
+        return {**ctx.rate_headers, **decision.headers()}
 
     async def _look_up(
         self,
@@ -318,7 +429,10 @@ class Trust:
         payload = json.loads(raw)
         if target_model is not None:
             payload["model"] = target_model  # an alias switch must not serve the old model's answers
-        ctx.cache_key = cache_key(payload, ctx.principal.role)
+        p = ctx.principal
+        # Per principal unless configured otherwise: a hit must not tell one caller what another sent.
+        partition = [p.role] if self.config.cache.scope == "role" else [p.id, p.role]
+        ctx.cache_key = cache_key(payload, partition)
         if ctx.cache_key is None:
             return None
         cached = await cache.get(ctx.cache_key)
@@ -370,13 +484,21 @@ class Trust:
         """Close the books of a request whose response has been sent (or abandoned)."""
         if ctx.in_flight_model is not None:
             self._in_flight[ctx.in_flight_model] -= 1
+        if ctx.completion_tokens is None and ctx.streamed_tokens:
+            # The stream ended before its usage chunk (the client left, the output guardrail
+            # cut it): what was generated is what the engine streamed.
+            ctx.completion_tokens = ctx.streamed_tokens
         used = (ctx.prompt_tokens or 0) + (ctx.completion_tokens or 0)
         if ctx.buckets and used != ctx.charged_tokens:
             delta = used - ctx.charged_tokens
             self._spawn(self.limiter.charge(ctx.principal.id, ctx.buckets, [delta] * len(ctx.buckets)))
         self.telemetry.settled(ctx)
-        # Probes of the public paths (/health, /ready every few seconds) are not audited.
-        probe = ctx.route in self.config.auth.public_paths and ctx.status < 400
+        # Probes of the public paths (/health, /ready every few seconds) are not audited;
+        # a listed route that needs a permission is no probe (it asked for credentials).
+        route = ctx.route
+        probe = (
+            route in self.config.auth.public_paths and route_permission(route) is None and ctx.status < 400
+        )
         if self.audit is not None and not probe:
             self.audit.submit(ctx.record(self.replica))
 
@@ -392,8 +514,60 @@ class Trust:
         task.add_done_callback(self._tasks.discard)
 
 
+# The route families whose POSTs admit() lets through: counted against rpm on arrival.
+_ADMITTED_PERMISSIONS = ("inference", "embeddings")
+
+
 def _is_embedding(body: Any) -> bool:
     return isinstance(getattr(body, "input", None), list)  # each input is a prompt of its own
+
+
+def _choices(body: Any) -> tuple[str, int]:
+    """The field that sets how many sequences each prompt generates (``n``, or a larger ``best_of``)."""
+    n = getattr(body, "n", None) or 1
+    best_of = getattr(body, "best_of", None)  # not a field of vLLM's models: kept as an extra if sent
+    if isinstance(best_of, int) and best_of > n:
+        return "best_of", best_of
+    return "n", n
+
+
+def _max_tokens_field(body: Any) -> str:
+    """The field that bounds each choice's length (``max_completion_tokens`` first, as in vLLM)."""
+    if getattr(body, "max_completion_tokens", None) is not None:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
+def _check_bounds(body: Any, most_choices: int, context: int) -> None:
+    """400 naming the field: more choices than ``most_choices``, a ``max_tokens`` the context cannot hold."""
+    field_name, choices = _choices(body)
+    if choices > most_choices:
+        raise invalid_request(
+            f"`{field_name}` is {choices}; this gateway generates at most {most_choices} choices "
+            "per request.",
+            param=field_name,
+        )
+    for field_name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, field_name, None)
+        if isinstance(value, int) and value > context:
+            raise invalid_request(
+                f"`{field_name}` is {value}, more than the model's context of {context} tokens "
+                "(prompt included) can hold.",
+                param=field_name,
+            )
+
+
+def _completion_reserve(body: Any, prompt_tokens: int, context: int) -> int:
+    """The most completion tokens a generation request may produce.
+
+    Each of its prompts (a completion may send several) generates its choices, each up
+    to ``max_tokens`` and to what the context leaves after the prompt (vLLM's default
+    when ``max_tokens`` is unset). Only the prompts' total is known, which bounds the sum.
+    """
+    prompt = getattr(body, "prompt", None)
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list) else 1
+    per_choice = getattr(body, _max_tokens_field(body), None) or context
+    return _choices(body)[1] * max(0, min(prompts * per_choice, prompts * context - prompt_tokens))
 
 
 async def build_trust(
@@ -404,7 +578,7 @@ async def build_trust(
     The database (``WELIP_DATABASE_URL``, SQLite by default) is opened and migrated
     only when auth or audit needs it; Redis (``WELIP_REDIS_URL``) only when set.
     Tokenizers are loaded for each model (``embedding_sources``: embedding models) when a
-    limit or guardrail counts tokens.
+    limit or guardrail counts tokens, or input guardrails read token-id prompts.
     """
     from ray import serve
 
@@ -422,7 +596,7 @@ async def build_trust(
     except Exception:  # noqa: BLE001 - not inside a Serve replica (tests, scripts)
         replica = None
     trust = Trust(config, database=database, redis=redis, replica=replica)
-    if trust.counts_tokens:
+    if trust.counts_tokens or trust.guards_input:
         for model_id, source in model_sources.items():
             path = await asyncio.to_thread(resolve_model_path, source)
             trust.token_counters[model_id] = await asyncio.to_thread(TokenCounter.load, path)

@@ -427,3 +427,32 @@ def test_a_run_is_one_span_tree_run_node_llm_tool(tmp_path: Path) -> None:
     assert llm and llm[0].attributes["openinference.span.kind"] == "LLM"
     # Content capture is off: no prompt text in any span.
     assert not any("secret question" in str(v) for s in spans for v in s.attributes.values())
+
+
+def test_bodies_no_strict_json_parser_takes_are_400_invalid_json(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    bad = {
+        "invalid UTF-8": b'{"metadata": {"a": "caf\xe9"}}',
+        "nested past the recursion limit": f'{{"metadata": {{"a": {deep}}}}}'.encode(),
+        "nested past the bound": ('{"metadata": ' + '{"a": ' * 64 + "1" + "}" * 65).encode(),
+        "NaN": b'{"metadata": {"a": NaN}}',
+        "Infinity": b'{"metadata": {"a": -Infinity}}',
+        "a float that overflows to infinity": b'{"metadata": {"a": 1e999}}',
+    }
+
+    async def go() -> None:
+        async with agents_client(tmp_path, {"docs": fake(), "tools": fake()}) as (client, _):
+            tid = (await client.post("/threads", json={})).json()["thread_id"]
+            for why, raw in bad.items():
+                for path in ("/threads", f"/threads/{tid}/runs"):
+                    response = await client.post(path, content=raw)
+                    error = response.json()["error"]
+                    assert (response.status_code, error["type"], error["code"]) == (
+                        400,
+                        "invalid_request_error",
+                        "invalid_json",
+                    ), (why, path)
+            threads = (await client.post("/threads/search", json={})).json()
+            assert [t["thread_id"] for t in threads] == [tid]  # none of them made a thread
+
+    run(go())

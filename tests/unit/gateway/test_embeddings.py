@@ -265,9 +265,11 @@ def test_embeddings_need_the_embeddings_permission_and_the_model(db: Database, t
     _, user = KeyStore(db).create_key(name="u", role="embed-user")
     request = {"model": EMBED, "input": "cat"}
     assert client.post("/v1/embeddings", json=request).json()["error"]["code"] == "invalid_api_key"
-    for key in (chat_only, other):
-        refused = client.post("/v1/embeddings", json=request, headers=_bearer(key))
-        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "permission_denied")
+    refused = client.post("/v1/embeddings", json=request, headers=_bearer(chat_only))
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "permission_denied")
+    # A model the key may not use is answered as one that does not exist.
+    refused = client.post("/v1/embeddings", json=request, headers=_bearer(other))
+    assert (refused.status_code, refused.json()["error"]["code"]) == (404, "model_not_found")
     assert embedder.calls == []
     assert client.post("/v1/embeddings", json=request, headers=_bearer(user)).status_code == 200
 
@@ -289,11 +291,16 @@ def test_usage_and_audit_count_the_tokens_the_model_read(db: Database, tmp_path:
 def test_tokens_per_minute_refuse_embeddings_too(db: Database, tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     client = _secure(db, tmp_path, embedder)
-    _, key = KeyStore(db).create_key(name="u", role="embed-user", tpm=10)
+    _, key = KeyStore(db).create_key(name="u", role="embed-user", tpm=20)
     many = {"model": EMBED, "input": ["one two three four"] * 3}  # 18 tokens counted at admission
+    assert client.post("/v1/embeddings", json=many, headers=_bearer(key)).status_code == 200
     refused = client.post("/v1/embeddings", json=many, headers=_bearer(key))
     assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limit_exceeded")
-    assert embedder.calls == []
+    # 24 tokens: more than the key's whole minute, which no wait would cure.
+    larger = {"model": EMBED, "input": ["one two three four"] * 4}
+    too_large = client.post("/v1/embeddings", json=larger, headers=_bearer(key))
+    assert (too_large.status_code, too_large.json()["error"]["code"]) == (400, "request_over_token_limit")
+    assert len(embedder.calls) == 1
 
 
 def test_input_guardrails_redact_or_refuse_each_input(db: Database, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from welip.api import OpenAIError, parse_chat
 from welip.gateway import GatewayConfig, GatewayCore, LocalEngine, build_gateway_app
 from welip.store import AuditStore, Database, KeyStore
 from welip.trust import Admission, RequestContext, Trust, TrustConfig
+from welip.trust._auth import OPEN
 
 ADMIN_KEY = "wlp_admin-secret-for-tests"
 ISSUER, AUDIENCE = "https://idp.test", "welip"
@@ -160,7 +161,7 @@ def test_api_key_matrix_each_failure_has_its_status_and_code(env: None, db: Data
         ({"Authorization": "Basic abc"}, "/v1/chat/completions", 401, "invalid_api_key"),
         (_bearer(revoked), "/v1/chat/completions", 401, "invalid_api_key"),
         (_bearer(expired), "/v1/chat/completions", 401, "invalid_api_key"),
-        (_bearer(short), "/v1/chat/completions", 403, "permission_denied"),
+        (_bearer(short), "/v1/chat/completions", 404, "model_not_found"),  # as an unknown model
         (_bearer(user), "/admin/keys", 403, "permission_denied"),
         ({}, "/openapi.json", 401, "invalid_api_key"),
         ({}, "/admin/audit", 401, "invalid_api_key"),
@@ -243,23 +244,22 @@ def test_rpm_limit_answers_429_with_retry_after_and_headers(env: None, db: Datab
     assert len(engine.calls) == 2
 
 
-def test_tpm_is_charged_for_the_prompt_then_reconciled_with_completion(
+def test_tpm_is_charged_for_the_prompt_and_max_tokens_then_reconciled_with_completion(
     env: None, db: Database, tmp_path: Path
 ) -> None:
     engine = FakeEngine([_answer("4", prompt_tokens=5, completion_tokens=40)])
     client, _ = _client(db, tmp_path, {"m": engine})
     _, key = KeyStore(db).create_key(name="u", role="user", tpm=100)
-    first = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    # Admission charged the 5 counted prompt tokens.
-    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 95
+    first = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 60}, headers=_bearer(key))
+    # Admission reserved the 5 counted prompt tokens and the 60 the answer may have.
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 35
     time.sleep(0.05)  # reconciliation runs after the response
-    second = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    # 5 + 40 for the first (reconciled), 5 for the second; the bucket refills 100/min meanwhile.
-    assert 50 <= int(second.headers["x-ratelimit-remaining-tokens"]) <= 52
-    third = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    fourth = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
-    assert (third.status_code, fourth.status_code) == (200, 429)
-    assert fourth.json()["error"]["code"] == "rate_limit_exceeded"
+    second = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 20}, headers=_bearer(key))
+    # 5 + 40 for the first (reconciled), 5 + 20 for the second; the bucket refills 100/min meanwhile.
+    assert 30 <= int(second.headers["x-ratelimit-remaining-tokens"]) <= 32
+    time.sleep(0.05)  # the second used 45 too: 20 more are charged
+    third = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 20}, headers=_bearer(key))
+    assert (third.status_code, third.json()["error"]["code"]) == (429, "rate_limit_exceeded")
 
 
 def test_in_flight_bound_refuses_at_once_with_503(env: None, db: Database, tmp_path: Path) -> None:
@@ -476,7 +476,8 @@ def test_one_trace_per_request_gateway_then_auth_limit_and_the_engines_llm_span(
 
 
 def _context() -> RequestContext:
-    return RequestContext(method="POST", route="/v1/chat/completions", request_id="r")
+    # As the middleware leaves it in an app with auth off.
+    return RequestContext(method="POST", route="/v1/chat/completions", request_id="r", principal=OPEN)
 
 
 def test_a_cached_answer_comes_back_from_admission_with_the_cache_header_and_its_usage() -> None:
