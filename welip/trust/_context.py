@@ -43,10 +43,6 @@ class RequestContext:
     # completion charged when no usage chunk came (the client left, a guardrail cut the stream).
     streamed_tokens: int = 0
     charged_tokens: int = 0
-    # The request was counted against the caller's rpm on arrival, before its body was read;
-    # rate_headers are that decision's x-ratelimit-*-requests headers, for the response.
-    request_counted: bool = False
-    rate_headers: dict[str, str] = field(default_factory=dict)
     buckets: list[Bucket] = field(default_factory=list)
     cache: str | None = None  # hit | miss, when the request was cacheable
     cache_key: str | None = None

@@ -111,11 +111,6 @@ class TrustMiddleware:
                 await respond(body_too_large(limit))
                 return
             try:
-                await self.trust.count_request(ctx)
-            except OpenAIError as exc:  # over its rpm: refused before the body is read
-                await respond(exc)
-                return
-            try:
                 await self.app(scope, receive_bounded, send_and_watch)
             except Exception:
                 if not cut or (started and not replaced):

@@ -174,18 +174,6 @@ class Trust:
         if ctx is not None:
             authorize(ctx.principal, None, model)
 
-    async def count_request(self, ctx: RequestContext) -> None:
-        """Take one request from the caller's rpm on arrival, before the body is read (raises 429).
-
-        For the requests :meth:`admit` lets through later (a POST to an inference or
-        embeddings route): a caller over its request limit is refused before its body is
-        read, parsed, guarded or counted. :meth:`admit` then charges the token buckets only.
-        """
-        if ctx.method != "POST" or route_permission(ctx.route) not in _ADMITTED_PERMISSIONS:
-            return
-        ctx.rate_headers = await self._rate_limit(ctx, 0, requests_only=True)
-        ctx.request_counted = True
-
     # -- before inference ---------------------------------------------------------
 
     async def admit(
@@ -339,14 +327,11 @@ class Trust:
         prompt_tokens: int,
         reserved: int = 0,
         param: str | None = None,
-        *,
-        requests_only: bool = False,
     ) -> dict[str, str]:
         """Take one request and ``prompt_tokens + reserved`` tokens from the caller's buckets, or refuse.
 
         ``reserved``: the completion tokens a generation may use, named by ``param``
-        (its ``max_tokens`` field) in a refusal. ``requests_only``: the request bucket
-        alone (:meth:`count_request`); a request already counted is not counted again.
+        (its ``max_tokens`` field) in a refusal.
         """
         p = ctx.principal
         limits = self.config.limits
@@ -354,12 +339,10 @@ class Trust:
         rpm = p.rpm or limits.default_rpm
         tpm = p.tpm or limits.default_tpm
         tokens = prompt_tokens + reserved
-        if rpm and not ctx.request_counted:
+        if rpm:
             buckets.append(Bucket("requests", rpm))
             costs.append(1)
-        budget = None if requests_only else p.token_budget
-        if requests_only:
-            tpm = None
+        budget = p.token_budget
         if tpm:
             buckets.append(Bucket("tokens", tpm))
             costs.append(tokens)
@@ -367,7 +350,7 @@ class Trust:
             buckets.append(Bucket("budget", budget, period_ms=0))
             costs.append(tokens)
         if not buckets:
-            return dict(ctx.rate_headers)
+            return {}
         what = {"requests": "requests per minute", "tokens": "tokens per minute", "budget": "token budget"}
         asked = (
             f" This request may use {tokens} tokens: its prompt ({prompt_tokens}) and {reserved} "
@@ -411,11 +394,9 @@ class Trust:
                 code="rate_limit_exceeded",
                 headers=decision.headers(),
             )
-        if requests_only:
-            return decision.headers()
         ctx.buckets = [b for b in buckets if b.name != "requests"]
         ctx.charged_tokens = tokens
-        return {**ctx.rate_headers, **decision.headers()}
+        return decision.headers()
 
     async def _look_up(
         self,
@@ -515,7 +496,6 @@ class Trust:
 
 
 # The route families whose POSTs admit() lets through: counted against rpm on arrival.
-_ADMITTED_PERMISSIONS = ("inference", "embeddings")
 
 
 def _is_embedding(body: Any) -> bool:
