@@ -195,6 +195,18 @@ class LimitsConfig(StrictModel):
             "to have its exact context used."
         ),
     )
+    refusal_memory_s: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description=(
+            "How long a gateway replica answers 429 from memory to a caller it has just refused "
+            "for a limit no request can pass now (its requests per minute, or no token left in "
+            "its tokens per minute or budget): the caller's next requests are refused before "
+            "their prompts are guarded or tokenized and without asking Redis, with Retry-After "
+            "counting down. Raised limits take effect within this time; 0 turns it off."
+        ),
+    )
     redis_prefix: str = Field("welip", min_length=1, max_length=64, description="Prefix of Redis keys.")
     max_body_bytes: int = Field(
         4 * 1024 * 1024,

@@ -56,6 +56,69 @@ class Decision:
         return headers
 
 
+class Refusals:
+    """A replica's memory of the callers it just refused for a limit that no request can pass now.
+
+    Refused for requests per minute, or with no token left in its tokens-per-minute bucket
+    or budget, a caller's next request would be refused too, whatever it asks: for up to
+    ``hold_s`` (and no longer than the limit needs to admit one more) the replica answers
+    it 429 from here, before its prompt is guarded or tokenized and without asking Redis.
+    A token refusal is forgotten when a request of the caller's gives reserved tokens back
+    on this replica. Bounded: at most ``max_entries`` callers are remembered at once.
+    """
+
+    def __init__(self, hold_s: float, max_entries: int = 65_536) -> None:
+        self.hold_s = hold_s
+        self.max_entries = max_entries
+        # subject -> (answered from here until, Retry-After counts down to, the refusal)
+        self._held: dict[str, tuple[float, float, Decision]] = {}
+
+    def remember(self, subject: str, decision: Decision) -> None:
+        """Note a refusal if no request of ``subject``'s could be admitted for a while."""
+        name = decision.denied_by
+        if not self.hold_s or decision.allowed or name is None:
+            return
+        level = decision.remaining.get(name, 0)
+        if name == "requests":
+            wait_s = decision.retry_after_s
+        elif level > 0:
+            return  # a smaller request may still pass
+        elif name == "tokens":
+            wait_s = (1 - level) * 60 / max(1, decision.limits.get(name, 1))
+        else:
+            wait_s = decision.retry_after_s  # a budget never refills: until an admin raises it
+        now = time.monotonic()
+        if len(self._held) >= self.max_entries:
+            for key in [k for k, (until, _, _) in self._held.items() if until <= now]:
+                del self._held[key]
+            if len(self._held) >= self.max_entries:
+                return
+        self._held[subject] = (now + min(wait_s, self.hold_s), now + wait_s, decision)
+
+    def refunded(self, subject: str) -> None:
+        """Forget a token refusal of ``subject``'s: a request of theirs gave reserved tokens back.
+
+        (A refund on another replica is not seen here: it waits for the hold to end.)
+        """
+        held = self._held.get(subject)
+        if held is not None and held[2].denied_by != "requests":
+            del self._held[subject]
+
+    def refused(self, subject: str) -> Decision | None:
+        """The refusal still standing for ``subject``, its Retry-After counted from now."""
+        held = self._held.get(subject)
+        if held is None:
+            return None
+        until, retry_at, decision = held
+        now = time.monotonic()
+        if until <= now:
+            del self._held[subject]
+            return None
+        return Decision(
+            False, retry_at - now, decision.remaining, decision.limits, decision.reset_s, decision.denied_by
+        )
+
+
 class RateLimiter(Protocol):
     """Where buckets live: Redis (exact across replicas) or this process."""
 

@@ -44,7 +44,7 @@ from welip.trust._guardrails import (
     guard_response,
     guarded_body,
 )
-from welip.trust._limits import Bucket, Decision, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from welip.trust._limits import Bucket, Decision, MemoryRateLimiter, RateLimiter, RedisRateLimiter, Refusals
 from welip.trust._stream import StreamFilter
 from welip.trust._telemetry import Telemetry, tracer
 from welip.trust._tokens import TokenCounter
@@ -92,6 +92,7 @@ class Trust:
                 )
         prefix = config.limits.redis_prefix
         self.limiter: RateLimiter = RedisRateLimiter(redis, prefix) if redis else MemoryRateLimiter()
+        self.refusals = Refusals(config.limits.refusal_memory_s)
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             self.cache = (
@@ -215,6 +216,7 @@ class Trust:
             return Admission()
         ctx.model = body.model
         authorize(ctx.principal, None, body.model)
+        self._check_refused(ctx)
         model = engine_model or body.model
         context = max_model_len or self.config.limits.default_max_model_len
         generates = not _is_embedding(body)
@@ -246,6 +248,7 @@ class Trust:
         if ctx is None:
             return Admission()
         ctx.model = subject
+        self._check_refused(ctx)
         return Admission(await self._rate_limit(ctx, 0))
 
     def _guards_for(self, principal: Principal) -> tuple[TextGuard, TextGuard]:
@@ -321,6 +324,12 @@ class Trust:
             self._in_flight[model] = self._in_flight.get(model, 0) + 1
             ctx.in_flight_model = model
 
+    def _check_refused(self, ctx: RequestContext) -> None:
+        """429 at once for a caller this replica just refused for a limit no request can pass now."""
+        decision = self.refusals.refused(ctx.principal.id)
+        if decision is not None:
+            raise _rate_limited(ctx.principal, decision)
+
     async def _rate_limit(
         self,
         ctx: RequestContext,
@@ -351,7 +360,6 @@ class Trust:
             costs.append(tokens)
         if not buckets:
             return {}
-        what = {"requests": "requests per minute", "tokens": "tokens per minute", "budget": "token budget"}
         asked = (
             f" This request may use {tokens} tokens: its prompt ({prompt_tokens}) and {reserved} "
             f"to generate (each choice up to `{param}`, by default the rest of the model's context)."
@@ -362,7 +370,7 @@ class Trust:
             if bucket.name != "requests" and tokens > bucket.capacity:
                 # Waiting would never admit it: say so, and what to lower, instead of a 429.
                 raise invalid_request(
-                    f"The request is larger than the whole {what[bucket.name]} of {p.id} "
+                    f"The request is larger than the whole {_LIMIT_NAMES[bucket.name]} of {p.id} "
                     f"({bucket.capacity}).{asked} Lower `{param or 'max_tokens'}` or `n`, or shorten "
                     "the prompt.",
                     param=param if reserved else None,
@@ -383,17 +391,8 @@ class Trust:
                 headers={"retry-after": "5"},
             ) from None
         if not decision.allowed:
-            denied = decision.denied_by or ""
-            raise OpenAIError(
-                429,
-                f"Rate limit reached for {p.id} on {what.get(denied, 'limits')}: "
-                f"limit {decision.limits.get(denied, 0)}. "
-                f"Retry after {decision.headers().get('retry-after')} s."
-                + (asked + f" A lower `{param}` needs fewer." if denied != "requests" and asked else ""),
-                type="requests" if decision.denied_by == "requests" else "tokens",
-                code="rate_limit_exceeded",
-                headers=decision.headers(),
-            )
+            self.refusals.remember(p.id, decision)
+            raise _rate_limited(p, decision, asked, param)
         ctx.buckets = [b for b in buckets if b.name != "requests"]
         ctx.charged_tokens = tokens
         return decision.headers()
@@ -472,6 +471,8 @@ class Trust:
         used = (ctx.prompt_tokens or 0) + (ctx.completion_tokens or 0)
         if ctx.buckets and used != ctx.charged_tokens:
             delta = used - ctx.charged_tokens
+            if delta < 0:
+                self.refusals.refunded(ctx.principal.id)  # tokens given back: ask the limiter again
             self._spawn(self.limiter.charge(ctx.principal.id, ctx.buckets, [delta] * len(ctx.buckets)))
         self.telemetry.settled(ctx)
         # Probes of the public paths (/health, /ready every few seconds) are not audited;
@@ -592,3 +593,21 @@ async def build_trust(
         config.cache.enabled,
     )
     return trust
+
+
+_LIMIT_NAMES = {"requests": "requests per minute", "tokens": "tokens per minute", "budget": "token budget"}
+
+
+def _rate_limited(p: Principal, decision: Decision, asked: str = "", param: str | None = None) -> OpenAIError:
+    """The 429 for a refusal: which limit, when to retry, and (for tokens) what to lower."""
+    denied = decision.denied_by or ""
+    return OpenAIError(
+        429,
+        f"Rate limit reached for {p.id} on {_LIMIT_NAMES.get(denied, 'limits')}: "
+        f"limit {decision.limits.get(denied, 0)}. "
+        f"Retry after {decision.headers().get('retry-after')} s."
+        + (asked + f" A lower `{param}` needs fewer." if denied != "requests" and asked else ""),
+        type="requests" if denied == "requests" else "tokens",
+        code="rate_limit_exceeded",
+        headers=decision.headers(),
+    )

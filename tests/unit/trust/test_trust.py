@@ -550,3 +550,42 @@ def test_without_a_request_context_every_call_admits_and_changes_nothing() -> No
     events = _chunk("hi") + _chunk(None, usage=usage) + "data: [DONE]\n\n"
     passed = trust.stream_filter(None)
     assert passed(events) == events and not passed.blocked
+
+
+class CountingCounter(FakeCounter):
+    """FakeCounter that remembers how many prompts it tokenized."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def count(self, body: Any) -> int:
+        self.calls += 1
+        return super().count(body)
+
+
+def test_a_key_refused_for_its_rate_is_refused_again_before_its_prompt_is_guarded_or_counted(
+    env: None, db: Database, tmp_path: Path
+) -> None:
+    """A flood from a key already over its limit costs no guardrail, tokenizer or limiter work."""
+    client, trust = _client(db, tmp_path, {"m": FakeEngine([_answer("4", 4, 6)])})
+    counter = CountingCounter()
+    trust.token_counters["m"] = counter
+    limiter_calls = 0
+    admit = trust.limiter.admit
+
+    async def counting_admit(*args: Any) -> Any:
+        nonlocal limiter_calls
+        limiter_calls += 1
+        return await admit(*args)
+
+    trust.limiter.admit = counting_admit  # type: ignore[method-assign]
+    _, key = KeyStore(db).create_key(name="u", role="user", rpm=1)
+    first = client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key))
+    refused = [client.post("/v1/chat/completions", json=CHAT, headers=_bearer(key)) for _ in range(5)]
+    assert first.status_code == 200
+    assert {(r.status_code, r.json()["error"]["code"]) for r in refused} == {(429, "rate_limit_exceeded")}
+    assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in refused)
+    # The first refusal asked the limiter; the next four were answered from the replica's memory of it.
+    assert (counter.calls, limiter_calls) == (2, 2)
+    rows = _wait_for_audit(db, 6)
+    assert sorted((r["status"], r["model"]) for r in rows) == [(200, "m")] + [(429, "m")] * 5
