@@ -24,7 +24,7 @@ RULES_TESTS = RULES_DIR / "welip-alerts.test.yaml"
 PROMETHEUS_RULE = REPO_ROOT / "kuberay" / "prometheus-rule.welip.yaml"
 SEVERITIES = {"warning", "critical"}
 # Alerts about something other than a model (the audit spool is per gateway replica).
-NOT_PER_MODEL = {"WelipAuditSpoolGrowing"}
+NOT_PER_MODEL = {"WelipAuditSpoolGrowing", "WelipAuditRefusingRequests"}
 # The groups the issue asks for; a new group adds its line.
 EXPECTED_GROUPS = {"welip-gateway-errors", "welip-latency", "welip-engines", "welip-audit", "welip-kv-cache"}
 

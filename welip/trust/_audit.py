@@ -6,6 +6,14 @@ unreachable the batch is appended (and fsynced) to a spool file instead, and spo
 files are replayed once the database answers again. Records carry an id minted by
 the gateway and are inserted with ``ON CONFLICT DO NOTHING``, so a replay that
 overlaps an earlier partial write adds no duplicate.
+
+Both stores are bounded. The spool files together hold at most ``max_spool_bytes``;
+beyond it records wait in memory. Memory holds at most ``max_queue_records``, counting
+the room promised to requests in flight (:meth:`AuditWriter.reserve`): a request is
+admitted only with such a promise, so every admitted request gets its record, and a
+request that finds no room is refused (503) instead of being served unaudited. A record
+nobody was promised room for (a request refused on arrival) is dropped when there is
+none, and counted.
 """
 
 from __future__ import annotations
@@ -72,6 +80,11 @@ class AuditWriter:
         self._write = write
         self._config = config
         self._queue: deque[AuditRecord] = deque()
+        self._lock = threading.Lock()
+        self._held = 0  # records in memory: queued, or taken by a flush that has not finished
+        self._reserved = 0  # room promised to admitted requests that have not settled yet
+        self._dropped = 0
+        self._spool_full = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.spool_dir = Path(config.spool_dir).expanduser()
@@ -80,20 +93,69 @@ class AuditWriter:
         self.database_up = True
         self._spooled = 0  # records this writer spooled that are not in the database yet
         self._queue_depth = metrics.Gauge(
-            "welip_audit_queue_depth", description="Audit records queued in memory, not yet written."
+            "welip_audit_queue_depth",
+            description="Audit records held in memory, not yet written (at most audit.max_queue_records).",
         )
         self._spool_depth = metrics.Gauge(
             "welip_audit_spool_depth",
             description="Audit records spooled to disk while the database was unreachable, not yet replayed.",
         )
+        self._spool_bytes_gauge = metrics.Gauge(
+            "welip_audit_spool_bytes",
+            description="Bytes in the audit spool directory (bounded by audit.max_spool_bytes).",
+        )
+        self._dropped_counter = metrics.Counter(
+            "welip_audit_dropped_records",
+            description=(
+                "Audit records not written: a refused request's when memory had no room (full), "
+                "an unauthenticated one's over the per-address bound (unauthenticated)."
+            ),
+            tag_keys=("reason",),
+        )
+        self._spool_bytes = self._measure_spool()
         self._thread = threading.Thread(target=self._run, name="welip-audit", daemon=True)
         self._thread.start()
 
-    def submit(self, record: AuditRecord) -> None:
-        """Queue one record (thread-safe, never blocks)."""
+    def reserve(self) -> bool:
+        """Promise room for one request's record, or False when memory has none left.
+
+        A request admitted with the promise passes ``reserved=True`` to :meth:`submit`
+        (or calls :meth:`release` if it records nothing). Cheap: one uncontended lock.
+        """
+        with self._lock:
+            if self._held + self._reserved >= self._config.max_queue_records:
+                return False
+            self._reserved += 1
+            return True
+
+    def release(self) -> None:
+        """Give back the room :meth:`reserve` promised, unused."""
+        with self._lock:
+            self._reserved -= 1
+
+    def submit(self, record: AuditRecord, *, reserved: bool = False) -> bool:
+        """Queue one record (thread-safe, never blocks); False if it was dropped for lack of room.
+
+        ``reserved``: the record uses room :meth:`reserve` promised, and is always queued.
+        """
+        with self._lock:
+            if reserved:
+                self._reserved -= 1
+            elif self._held + self._reserved >= self._config.max_queue_records:
+                self._dropped += 1
+                self._dropped_counter.inc(1, tags={"reason": "full"})
+                return False
+            self._held += 1
         self._queue.append(record)
         if len(self._queue) >= self._config.batch_size:
             self._wake.set()
+        return True
+
+    def drop(self, reason: str) -> None:
+        """Count a record not written by the caller's choice (``reason`` labels the metric)."""
+        with self._lock:
+            self._dropped += 1
+        self._dropped_counter.inc(1, tags={"reason": reason})
 
     def close(self, timeout_s: float = 10) -> None:
         """Write what is queued (to the database or the spool) and stop the thread."""
@@ -102,8 +164,16 @@ class AuditWriter:
         self._thread.join(timeout_s)
 
     def pending(self) -> int:
-        """Records queued in memory."""
-        return len(self._queue)
+        """Records held in memory, not yet in the database or the spool."""
+        return self._held
+
+    def spool_bytes(self) -> int:
+        """Bytes in the spool directory, as of the last flush."""
+        return self._spool_bytes
+
+    def dropped(self) -> int:
+        """Records this writer did not write: no room for them, or dropped by :meth:`drop`."""
+        return self._dropped
 
     def spooled(self) -> int:
         """Records this writer spooled to disk that are not in the database yet."""
@@ -118,23 +188,33 @@ class AuditWriter:
                 self._flush()
             except Exception:
                 logger.exception("audit flush failed")
-            self._queue_depth.set(len(self._queue))
+            self._queue_depth.set(self._held)
             self._spool_depth.set(self._spooled)
+            self._spool_bytes_gauge.set(self._spool_bytes)
             if stopping:
+                if self._held:
+                    logger.error("audit writer stopped with %d records it could not write", self._held)
                 return
 
-    def _take(self) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
+    def _take(self) -> list[AuditRecord]:
+        batch: list[AuditRecord] = []
         while self._queue and len(batch) < self._config.batch_size:
-            batch.append(self._queue.popleft().row())
+            batch.append(self._queue.popleft())
         return batch
 
     def _flush(self) -> None:
-        while batch := self._take():
-            if not self._try_write(batch):
-                self._spool(batch)
+        while records := self._take():
+            batch = [r.row() for r in records]
+            if not (self._try_write(batch) or self._spool(batch)):
+                # Neither the database nor the spool has room: the batch waits in memory,
+                # first in line, for the next flush.
+                self._queue.extendleft(reversed(records))
+                break
+            with self._lock:
+                self._held -= len(records)
         if self.database_up:
             self._replay()
+            self._spool_bytes = self._measure_spool()
 
     def _try_write(self, batch: list[dict[str, Any]]) -> bool:
         try:
@@ -149,13 +229,37 @@ class AuditWriter:
         self.database_up = True
         return True
 
-    def _spool(self, batch: list[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in batch)
-        with open(self._spool_path, "a", encoding="utf-8") as f, _locked(f):
-            f.write(lines)
+    def _spool(self, batch: list[dict[str, Any]]) -> bool:
+        """Append ``batch`` to this writer's spool file; False when the spool has no room for it."""
+        data = "".join(json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in batch).encode()
+        # Other replicas on this node share the directory: measured each time, never cached.
+        self._spool_bytes = self._measure_spool()
+        if self._spool_bytes + len(data) > self._config.max_spool_bytes:
+            if not self._spool_full:
+                logger.error(
+                    "audit spool %s is full (%d bytes, audit.max_spool_bytes %d): records wait in "
+                    "memory, and new requests are refused once audit.max_queue_records are held",
+                    self.spool_dir,
+                    self._spool_bytes,
+                    self._config.max_spool_bytes,
+                )
+            self._spool_full = True
+            return False
+        self._spool_full = False
+        with open(self._spool_path, "ab") as f, _locked(f):
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         self._spooled += len(batch)
+        self._spool_bytes += len(data)
+        return True
+
+    def _measure_spool(self) -> int:
+        total = 0
+        for path in self.spool_dir.glob(SPOOL_GLOB):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
 
     def _replay(self) -> None:
         for path in sorted(self.spool_dir.glob(SPOOL_GLOB)):
@@ -173,10 +277,20 @@ class AuditWriter:
             f = open(path, "r+", encoding="utf-8")  # noqa: SIM115 - held across the lock
         except FileNotFoundError:
             return
+        replayed = 0
         with f, _locked(f):
-            records = list(_parse(f, path))
-            for start in range(0, len(records), self._config.batch_size):
-                self._write(records[start : start + self._config.batch_size])
+            # Batch by batch, so replaying a spool of max_spool_bytes never holds it all in memory;
+            # a failure part-way keeps the file, and its next replay skips what was written.
+            batch: list[dict[str, Any]] = []
+            for record in _parse(f, path):
+                batch.append(record)
+                if len(batch) >= self._config.batch_size:
+                    self._write(batch)
+                    replayed += len(batch)
+                    batch = []
+            if batch:
+                self._write(batch)
+                replayed += len(batch)
             # Written: empty the file under the same lock an appender takes.
             f.truncate(0)
             with contextlib.suppress(FileNotFoundError):
@@ -184,8 +298,8 @@ class AuditWriter:
                     path.unlink()
         if path == self._spool_path:
             self._spooled = 0
-        if records:
-            logger.info("replayed %d spooled audit records from %s", len(records), path.name)
+        if replayed:
+            logger.info("replayed %d spooled audit records from %s", replayed, path.name)
 
 
 @contextlib.contextmanager

@@ -254,6 +254,36 @@ class AuditConfig(StrictModel):
         min_length=1,
         description="Append-only files that hold records while the database is unreachable.",
     )
+    max_queue_records: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Records one replica holds in memory, counting those promised to requests in flight. "
+            "While it is full (the database is unreachable or too slow and the spool is full) a new "
+            "request is refused with 503 `audit_unavailable` and Retry-After rather than served "
+            "unaudited. With record_prompts each record carries its request body."
+        ),
+    )
+    max_spool_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=4096,
+        le=1024**4,
+        description=(
+            "Most bytes the spool files in spool_dir may hold together (default 1 GiB). Once full, "
+            "records wait in memory (max_queue_records) for the database."
+        ),
+    )
+    max_unauthenticated_records_per_minute: int | None = Field(
+        10,
+        ge=1,
+        le=100_000,
+        description=(
+            "Records one client address may add per minute (per replica) for requests that never "
+            "authenticated (401, the failed-authentication 429). The rest are not written; the "
+            'metric welip_audit_dropped_records{reason="unauthenticated"} counts them. null: every one.'
+        ),
+    )
 
 
 PiiKind = Literal["email", "phone", "credit_card", "kr_rrn"]

@@ -49,6 +49,8 @@ class RequestContext:
     strip_usage: bool = False  # usage was asked of the engine for accounting, not by the client
     verdicts: Verdicts = field(default_factory=Verdicts)
     in_flight_model: str | None = None
+    source: str | None = None  # the client's address (the connection's peer)
+    audit_reserved: bool = False  # admitted with room promised for its audit record
     body: str | None = None
     span: Span | None = None
 

@@ -103,7 +103,8 @@ class TrustMiddleware:
         try:
             try:
                 client = scope.get("client")  # (host, port); failed authentications count per host
-                await self.trust.authenticate(ctx, headers, source=client[0] if client else None)
+                ctx.source = client[0] if client else None
+                await self.trust.authenticate(ctx, headers, source=ctx.source)
             except OpenAIError as exc:
                 await respond(exc)
                 return

@@ -102,7 +102,7 @@ def rejection_reason(status: int, code: str) -> str:
     """The ``reason`` label of an error answer: a small fixed set, the exact code beside it."""
     if code == "content_policy_violation":
         return "guardrail"
-    if code in ("model_overloaded", "rate_limiter_unavailable"):
+    if code in ("model_overloaded", "rate_limiter_unavailable", "audit_unavailable"):
         return "backpressure"
     by_status = {401: "auth", 403: "permission", 404: "not_found", 429: "rate_limit"}
     if status in by_status:

@@ -4,7 +4,8 @@ An ingress calls it at four points of a request, as Ray Serve LLM's request
 middleware chain and Starlette's middleware do:
 
 * on arrival, :class:`~welip.trust.TrustMiddleware` opens the request's context,
-  authenticates the caller and checks the route family (:meth:`Trust.authenticate`);
+  authenticates the caller, checks the route family and takes room for the request's
+  audit record (:meth:`Trust.authenticate`);
 * before inference, :meth:`Trust.admit` runs the per-model checks (model grant, choices
   and ``max_tokens`` within bounds, input guardrails, prompt size, in-flight bound, rate
   limits charged for what the request may generate) and looks a deterministic
@@ -32,7 +33,15 @@ from typing import Any
 from welip.api import OpenAIError, invalid_request
 from welip.store import AuditStore, Database
 from welip.trust._audit import AuditWriter
-from welip.trust._auth import OPEN, Authenticator, Principal, authorize, route_permission
+from welip.trust._auth import (
+    ANONYMOUS,
+    OPEN,
+    Authenticator,
+    FailureBudget,
+    Principal,
+    authorize,
+    route_permission,
+)
 from welip.trust._cache import MemoryResponseCache, RedisResponseCache, ResponseCache, cache_key
 from welip.trust._config import TrustConfig
 from welip.trust._context import RequestContext
@@ -52,6 +61,18 @@ from welip.trust._tokens import TokenCounter
 logger = logging.getLogger("welip.gateway")
 
 CACHE_HEADER = "x-welip-cache"
+
+
+def audit_unavailable() -> OpenAIError:
+    """503 ``audit_unavailable``: the audit has no room for the request's record."""
+    return OpenAIError(
+        503,
+        "The audit log cannot take more records now (its database is unreachable or slow and its "
+        "spool is full); try again shortly.",
+        type="server_error",
+        code="audit_unavailable",
+        headers={"retry-after": "5"},
+    )
 
 
 @dataclass(frozen=True)
@@ -105,6 +126,9 @@ class Trust:
             if config.audit.enabled and database is not None
             else None
         )
+        # Records of callers that never authenticated, per client address (a guessing flood's).
+        per_minute = config.audit.max_unauthenticated_records_per_minute
+        self._unauthenticated = FailureBudget(per_minute) if per_minute is not None else None
         self.token_counters = token_counters or {}
         self._in_flight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,23 +171,32 @@ class Trust:
     async def authenticate(
         self, ctx: RequestContext, headers: dict[str, str], source: str | None = None
     ) -> None:
-        """Identify the caller and check the route family (raises 401/403, or 429 for ``source``).
+        """Identify the caller, check the route family and take room for the audit record.
 
+        Raises 401/403, 429 for ``source``, or 503 ``audit_unavailable`` when the audit
+        cannot promise the request its record (``audit.max_queue_records``).
         With auth off every caller is :data:`~welip.trust._auth.OPEN`. A public path that
         needs no permission is answered to the anonymous caller, who holds no permission
         and no model; any other route, listed as public or not, needs a key or token.
         ``source`` is the client's address, which failed authentications are counted by.
         """
-        if self.authenticator is None:
-            ctx.principal = OPEN
-            return
         permission = route_permission(ctx.route)
         if permission is None and ctx.route in self.config.auth.public_paths:
+            if self.authenticator is None:
+                ctx.principal = OPEN
             return
-        with tracer.start_as_current_span("welip.auth") as span:
-            ctx.principal = await self.authenticator.authenticate(headers.get("authorization"), source)
-            span.set_attributes({"welip.principal.kind": ctx.principal.kind, "user.id": ctx.principal.id})
-            authorize(ctx.principal, permission)
+        if self.authenticator is None:
+            ctx.principal = OPEN
+        else:
+            with tracer.start_as_current_span("welip.auth") as span:
+                ctx.principal = await self.authenticator.authenticate(headers.get("authorization"), source)
+                span.set_attributes({"welip.principal.kind": ctx.principal.kind, "user.id": ctx.principal.id})
+                authorize(ctx.principal, permission)
+        if self.audit is not None:
+            # One audit row per admitted request: no room for its record, no admission.
+            if not self.audit.reserve():
+                raise audit_unavailable()
+            ctx.audit_reserved = True
 
     def check_model(self, ctx: RequestContext | None, model: str) -> None:
         """404 ``model_not_found``, as for a model that does not exist, unless the caller may use ``model``.
@@ -481,8 +514,29 @@ class Trust:
         probe = (
             route in self.config.auth.public_paths and route_permission(route) is None and ctx.status < 400
         )
-        if self.audit is not None and not probe:
-            self.audit.submit(ctx.record(self.replica))
+        if self.audit is not None:
+            self._record(self.audit, ctx, probe)
+
+    def _record(self, audit: AuditWriter, ctx: RequestContext, probe: bool) -> None:
+        """Queue the request's audit record: an admitted one's always, a refused one's if bounds allow."""
+        if ctx.audit_reserved:
+            ctx.audit_reserved = False
+            if probe:
+                audit.release()
+            else:
+                audit.submit(ctx.record(self.replica), reserved=True)
+            return
+        if probe:
+            return
+        budget = self._unauthenticated
+        if ctx.principal is ANONYMOUS and budget is not None:
+            # Never authenticated: a few records per address and minute, the rest only counted.
+            source = ctx.source or ""
+            if budget.retry_after_s(source) is not None:
+                audit.drop("unauthenticated")
+                return
+            budget.spend(source)
+        audit.submit(ctx.record(self.replica))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:

@@ -98,3 +98,47 @@ def test_close_writes_what_is_still_queued(tmp_path: Path) -> None:
         writer.submit(_record(i))
     writer.close()
     assert db.count_audit() == 5
+
+
+def _spool_bytes(spool_dir: Path) -> int:
+    return sum(p.stat().st_size for p in spool_dir.glob("audit-*.jsonl"))
+
+
+def test_a_full_spool_keeps_records_in_memory_and_a_full_queue_refuses_new_promises(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path}/w.db")
+    database.upgrade()
+    db = AuditStore(database)
+    flaky = FlakyDatabase(db)
+    flaky.down = True
+    spool_dir = tmp_path / "spool"
+    config = AuditConfig(
+        flush_interval_s=0.02,
+        batch_size=2,
+        spool_dir=str(spool_dir),
+        max_queue_records=8,
+        max_spool_bytes=4096,
+    )
+    writer = AuditWriter(flaky.write, config)
+    admitted: list[AuditRecord] = []
+    # Each admitted request is promised room for its record, until none is left.
+    while writer.reserve():
+        record = _record(len(admitted))
+        writer.submit(record, reserved=True)
+        admitted.append(record)
+        assert len(admitted) < 1000, "the queue bound never refused"
+        time.sleep(0.01)
+    assert 0 < _spool_bytes(spool_dir) <= 4096  # the spool stopped at its bound
+    assert writer.pending() == 8  # the rest wait in memory, none lost
+    assert writer.spool_bytes() == _spool_bytes(spool_dir)  # what the welip_audit_spool_bytes gauge says
+    # A record nobody was promised (a refused request's) is dropped, and counted, when there is no room.
+    assert not writer.submit(_record(9999))
+    assert writer.dropped() == 1
+    flaky.down = False
+    _until(lambda: db.count_audit() == len(admitted))
+    _until(lambda: writer.pending() == 0 and _spool_bytes(spool_dir) == 0)
+    assert writer.reserve()  # room again
+    writer.release()
+    writer.close()
+    assert sorted(r["request_id"] for r in db.query_audit(limit=1000)) == sorted(
+        r.request_id for r in admitted
+    )

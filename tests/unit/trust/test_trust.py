@@ -111,7 +111,11 @@ def _client(
     db: Database, tmp_path: Path, engines: dict[str, FakeEngine], **overrides: Any
 ) -> tuple[TestClient, Trust]:
     config = GatewayConfig.model_validate(
-        {**SECURE, **overrides, "audit": {**SECURE["audit"], "spool_dir": str(tmp_path / "spool")}}
+        {
+            **SECURE,
+            **overrides,
+            "audit": {**SECURE["audit"], **overrides.get("audit", {}), "spool_dir": str(tmp_path / "spool")},
+        }
     )
     trust = Trust(
         config, database=db, redis=None, replica="r1", token_counters=dict.fromkeys(engines, FakeCounter())
