@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import secrets
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,9 +19,12 @@ from alembic.migration import MigrationContext
 from redis.asyncio import Redis
 
 from tests.integration.conftest import PG_ADMIN_URL, REDIS_URL
+from welip.api import OpenAIError
 from welip.store import AuditStore, Database, KeyStore, hash_key
 from welip.store._schema import metadata
-from welip.trust import Bucket, RedisRateLimiter
+from welip.trust import AuditConfig, AuthConfig, Bucket, RedisRateLimiter
+from welip.trust._audit import AuditRecord, AuditWriter
+from welip.trust._auth import Authenticator
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +109,76 @@ def test_redis_buckets_admit_exactly_the_limit_under_concurrent_clients() -> Non
 
     allowed = asyncio.run(run())
     assert allowed.count(True) == 10
+
+
+def _audit_record(i: int) -> AuditRecord:
+    return AuditRecord(
+        id=uuid.uuid4().hex,
+        ts=datetime.now(UTC).isoformat(),
+        request_id=f"slow-{i}",
+        principal_kind="api_key",
+        method="POST",
+        route="/v1/chat/completions",
+        status=200,
+        latency_ms=1.0,
+    )
+
+
+def _until(predicate: object, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _outcome(call: Callable[[], object], timeout_s: float) -> object:
+    """What ``call`` returns or raises in a thread, or "still running" after ``timeout_s`` (left behind)."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:  # noqa: BLE001 - the caller asserts on it
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return out[0] if out else "still running"
+
+
+def test_a_slow_database_fails_queries_within_the_statement_timeout(
+    pg: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg.upgrade()
+    monkeypatch.setenv("WELIP_DATABASE_STATEMENT_TIMEOUT_MS", "500")
+    db = Database(pg.url)
+    _, key = KeyStore(db).create_key(name="slow", role="user")
+    authenticator = Authenticator(AuthConfig(enabled=True, key_cache_s=0), db)
+    writer = AuditWriter(
+        AuditStore(db).write_audit, AuditConfig(flush_interval_s=0.05, spool_dir=str(tmp_path))
+    )
+    # Another session holds the tables (a long migration, a stuck transaction): slow, not down.
+    with psycopg.connect(pg.url) as blocker:
+        blocker.execute("LOCK TABLE api_keys, audit_log IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        refused = _outcome(lambda: asyncio.run(authenticator.authenticate(f"Bearer {key}")), 10)
+        assert isinstance(refused, OpenAIError), refused
+        assert (refused.status_code, refused.code) == (503, "auth_unavailable")
+        assert time.monotonic() - started < 3
+        writer.submit(_audit_record(0))
+        _until(lambda: writer.spooled() == 1, 5)  # spooled as during an outage
+        blocker.rollback()
+    writer.submit(_audit_record(1))
+    _until(lambda: AuditStore(pg).count_audit() == 2, 10)  # the spool replayed once the lock went
+    writer.close()
+    assert asyncio.run(authenticator.authenticate(f"Bearer {key}")).role == "user"
+    # Migrations are not bound by it: a replica waits for another's (the advisory lock) longer.
+    with psycopg.connect(pg.url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(7041985)")
+        threading.Timer(1.5, lambda: other.execute("SELECT pg_advisory_unlock(7041985)")).start()
+        assert _outcome(db.upgrade, 30) is None
+    db.dispose()
+    monkeypatch.delenv("WELIP_DATABASE_STATEMENT_TIMEOUT_MS")
+    with Database(pg.url).engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "5s"  # the default
