@@ -314,6 +314,9 @@ def test_replicas_starting_together_set_up_the_postgresql_checkpointer_once() ->
 
     async def one() -> int:
         async with open_checkpointer(url) as saver:
+            async with saver.conn.connection() as conn:  # type: ignore[union-attr]
+                shown = await (await conn.execute("SHOW statement_timeout")).fetchone()
+            assert shown == {"statement_timeout": "5s"}  # bounded like every WeLIP connection
             await saver.aput(
                 {"configurable": {"thread_id": "t", "checkpoint_ns": ""}},
                 {

@@ -33,20 +33,28 @@ async def open_checkpointer(database_url: str) -> AsyncIterator[Any]:
         from psycopg.rows import dict_row
         from psycopg_pool import AsyncConnectionPool
 
+        from welip.store import statement_timeout_ms_from_env
+
         conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-        kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
-        async with AsyncConnectionPool(conninfo, kwargs=kwargs, min_size=1, max_size=8, open=False) as pool:
+        kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        # The pool's statements are bound like every WeLIP connection's; the setup's are not.
+        bounded = {**kwargs, "options": f"-c statement_timeout={statement_timeout_ms_from_env()}"}
+        if "statement_timeout" in conninfo:
+            bounded = kwargs  # the URL sets its own
+        async with AsyncConnectionPool(conninfo, kwargs=bounded, min_size=1, max_size=8, open=False) as pool:
             await pool.open(wait=True, timeout=30)
             saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
             # Replicas start together: one runs LangGraph's migrations at a time. The others
             # poll with pg_try_advisory_lock instead of blocking in pg_advisory_lock: a
             # session blocked in a query holds a snapshot, and the migrations' CREATE INDEX
-            # CONCURRENTLY would wait for it forever.
+            # CONCURRENTLY would wait for it forever (or past a statement timeout: they run
+            # on a connection of their own, without one).
             async with await AsyncConnection.connect(conninfo, autocommit=True) as lock:
                 while not (await (await lock.execute(_TRY_LOCK)).fetchone())[0]:  # type: ignore[index]
                     await asyncio.sleep(0.2)
                 try:
-                    await saver.setup()
+                    async with await AsyncConnection.connect(conninfo, **kwargs) as setup:
+                        await AsyncPostgresSaver(setup).setup()
                 finally:
                     await lock.execute("SELECT pg_advisory_unlock(hashtext('welip.langgraph.setup'))")
             yield saver

@@ -2,7 +2,14 @@
 
 from welip.store._audit import AuditStore
 from welip.store._catalog import AdapterRecord, AliasRecord, CatalogStore
-from welip.store._database import DEFAULT_DATABASE_URL, Database, as_utc, database_url_from_env, utcnow
+from welip.store._database import (
+    DEFAULT_DATABASE_URL,
+    Database,
+    as_utc,
+    database_url_from_env,
+    statement_timeout_ms_from_env,
+    utcnow,
+)
 from welip.store._eval_runs import EvalRunRecord, EvalRunStore
 from welip.store._keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
 from welip.store._redis import redis_from_env
@@ -33,6 +40,7 @@ __all__ = [
     "mlflow_uri",
     "read_bytes",
     "redis_from_env",
+    "statement_timeout_ms_from_env",
     "storage_url_from_env",
     "use_mlflow",
     "utcnow",
