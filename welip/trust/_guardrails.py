@@ -327,6 +327,11 @@ def _guard_json(value: Any, guard: TextGuard, verdicts: Verdicts, *, keys: bool 
     return out
 
 
+def guard_json(value: Any, guard: TextGuard, verdicts: Verdicts) -> Any:
+    """JSON-ready data with every string value checked (and redacted), numbers as their digits."""
+    return _guard_json(value, guard, verdicts)
+
+
 def _guard_ids(ids: list[int], guard: TextGuard, verdicts: Verdicts, tokens: TokenCodec | None) -> list[int]:
     """A token-id prompt checked as the text the model reads; the ids of the redacted text if it changed."""
     if tokens is None:

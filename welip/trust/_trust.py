@@ -40,6 +40,7 @@ from welip.trust._guardrails import (
     StreamGuard,
     TextGuard,
     content_policy_violation,
+    guard_json,
     guard_request,
     guard_response,
     guarded_body,
@@ -453,6 +454,21 @@ class Trust:
         output = self._guards_for(ctx.principal)[1]
         guard = StreamGuard(output, ctx.verdicts) if output.active else None
         return StreamFilter(ctx, guard)
+
+    def guards_output(self, ctx: RequestContext | None) -> bool:
+        """Whether an output guardrail applies to the request's caller."""
+        return ctx is not None and self._guards_for(ctx.principal)[1].active
+
+    def filter_json(self, ctx: RequestContext | None, value: Any) -> Any:
+        """``value`` (JSON-ready data an app returns: an agent's state, a run's result, an event) as the
+        caller's output guardrail leaves it: every string checked, PII redacted.
+
+        Raises the output guardrail's refusal (400 ``content_policy_violation``).
+        """
+        if ctx is None:
+            return value
+        output = self._guards_for(ctx.principal)[1]
+        return guard_json(value, output, ctx.verdicts) if output.active else value
 
     def count_usage(self, ctx: RequestContext | None, usage: Mapping[str, Any] | None) -> None:
         """The usage a model reported for an answer that passes no filter (embeddings)."""
