@@ -61,8 +61,8 @@ class CallerOutputGuard:
     def active(self, request: Request) -> bool:
         return self._trust.guards_output(context_of(request))
 
-    def apply(self, request: Request, value: Any) -> Any:
-        return self._trust.filter_json(context_of(request), value)
+    async def apply(self, request: Request, value: Any) -> Any:
+        return await self._trust.filter_json(context_of(request), value)
 
 
 @serve.ingress()

@@ -37,7 +37,7 @@ class OutputGuard(Protocol):
         """Whether an output guardrail applies to this request's caller."""
         ...
 
-    def apply(self, request: Request, value: Any) -> Any:
+    async def apply(self, request: Request, value: Any) -> Any:
         """``value`` (JSON-ready data) with its text redacted; raises ``OpenAIError`` on a blocking match."""
         ...
 
@@ -120,8 +120,8 @@ def build_agents_router(
     """Routes for threads, runs and assistants; ``output_guard`` checks every graph value they return."""
     router = APIRouter()
 
-    def out(request: Request, value: Any) -> Any:
-        return value if output_guard is None else output_guard.apply(request, value)
+    async def out(request: Request, value: Any) -> Any:
+        return value if output_guard is None else await output_guard.apply(request, value)
 
     async def guarded_events(
         request: Request, events: AsyncIterator[tuple[str, Any]]
@@ -131,7 +131,7 @@ def build_agents_router(
                 yield event, data
                 continue
             try:
-                checked = out(request, data)
+                checked = await out(request, data)
             except OpenAIError as exc:
                 yield "error", exc.body()  # the stream ends here, nothing of the event sent
                 return
@@ -199,11 +199,11 @@ def build_agents_router(
         if thread is None:
             existing = await runtime.db(runtime.store.get_thread, thread_id, owner)
             if existing is not None and body.if_exists == "do_nothing":
-                return out(request, await runtime.thread_json(existing))
+                return await out(request, await runtime.thread_json(existing))
             raise OpenAIError(
                 409, f"Thread `{thread_id}` already exists.", param="thread_id", code="thread_exists"
             )
-        return out(request, await runtime.thread_json(thread))
+        return await out(request, await runtime.thread_json(thread))
 
     @router.post("/threads/search", summary="Your threads, filtered by metadata and status")
     async def search_threads(request: Request) -> list[dict[str, Any]]:
@@ -220,7 +220,7 @@ def build_agents_router(
 
     @router.get("/threads/{thread_id}", summary="A thread, its values and pending interrupts")
     async def get_thread(thread_id: str, request: Request) -> dict[str, Any]:
-        return out(request, await runtime.thread_json(await thread_or_404(request, thread_id)))
+        return await out(request, await runtime.thread_json(await thread_or_404(request, thread_id)))
 
     @router.patch("/threads/{thread_id}", summary="Merge metadata into a thread")
     async def patch_thread(thread_id: str, request: Request) -> dict[str, Any]:
@@ -228,7 +228,7 @@ def build_agents_router(
         thread = await runtime.db(runtime.store.update_thread, thread_id, owner_of(request), body.metadata)
         if thread is None:
             raise _not_found("thread", thread_id)
-        return out(request, await runtime.thread_json(thread))
+        return await out(request, await runtime.thread_json(thread))
 
     @router.delete(
         "/threads/{thread_id}", summary="Delete a thread, its runs and checkpoints", status_code=204
@@ -242,18 +242,18 @@ def build_agents_router(
 
     @router.get("/threads/{thread_id}/state", summary="The thread's current state")
     async def get_state(thread_id: str, request: Request) -> dict[str, Any]:
-        return out(request, await runtime.state(await thread_or_404(request, thread_id)))
+        return await out(request, await runtime.state(await thread_or_404(request, thread_id)))
 
     @router.get("/threads/{thread_id}/history", summary="The thread's past states, newest first")
     async def get_history(thread_id: str, request: Request, limit: int = 10) -> list[dict[str, Any]]:
         if not 0 < limit <= 1000:
             raise _invalid("limit must be between 1 and 1000.", "limit")
-        return out(request, await runtime.history(await thread_or_404(request, thread_id), limit))
+        return await out(request, await runtime.history(await thread_or_404(request, thread_id), limit))
 
     @router.post("/threads/{thread_id}/history", summary="The thread's past states (LangGraph SDK route)")
     async def post_history(thread_id: str, request: Request) -> list[dict[str, Any]]:
         body = _parse(HistoryQuery, await request.body())
-        return out(request, await runtime.history(await thread_or_404(request, thread_id), body.limit))
+        return await out(request, await runtime.history(await thread_or_404(request, thread_id), body.limit))
 
     # -- runs -----------------------------------------------------------------------
 
@@ -351,7 +351,7 @@ def build_agents_router(
     @router.post("/threads/{thread_id}/runs/wait", summary="Run and answer the thread's final values")
     async def wait_run(thread_id: str, request: Request) -> JSONResponse:
         run, _ = await new_run(thread_id, request)
-        return JSONResponse(out(request, await runtime.wait(run)), headers=run_headers(run))
+        return JSONResponse(await out(request, await runtime.wait(run)), headers=run_headers(run))
 
     @router.post("/threads/{thread_id}/runs/stream", summary="Run and stream its events (SSE)")
     async def stream_run(thread_id: str, request: Request) -> StreamingResponse:
@@ -385,7 +385,7 @@ def build_agents_router(
 
     @router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values")
     async def join_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
-        return out(request, await runtime.join(await run_or_404(request, run_id, thread_id)))
+        return await out(request, await runtime.join(await run_or_404(request, run_id, thread_id)))
 
     @router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
     async def cancel_thread_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import httpx
 
 from deployments.agents import CallerOutputGuard
 from tests.unit.agents.test_api import RAG, REACT, Chunk, fake, run, sse
+from tests.unit.trust.test_guardrail_checks import FakeJudge, judge  # noqa: F401 - the fixture
 from welip.agents import (
     AgentRuntime,
     AgentsConfig,
@@ -119,5 +120,24 @@ def test_token_by_token_messages_are_refused_where_output_guardrails_apply(tmp_p
                 "param": "stream_mode",
                 "code": "stream_mode_not_allowed",
             }
+
+    run(go())
+
+
+def test_an_output_judge_rules_on_the_values_it_sees_redacted(tmp_path: Path, judge: FakeJudge) -> None:  # noqa: F811
+    async def go() -> None:
+        output = {"pii": ["kr_rrn"], "judge": {"model": "judge", "base_url": judge.url}}
+        async with guarded_client(tmp_path, output) as client:
+            tid = (await client.post("/threads", json={})).json()["thread_id"]
+            judge.verdict = "UNSAFE"
+            refused = await client.post(f"/threads/{tid}/runs/wait", json=BODY)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (400, "content_policy_violation")
+            assert judge.seen and all(RRN not in text for text in judge.seen)
+            judge.verdict = "SAFE"
+            assert (await client.get(f"/threads/{tid}/state")).status_code == 200
+            judge.server.should_exit = True  # the judge goes down: fail closed
+            judge.thread.join(5)
+            down = await client.get(f"/threads/{tid}/state")
+            assert (down.status_code, down.json()["error"]["code"]) == (503, "guardrail_unavailable")
 
     run(go())
