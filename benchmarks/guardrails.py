@@ -8,7 +8,7 @@ same run. The judge's endpoint is mocked (it answers SAFE at once): its figure i
 WeLIP's own overhead around the call, not the model's time, which depends on the
 served judge.
 
-    .venv/bin/python benchmarks/guardrails.py                 # 5 rounds x 200 requests per prompt
+    .venv/bin/python benchmarks/guardrails.py                 # 3 rounds x 30 requests per prompt
     .venv/bin/python benchmarks/guardrails.py --rounds 3 --requests 50
 """
 
@@ -99,8 +99,8 @@ def _report(results: dict[str, dict[str, float]]) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds (median of them).")
-    parser.add_argument("--requests", type=int, default=200, help="Requests per prompt, setting and round.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds (median of them).")
+    parser.add_argument("--requests", type=int, default=30, help="Requests per prompt, setting and round.")
     args = parser.parse_args()
     print(_report(asyncio.run(main(args.rounds, args.requests))))
     print("median per request; (x) = ratio to the regex guard in this run")

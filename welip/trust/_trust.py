@@ -199,8 +199,9 @@ class Trust:
         against ``max_prompt_tokens``, takes an in-flight slot and charges the rate limits
         with what the request may use: its prompt and, for a generation, every choice up
         to ``max_tokens`` (by default the rest of the context). :meth:`settle` gives back
-        what the engine did not use. A deterministic non-streamed generation is then
-        looked up in the response cache.
+        what the engine did not use. The input guardrail's judge, where the caller's role
+        has one, is asked last (a model call, never made for a request refused already). A
+        deterministic non-streamed generation is then looked up in the response cache.
 
         Args:
             ctx: The request's context (``None``: admit without checks).
