@@ -30,7 +30,15 @@ from welip.agents import (
 )
 from welip.observability import install_log_context, setup_tracing
 from welip.store import Database
-from welip.trust import TrustConfig, TrustMiddleware, build_trust, context_of, principal_of, record_error
+from welip.trust import (
+    Trust,
+    TrustConfig,
+    TrustMiddleware,
+    build_trust,
+    context_of,
+    principal_of,
+    record_error,
+)
 
 logger = logging.getLogger("welip.agents")
 
@@ -42,6 +50,19 @@ class AgentsAppConfig(AgentsConfig):
         default_factory=TrustConfig,
         description="Auth, roles, limits and audit, as the inference gateway's (route family `agents`).",
     )
+
+
+class CallerOutputGuard:
+    """The caller's output guardrail (``trust.guardrails.output``, by role) on the agents API's answers."""
+
+    def __init__(self, trust: Trust) -> None:
+        self._trust = trust
+
+    def active(self, request: Request) -> bool:
+        return self._trust.guards_output(context_of(request))
+
+    async def apply(self, request: Request, value: Any) -> Any:
+        return await self._trust.filter_json(context_of(request), value)
 
 
 @serve.ingress()
@@ -80,7 +101,9 @@ class AgentServer:
         async def admit(request: Request, assistant_id: str) -> None:
             await trust.admit_run(context_of(request), assistant_id)
 
-        app = build_agents_app(runtime, owner_of, admit, on_error=record_error)
+        app = build_agents_app(
+            runtime, owner_of, admit, on_error=record_error, output_guard=CallerOutputGuard(trust)
+        )
         app.add_middleware(TrustMiddleware, trust=trust)
         logger.info("agents replica %s serving %s", replica, sorted(graphs))
         return app

@@ -5,7 +5,7 @@ database (PostgreSQL, or the SQLite file by default), threads and runs in the
 metadata tables. The agents' LLM calls go through the WeLIP gateway.
 """
 
-from welip.agents._api import build_agents_router
+from welip.agents._api import OutputGuard, build_agents_router
 from welip.agents._app import build_agents_app, chat_model, compile_graphs, open_checkpointer
 from welip.agents._config import (
     AgentConfig,
@@ -28,6 +28,7 @@ __all__ = [
     "AgentStore",
     "AgentsConfig",
     "ChatModelConfig",
+    "OutputGuard",
     "RetrievalConfig",
     "Tool",
     "build_agents_app",

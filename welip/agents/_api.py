@@ -3,13 +3,19 @@
 Threads belong to the principal that created them: every lookup is by thread id
 *and* owner, so another principal gets 404, never 403 (it does not learn the id
 exists). Errors use WeLIP's OpenAI error body.
+
+What the API returns from a graph (a thread's values, state and history, a run's
+result, each streamed event) passes the caller's output guardrail (:class:`OutputGuard`)
+when the app is given one: retrieved documents and AI messages are redacted or refused
+like a model's answer. Token-by-token ``messages`` streams are refused where it applies,
+as the gateway refuses logprobs: a match split across tokens would pass it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -22,6 +28,20 @@ from welip.api import OpenAIError, load_json
 
 OwnerOf = Callable[[Request], str]
 Admit = Callable[[Request, str], Awaitable[None]]
+
+
+class OutputGuard(Protocol):
+    """The caller's output guardrail over what the API returns (the trust layer gives it)."""
+
+    def active(self, request: Request) -> bool:
+        """Whether an output guardrail applies to this request's caller."""
+        ...
+
+    async def apply(self, request: Request, value: Any) -> Any:
+        """``value`` (JSON-ready data) with its text redacted; raises ``OpenAIError`` on a blocking match."""
+        ...
+
+
 STREAM_MODES = ("values", "updates", "messages", "messages-tuple")
 
 
@@ -91,9 +111,31 @@ def _validation_error(exc: ValidationError, prefix: str = "") -> OpenAIError:
     return _invalid(f"{param}: {first['msg']}" if param else str(first["msg"]), param)
 
 
-def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit | None = None) -> APIRouter:
-    """Routes for threads, runs and assistants."""
+def build_agents_router(
+    runtime: AgentRuntime,
+    owner_of: OwnerOf,
+    admit: Admit | None = None,
+    output_guard: OutputGuard | None = None,
+) -> APIRouter:
+    """Routes for threads, runs and assistants; ``output_guard`` checks every graph value they return."""
     router = APIRouter()
+
+    async def out(request: Request, value: Any) -> Any:
+        return value if output_guard is None else await output_guard.apply(request, value)
+
+    async def guarded_events(
+        request: Request, events: AsyncIterator[tuple[str, Any]]
+    ) -> AsyncIterator[tuple[str, Any]]:
+        async for event, data in events:
+            if event in ("metadata", "error"):
+                yield event, data
+                continue
+            try:
+                checked = await out(request, data)
+            except OpenAIError as exc:
+                yield "error", exc.body()  # the stream ends here, nothing of the event sent
+                return
+            yield event, checked
 
     async def thread_or_404(request: Request, thread_id: str) -> ThreadRow:
         thread = await runtime.db(runtime.store.get_thread, thread_id, owner_of(request))
@@ -157,11 +199,11 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
         if thread is None:
             existing = await runtime.db(runtime.store.get_thread, thread_id, owner)
             if existing is not None and body.if_exists == "do_nothing":
-                return await runtime.thread_json(existing)
+                return await out(request, await runtime.thread_json(existing))
             raise OpenAIError(
                 409, f"Thread `{thread_id}` already exists.", param="thread_id", code="thread_exists"
             )
-        return await runtime.thread_json(thread)
+        return await out(request, await runtime.thread_json(thread))
 
     @router.post("/threads/search", summary="Your threads, filtered by metadata and status")
     async def search_threads(request: Request) -> list[dict[str, Any]]:
@@ -178,7 +220,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
 
     @router.get("/threads/{thread_id}", summary="A thread, its values and pending interrupts")
     async def get_thread(thread_id: str, request: Request) -> dict[str, Any]:
-        return await runtime.thread_json(await thread_or_404(request, thread_id))
+        return await out(request, await runtime.thread_json(await thread_or_404(request, thread_id)))
 
     @router.patch("/threads/{thread_id}", summary="Merge metadata into a thread")
     async def patch_thread(thread_id: str, request: Request) -> dict[str, Any]:
@@ -186,7 +228,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
         thread = await runtime.db(runtime.store.update_thread, thread_id, owner_of(request), body.metadata)
         if thread is None:
             raise _not_found("thread", thread_id)
-        return await runtime.thread_json(thread)
+        return await out(request, await runtime.thread_json(thread))
 
     @router.delete(
         "/threads/{thread_id}", summary="Delete a thread, its runs and checkpoints", status_code=204
@@ -200,22 +242,22 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
 
     @router.get("/threads/{thread_id}/state", summary="The thread's current state")
     async def get_state(thread_id: str, request: Request) -> dict[str, Any]:
-        return await runtime.state(await thread_or_404(request, thread_id))
+        return await out(request, await runtime.state(await thread_or_404(request, thread_id)))
 
     @router.get("/threads/{thread_id}/history", summary="The thread's past states, newest first")
     async def get_history(thread_id: str, request: Request, limit: int = 10) -> list[dict[str, Any]]:
         if not 0 < limit <= 1000:
             raise _invalid("limit must be between 1 and 1000.", "limit")
-        return await runtime.history(await thread_or_404(request, thread_id), limit)
+        return await out(request, await runtime.history(await thread_or_404(request, thread_id), limit))
 
     @router.post("/threads/{thread_id}/history", summary="The thread's past states (LangGraph SDK route)")
     async def post_history(thread_id: str, request: Request) -> list[dict[str, Any]]:
         body = _parse(HistoryQuery, await request.body())
-        return await runtime.history(await thread_or_404(request, thread_id), body.limit)
+        return await out(request, await runtime.history(await thread_or_404(request, thread_id), body.limit))
 
     # -- runs -----------------------------------------------------------------------
 
-    async def new_run(thread_id: str, request: Request) -> tuple[RunRow, RunCreate]:
+    async def new_run(thread_id: str, request: Request, streams: bool = False) -> tuple[RunRow, RunCreate]:
         body = _parse(RunCreate, await request.body())
         owner = owner_of(request)
         if body.assistant_id not in runtime.agents:
@@ -231,6 +273,15 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
         unknown = [m for m in modes if m not in STREAM_MODES]
         if unknown:
             raise _invalid(f"stream_mode {unknown} not supported; use {list(STREAM_MODES)}.", "stream_mode")
+        tokens = streams and any(m.startswith("messages") for m in modes)
+        if tokens and output_guard is not None and output_guard.active(request):
+            raise OpenAIError(
+                400,
+                "Output guardrails apply to your role, and token-by-token messages would bypass them "
+                "(a match split across tokens). Stream `values` or `updates` instead.",
+                param="stream_mode",
+                code="stream_mode_not_allowed",
+            )
         if (body.input is None) == (body.command is None):
             raise _invalid("Give exactly one of `input` and `command`.", "input")
         graph_input = None
@@ -300,14 +351,16 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
     @router.post("/threads/{thread_id}/runs/wait", summary="Run and answer the thread's final values")
     async def wait_run(thread_id: str, request: Request) -> JSONResponse:
         run, _ = await new_run(thread_id, request)
-        return JSONResponse(await runtime.wait(run), headers=run_headers(run))
+        return JSONResponse(await out(request, await runtime.wait(run)), headers=run_headers(run))
 
     @router.post("/threads/{thread_id}/runs/stream", summary="Run and stream its events (SSE)")
     async def stream_run(thread_id: str, request: Request) -> StreamingResponse:
-        run, body = await new_run(thread_id, request)
+        run, body = await new_run(thread_id, request, streams=True)
         events = runtime.stream(
             run, run.kwargs["stream_mode"], cancel_on_disconnect=body.on_disconnect == "cancel"
         )
+        if output_guard is not None:
+            events = guarded_events(request, events)
         return StreamingResponse(_sse(events), media_type="text/event-stream", headers=run_headers(run))
 
     @router.get("/threads/{thread_id}/runs", summary="The thread's runs, newest first")
@@ -332,7 +385,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
 
     @router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values")
     async def join_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
-        return await runtime.join(await run_or_404(request, run_id, thread_id))
+        return await out(request, await runtime.join(await run_or_404(request, run_id, thread_id)))
 
     @router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
     async def cancel_thread_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from welip.agents._api import Admit, OwnerOf, build_agents_router
+from welip.agents._api import Admit, OutputGuard, OwnerOf, build_agents_router
 from welip.agents._config import AgentConfig, ChatModelConfig, RetrievalConfig
 from welip.agents._graphs import GRAPHS
 from welip.agents._runtime import AgentRuntime
@@ -142,11 +142,16 @@ def compile_graphs(
 
 
 def build_agents_app(
-    runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit | None = None, on_error: OnError | None = None
+    runtime: AgentRuntime,
+    owner_of: OwnerOf,
+    admit: Admit | None = None,
+    on_error: OnError | None = None,
+    output_guard: OutputGuard | None = None,
 ) -> FastAPI:
     """The FastAPI app of one agents replica (wrap it in the trust middleware to protect it).
 
-    ``on_error`` sees every error answered (the trust layer records its code).
+    ``on_error`` sees every error answered (the trust layer records its code);
+    ``output_guard`` checks every graph value the API returns (the caller's output guardrail).
     """
     import welip
 
@@ -160,6 +165,6 @@ def build_agents_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(build_agents_router(runtime, owner_of, admit))
+    app.include_router(build_agents_router(runtime, owner_of, admit, output_guard))
     add_error_handlers(app, service="agents service", logger=logger, on_error=on_error)
     return app

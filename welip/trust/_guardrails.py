@@ -10,11 +10,16 @@ be the start of a match (a trailing run of digits, the word being written, or th
 last ``window_chars`` when a regex blocklist is on) is held back until the next chunk
 shows what it is, so a number split across chunks is still caught, while ordinary
 words pass at once.
+
+Beside the regexes, a policy may take checks from elsewhere (:mod:`welip.trust._checks`):
+Presidio's pattern recognizers find PII like the regexes do, and a judge model rules
+on the whole text (:func:`judge_texts`) after the text guard has redacted it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +28,10 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from welip.api import DONE, OpenAIError, invalid_request
+from welip.trust._checks import JudgeCheck, JudgeUnavailable, PresidioCheck, SpanCheck, judge_unavailable
 from welip.trust._config import GuardrailPolicy, PiiKind
+
+logger = logging.getLogger("welip.gateway")
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _PHONE = re.compile(
@@ -103,8 +111,10 @@ class Verdict:
     """One kind of match in one direction, what was done about it, and how often."""
 
     direction: str  # input | output
-    kind: str  # a PII kind, blocklist_regex, blocklist_keyword, max_prompt_tokens
-    action: str  # redact | block
+    # a PII kind (a Presidio entity in lower case), blocklist_regex, blocklist_keyword,
+    # max_prompt_tokens, judge, judge_unavailable
+    kind: str
+    action: str  # redact | block | allow (a fail-open judge that gave no verdict)
     count: int = 1
 
 
@@ -140,17 +150,24 @@ class TextGuard:
             else None
         )
         self._longest_keyword = max((len(k) for k in policy.blocklist_keywords), default=0)
+        self.presidio: SpanCheck | None = PresidioCheck(policy.presidio) if policy.presidio else None
+        self.judge = JudgeCheck(policy.judge) if policy.judge else None
         # Trailing text that may still become a match: a run of digit-ish characters
-        # (phone, card, RRN), the word being written (e-mail).
+        # (phone, card, RRN), the word being written (e-mail); an address, like a regex,
+        # may be anywhere in the window.
         self._tail_patterns = [
             pattern
             for pattern, wanted in (
-                (_DIGITISH_TAIL, bool(_DIGIT_KINDS & set(policy.pii))),
+                (_DIGITISH_TAIL, bool(_DIGIT_KINDS & set(policy.pii)) or self.presidio is not None),
                 (_WORD_TAIL, "email" in policy.pii),
             )
             if wanted
         ]
-        self.active = bool(policy.pii or self._regexes or self._keywords)
+        self._holds_window = bool(self._regexes) or (
+            policy.presidio is not None and "KR_ADDRESS" in policy.presidio.entities
+        )
+        self.finds = bool(policy.pii or self.presidio)
+        self.active = bool(self.finds or self._regexes or self._keywords or self.judge)
 
     def apply(self, text: str, verdicts: Verdicts) -> str:
         """``text`` with PII redacted; raises 400 when a blocklist or a blocking PII kind matches."""
@@ -161,7 +178,7 @@ class TextGuard:
         if self._keywords is not None and self._keywords.search(text):
             verdicts.add(self.direction, "blocklist_keyword", "block")
             raise content_policy_violation(f"The {self.direction} contains a blocked keyword.")
-        findings = find_pii(text, self.policy.pii) if self.policy.pii else []
+        findings = self._find(text) if self.finds else []
         if not findings:
             return text
         if self.policy.pii_action == "block":
@@ -177,10 +194,20 @@ class TextGuard:
         parts.append(text[last:])
         return "".join(parts)
 
+    def _find(self, text: str) -> list[Finding]:
+        """The built-in kinds' matches, then Presidio's where they overlap none of them."""
+        findings = find_pii(text, self.policy.pii) if self.policy.pii else []
+        if self.presidio is not None:
+            for kind, start, end in sorted(self.presidio.find(text), key=lambda s: (s[1], -s[2])):
+                if all(end <= f.start or start >= f.end for f in findings):
+                    findings.append(Finding(kind, start, end))
+            findings.sort(key=lambda f: f.start)
+        return findings
+
     def hold_from(self, text: str) -> int:
         """Where the part of ``text`` that may still grow into a match begins."""
         window_start = max(0, len(text) - self.window_chars)
-        start = window_start if self._regexes else len(text)
+        start = window_start if self._holds_window else len(text)
         if self._longest_keyword:
             start = min(start, max(0, len(text) - self._longest_keyword + 1))
         tail = text[window_start:]
@@ -189,6 +216,81 @@ class TextGuard:
             if m:
                 start = min(start, window_start + m.start())
         return start
+
+
+class _Collector:
+    """Stands in for a guard to collect every text a request or answer carries (for the judge)."""
+
+    def __init__(self, direction: str) -> None:
+        self.direction = direction
+        self.texts: list[str] = []
+
+    def apply(self, text: str, verdicts: Verdicts) -> str:
+        self.texts.append(text)
+        return text
+
+
+async def judge_texts(texts: list[str], guard: TextGuard, verdicts: Verdicts) -> None:
+    """The guard's judge on ``texts``, as one text: passes, or raises the refusal.
+
+    Raises:
+        OpenAIError: 400 ``content_policy_violation`` when the judge finds them unsafe or
+            they are longer than it reads (``max_calls`` x ``max_chars``); 503
+            ``guardrail_unavailable`` when it gives no verdict and ``on_error`` is block.
+    """
+    judge, direction = guard.judge, guard.direction
+    if judge is None:
+        return
+    parts = judge.parts(texts)
+    if len(parts) > judge.config.max_calls:
+        verdicts.add(direction, "judge", "block")
+        most = judge.config.max_calls * judge.config.max_chars
+        raise content_policy_violation(
+            f"The {direction} is longer than this gateway's guardrail judge reads ({most} characters)."
+        )
+    try:
+        unsafe = await judge.unsafe(parts)
+    except JudgeUnavailable as exc:
+        logger.warning("%s guardrail judge unavailable (%s): %s", direction, judge.config.on_error, exc)
+        verdicts.add(direction, "judge_unavailable", "allow" if judge.config.on_error == "allow" else "block")
+        if judge.config.on_error == "allow":
+            return
+        raise judge_unavailable(direction) from None
+    if unsafe:
+        verdicts.add(direction, "judge", "block")
+        raise content_policy_violation(f"The {direction} was judged unsafe by this gateway's guardrail.")
+
+
+async def judge_request(body: Any, guard: TextGuard, verdicts: Verdicts, tokens: TokenCodec | None) -> None:
+    """The guard's judge on every text of a request the model reads (as :func:`guard_request` walks it)."""
+    if guard.judge is not None:
+        collector = _Collector(guard.direction)
+        guard_request(body, collector, verdicts, tokens)
+        await judge_texts(collector.texts, guard, verdicts)
+
+
+async def judge_response(response: Any, guard: TextGuard, verdicts: Verdicts) -> None:
+    """The guard's judge on a whole answer's texts (as :func:`guard_response` walks it)."""
+    if guard.judge is not None:
+        collector = _Collector(guard.direction)
+        guard_response(response, collector, verdicts)
+        await judge_texts(collector.texts, guard, verdicts)
+
+
+async def judge_json(value: Any, guard: TextGuard, verdicts: Verdicts) -> None:
+    """The guard's judge on every string of JSON-ready data (as :func:`guard_json` walks it)."""
+    if guard.judge is not None:
+        collector = _Collector(guard.direction)
+        _guard_json(value, collector, verdicts)
+        await judge_texts(collector.texts, guard, verdicts)
+
+
+class Applies(Protocol):
+    """What the request and answer walkers call on each text: a :class:`TextGuard`, or a collector."""
+
+    direction: str
+
+    def apply(self, text: str, verdicts: Verdicts) -> str: ...
 
 
 class TokenCodec(Protocol):
@@ -232,7 +334,7 @@ def _unreadable(what: str, param: str) -> OpenAIError:
     )
 
 
-def guard_request(body: Any, guard: TextGuard, verdicts: Verdicts, tokens: TokenCodec | None = None) -> None:
+def guard_request(body: Any, guard: Applies, verdicts: Verdicts, tokens: TokenCodec | None = None) -> None:
     """Check (and redact in place) every text of a request the model will read.
 
     Chat: each message's text (content and its text parts, ``name``, reasoning, tool
@@ -279,7 +381,7 @@ def guard_request(body: Any, guard: TextGuard, verdicts: Verdicts, tokens: Token
         body.suffix = guard.apply(body.suffix, verdicts)
 
 
-def _guard_message(message: dict[str, Any], guard: TextGuard, verdicts: Verdicts, where: str) -> None:
+def _guard_message(message: dict[str, Any], guard: Applies, verdicts: Verdicts, where: str) -> None:
     for key, value in message.items():
         if key == "role" or value is None:
             continue  # the role is a label the parser checked, not text
@@ -290,7 +392,7 @@ def _guard_message(message: dict[str, Any], guard: TextGuard, verdicts: Verdicts
             message[key] = _guard_json(value, guard, verdicts, keys=key == "tools")
 
 
-def _guard_part(part: Any, guard: TextGuard, verdicts: Verdicts, param: str) -> Any:
+def _guard_part(part: Any, guard: Applies, verdicts: Verdicts, param: str) -> Any:
     """One content part: its text checked (text, refusal, thinking, ...), its media left as sent."""
     if not isinstance(part, dict):
         return _guard_json(part, guard, verdicts)
@@ -305,7 +407,7 @@ def _guard_part(part: Any, guard: TextGuard, verdicts: Verdicts, param: str) -> 
     }
 
 
-def _guard_json(value: Any, guard: TextGuard, verdicts: Verdicts, *, keys: bool = False) -> Any:
+def _guard_json(value: Any, guard: Applies, verdicts: Verdicts, *, keys: bool = False) -> Any:
     """``value`` with every string (and, with ``keys``, every key) checked; numbers as the digits they are."""
     if isinstance(value, str):
         return guard.apply(value, verdicts)
@@ -327,7 +429,12 @@ def _guard_json(value: Any, guard: TextGuard, verdicts: Verdicts, *, keys: bool 
     return out
 
 
-def _guard_ids(ids: list[int], guard: TextGuard, verdicts: Verdicts, tokens: TokenCodec | None) -> list[int]:
+def guard_json(value: Any, guard: TextGuard, verdicts: Verdicts) -> Any:
+    """JSON-ready data with every string value checked (and redacted), numbers as their digits."""
+    return _guard_json(value, guard, verdicts)
+
+
+def _guard_ids(ids: list[int], guard: Applies, verdicts: Verdicts, tokens: TokenCodec | None) -> list[int]:
     """A token-id prompt checked as the text the model reads; the ids of the redacted text if it changed."""
     if tokens is None:
         raise _unreadable(
@@ -361,7 +468,7 @@ def guarded_body(body: Any, raw: bytes) -> str:
 _ANSWER_TEXT = ("content", "reasoning", "reasoning_content", "refusal")
 
 
-def guard_response(response: Any, guard: TextGuard, verdicts: Verdicts) -> None:
+def guard_response(response: Any, guard: Applies, verdicts: Verdicts) -> None:
     """Check (and redact in place) a whole, non-streamed answer: its text, reasoning and tool calls."""
     for choice in getattr(response, "choices", None) or []:
         message = getattr(choice, "message", None)

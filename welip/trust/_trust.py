@@ -49,9 +49,13 @@ from welip.trust._guardrails import (
     StreamGuard,
     TextGuard,
     content_policy_violation,
+    guard_json,
     guard_request,
     guard_response,
     guarded_body,
+    judge_json,
+    judge_request,
+    judge_response,
 )
 from welip.trust._limits import Bucket, Decision, MemoryRateLimiter, RateLimiter, RedisRateLimiter, Refusals
 from welip.trust._stream import StreamFilter
@@ -229,8 +233,9 @@ class Trust:
         against ``max_prompt_tokens``, takes an in-flight slot and charges the rate limits
         with what the request may use: its prompt and, for a generation, every choice up
         to ``max_tokens`` (by default the rest of the context). :meth:`settle` gives back
-        what the engine did not use. A deterministic non-streamed generation is then
-        looked up in the response cache.
+        what the engine did not use. The input guardrail's judge, where the caller's role
+        has one, is asked last (a model call, never made for a request refused already). A
+        deterministic non-streamed generation is then looked up in the response cache.
 
         Args:
             ctx: The request's context (``None``: admit without checks).
@@ -260,6 +265,8 @@ class Trust:
         self._take_slot(ctx, model)
         reserved = _completion_reserve(body, prompt_tokens, context) if generates else 0
         headers = await self._rate_limit(ctx, prompt_tokens, reserved, _max_tokens_field(body))
+        # The judges last: a model call per request, never made for a request refused already.
+        await self._judge_input(ctx, body, self.token_counters.get(model))
         if self.config.audit.record_prompts:
             # What the input guardrails redacted is never recorded: the body as they left it.
             redacted = any(v.direction == "input" and v.action == "redact" for v in ctx.verdicts.items)
@@ -313,11 +320,27 @@ class Trust:
                 param="logprobs",
                 code="logprobs_not_allowed",
             )
+        if output_guard.judge is not None and getattr(body, "stream", False):
+            # A judge rules on the whole answer; a stream would be sent before it could.
+            raise OpenAIError(
+                400,
+                "An output guardrail judges whole answers for your role: ask without `stream`.",
+                param="stream",
+                code="stream_not_allowed",
+            )
         if input_guard.active:
             with tracer.start_as_current_span("welip.guardrails.input") as span:
                 guard_request(body, input_guard, ctx.verdicts, tokens)
                 verdicts = [f"{v.kind}:{v.action}" for v in ctx.verdicts.items]
                 span.set_attribute("welip.guardrails", verdicts)
+
+    async def _judge_input(self, ctx: RequestContext, body: Any, tokens: TokenCounter | None) -> None:
+        """The input guardrail's judge, if the caller's role has one, on the text the model will read."""
+        input_guard = self._guards_for(ctx.principal)[0]
+        if input_guard.judge is not None:
+            with tracer.start_as_current_span("welip.guardrails.judge") as span:
+                span.set_attribute("welip.guardrails.direction", "input")
+                await judge_request(body, input_guard, ctx.verdicts, tokens)
 
     def _count_prompt(self, ctx: RequestContext, body: Any, model: str) -> int:
         """The prompt's tokens, when a limit needs them; refuses a prompt over ``max_prompt_tokens``."""
@@ -468,6 +491,10 @@ class Trust:
             output = self._guards_for(ctx.principal)[1]
             if output.active:
                 guard_response(answer, output, ctx.verdicts)
+            if output.judge is not None:
+                with tracer.start_as_current_span("welip.guardrails.judge") as span:
+                    span.set_attribute("welip.guardrails.direction", "output")
+                    await judge_response(answer, output, ctx.verdicts)
         data: bytes = answer.model_dump_json().encode()
         if ctx is not None and ctx.cache_key is not None and self.cache is not None:
             await self.cache.put(ctx.cache_key, data)
@@ -485,6 +512,27 @@ class Trust:
         output = self._guards_for(ctx.principal)[1]
         guard = StreamGuard(output, ctx.verdicts) if output.active else None
         return StreamFilter(ctx, guard)
+
+    def guards_output(self, ctx: RequestContext | None) -> bool:
+        """Whether an output guardrail applies to the request's caller."""
+        return ctx is not None and self._guards_for(ctx.principal)[1].active
+
+    async def filter_json(self, ctx: RequestContext | None, value: Any) -> Any:
+        """``value`` (JSON-ready data an app returns: an agent's state, a run's result, an event) as the
+        caller's output guardrail leaves it: every string checked, PII redacted, then judged.
+
+        Raises the output guardrail's refusal (400 ``content_policy_violation``; 503
+        ``guardrail_unavailable`` from a fail-closed judge that gave no verdict).
+        """
+        if ctx is None:
+            return value
+        output = self._guards_for(ctx.principal)[1]
+        if not output.active:
+            return value
+        checked = guard_json(value, output, ctx.verdicts)
+        if output.judge is not None:
+            await judge_json(checked, output, ctx.verdicts)
+        return checked
 
     def count_usage(self, ctx: RequestContext | None, usage: Mapping[str, Any] | None) -> None:
         """The usage a model reported for an answer that passes no filter (embeddings)."""
