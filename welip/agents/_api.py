@@ -23,6 +23,8 @@ from welip.api import OpenAIError, load_json
 OwnerOf = Callable[[Request], str]
 Admit = Callable[[Request, str], Awaitable[None]]
 STREAM_MODES = ("values", "updates", "messages", "messages-tuple")
+MAX_PAGE = 1000
+MAX_OFFSET = 1_000_000
 
 
 class _Body(BaseModel):
@@ -43,8 +45,8 @@ class ThreadPatch(_Body):
 class ThreadSearch(_Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
-    limit: int = Field(10, gt=0, le=1000)
-    offset: int = Field(0, ge=0)
+    limit: int = Field(10, gt=0, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class ResumeCommand(_Body):
@@ -66,7 +68,7 @@ class RunCreate(_Body):
 
 
 class HistoryQuery(_Body):
-    limit: int = Field(10, gt=0, le=1000)
+    limit: int = Field(10, gt=0, le=MAX_PAGE)
 
 
 def _not_found(what: str, ident: str) -> OpenAIError:
@@ -83,6 +85,15 @@ def _parse(model: type[_Body], raw: bytes) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+
+
+def _check_page(limit: int, offset: int = 0) -> None:
+    # Checked before the database: PostgreSQL fails on a negative OFFSET, SQLite reads a
+    # negative LIMIT as none, and either overflows past int64.
+    if not 0 < limit <= MAX_PAGE:
+        raise _invalid(f"limit must be between 1 and {MAX_PAGE}.", "limit")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise _invalid(f"offset must be between 0 and {MAX_OFFSET}.", "offset")
 
 
 def _validation_error(exc: ValidationError, prefix: str = "") -> OpenAIError:
@@ -204,8 +215,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
 
     @router.get("/threads/{thread_id}/history", summary="The thread's past states, newest first")
     async def get_history(thread_id: str, request: Request, limit: int = 10) -> list[dict[str, Any]]:
-        if not 0 < limit <= 1000:
-            raise _invalid("limit must be between 1 and 1000.", "limit")
+        _check_page(limit)
         return await runtime.history(await thread_or_404(request, thread_id), limit)
 
     @router.post("/threads/{thread_id}/history", summary="The thread's past states (LangGraph SDK route)")
@@ -314,10 +324,9 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
     async def list_runs(
         thread_id: str, request: Request, limit: int = 10, offset: int = 0
     ) -> list[dict[str, Any]]:
+        _check_page(limit, offset)
         await thread_or_404(request, thread_id)
-        rows = await runtime.db(
-            runtime.store.list_runs, thread_id, owner_of(request), min(limit, 1000), offset
-        )
+        rows = await runtime.db(runtime.store.list_runs, thread_id, owner_of(request), limit, offset)
         return [r.public() for r in rows]
 
     async def run_or_404(request: Request, run_id: str, thread_id: str | None = None) -> RunRow:

@@ -456,3 +456,34 @@ def test_bodies_no_strict_json_parser_takes_are_400_invalid_json(tmp_path: Path)
             assert [t["thread_id"] for t in threads] == [tid]  # none of them made a thread
 
     run(go())
+
+
+def test_list_bounds_are_named_422_never_500(tmp_path: Path) -> None:
+    # PostgreSQL answers a negative OFFSET with an error (a 500), SQLite takes -1 as "no limit"
+    # and an integer past int64 overflows either: each is refused by name before the database.
+    async def go() -> None:
+        async with agents_client(tmp_path, {"docs": fake(), "tools": fake()}) as (client, _):
+            tid = (await client.post("/threads", json={})).json()["thread_id"]
+            bad = [
+                ("GET", f"/threads/{tid}/runs", {"limit": -1}, None, "limit"),
+                ("GET", f"/threads/{tid}/runs", {"limit": 0}, None, "limit"),
+                ("GET", f"/threads/{tid}/runs", {"limit": 1001}, None, "limit"),
+                ("GET", f"/threads/{tid}/runs", {"offset": -1}, None, "offset"),
+                ("GET", f"/threads/{tid}/runs", {"offset": 10**19}, None, "offset"),
+                ("POST", "/threads/search", None, {"limit": -1}, "limit"),
+                ("POST", "/threads/search", None, {"offset": -1}, "offset"),
+                ("POST", "/threads/search", None, {"offset": 10**19}, "offset"),
+                ("GET", f"/threads/{tid}/history", {"limit": -1}, None, "limit"),
+            ]
+            for method, path, params, body, param in bad:
+                response = await client.request(method, path, params=params, json=body)
+                error = response.json()["error"]
+                assert (response.status_code, error["type"], error["param"]) == (
+                    422,
+                    "invalid_request_error",
+                    param,
+                ), (path, params, body)
+            ok = await client.get(f"/threads/{tid}/runs", params={"limit": 1000, "offset": 0})
+            assert ok.status_code == 200 and ok.json() == []
+
+    run(go())
