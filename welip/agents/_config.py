@@ -59,6 +59,12 @@ class AgentConfig(StrictModel):
         default_factory=list, description="Tools that wait for a human's approval (an interrupt)."
     )
     max_steps: int = Field(6, gt=0, le=50, description="Tool calls per run before the agent must answer.")
+    tool_timeout_s: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description="A tool call still going after this is cancelled; the agent sees an error observation.",
+    )
     max_history_chars: int = Field(
         3000,
         gt=0,

@@ -7,6 +7,7 @@ graphs take ``{"messages": [...]}`` as input (:class:`AgentInput`), like a chat.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -266,7 +267,11 @@ def build_react_graph(
     async def run_tools(state: ReactState, _: Any) -> dict[str, Any]:
         call = state["messages"][-1].tool_calls[0]  # type: ignore[union-attr]
         try:
-            result = await tools[call["name"]].run(call["args"]["input"])
+            result = await asyncio.wait_for(
+                tools[call["name"]].run(call["args"]["input"]), timeout=config.tool_timeout_s
+            )
+        except TimeoutError:
+            result = f"error: {call['name']} took longer than {config.tool_timeout_s:g} s"
         except Exception as exc:  # noqa: BLE001 - a failing tool is an observation, not a failed run
             result = f"error: {call['name']} failed: {exc}"[:1000]
         message = ToolMessage(result, tool_call_id=call["id"], name=call["name"])
