@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from welip.agents._graphs import AgentInput
+from welip.agents._config import CallerJsonLimits
+from welip.agents._graphs import AgentInput, caller_command
 from welip.agents._runtime import AgentRuntime, new_id
 from welip.agents._store import RunRow, ThreadBusy, ThreadRow
 from welip.api import OpenAIError, load_json
@@ -25,6 +26,8 @@ Admit = Callable[[Request, str], Awaitable[None]]
 STREAM_MODES = ("values", "updates", "messages", "messages-tuple")
 MAX_PAGE = 1000
 MAX_OFFSET = 1_000_000
+# Keys of LangGraph's `configurable` that the runtime or LangGraph itself sets: never a caller.
+RESERVED_CONFIGURABLE = ("thread_id", "checkpoint_ns", "checkpoint_map")
 
 
 class _Body(BaseModel):
@@ -53,6 +56,24 @@ class ResumeCommand(_Body):
     resume: Any = None
     update: dict[str, Any] | None = None
     goto: str | list[str] | None = None
+
+
+class RunConfig(_Body):
+    """The parts of LangGraph's ``RunnableConfig`` a caller may set; other keys are ignored."""
+
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    recursion_limit: int = Field(50, ge=1, le=200)
+    configurable: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("configurable")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # `__pregel_*` keys steer LangGraph's own loop (resuming, durability, ...).
+        reserved = sorted(k for k in value if k.startswith("__") or k in RESERVED_CONFIGURABLE)
+        if reserved:
+            raise ValueError(f"{reserved} are set by WeLIP and LangGraph, not by callers")
+        return value
 
 
 class RunCreate(_Body):
@@ -96,6 +117,28 @@ def _check_page(limit: int, offset: int = 0) -> None:
         raise _invalid(f"offset must be between 0 and {MAX_OFFSET}.", "offset")
 
 
+def _check_json(value: Any, limits: CallerJsonLimits, param: str) -> None:
+    """Refuse free-form JSON past the app's ``caller_json`` bounds (422 naming ``param``)."""
+    keys, depth, stack = 0, 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            keys += len(item)
+            depth = max(depth, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            depth = max(depth, level)
+            stack.extend((v, level + 1) for v in item)
+        if depth > limits.max_depth or keys > limits.max_keys:
+            bound = (
+                f"{limits.max_depth} levels deep" if depth > limits.max_depth else f"{limits.max_keys} keys"
+            )
+            raise _invalid(f"{param} is over the bound of {bound}.", param)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > limits.max_bytes:
+        raise _invalid(f"{param} is {size} bytes as JSON, over the bound of {limits.max_bytes}.", param)
+
+
 def _validation_error(exc: ValidationError, prefix: str = "") -> OpenAIError:
     first = exc.errors()[0]
     param = ".".join([p for p in (prefix,) if p] + [str(p) for p in first["loc"]]) or None
@@ -105,6 +148,7 @@ def _validation_error(exc: ValidationError, prefix: str = "") -> OpenAIError:
 def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit | None = None) -> APIRouter:
     """Routes for threads, runs and assistants."""
     router = APIRouter()
+    limits = runtime.config.caller_json
 
     async def thread_or_404(request: Request, thread_id: str) -> ThreadRow:
         thread = await runtime.db(runtime.store.get_thread, thread_id, owner_of(request))
@@ -162,6 +206,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
     @router.post("/threads", summary="Create a thread")
     async def create_thread(request: Request) -> dict[str, Any]:
         body = _parse(ThreadCreate, await request.body())
+        _check_json(body.metadata, limits, "metadata")
         owner = owner_of(request)
         thread_id = body.thread_id or new_id()
         thread = await runtime.db(runtime.store.create_thread, thread_id, owner, body.metadata)
@@ -177,6 +222,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
     @router.post("/threads/search", summary="Your threads, filtered by metadata and status")
     async def search_threads(request: Request) -> list[dict[str, Any]]:
         body = _parse(ThreadSearch, await request.body())
+        _check_json(body.metadata, limits, "metadata")
         rows = await runtime.db(
             runtime.store.search_threads,
             owner_of(request),
@@ -194,7 +240,14 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
     @router.patch("/threads/{thread_id}", summary="Merge metadata into a thread")
     async def patch_thread(thread_id: str, request: Request) -> dict[str, Any]:
         body = _parse(ThreadPatch, await request.body())
-        thread = await runtime.db(runtime.store.update_thread, thread_id, owner_of(request), body.metadata)
+        _check_json(body.metadata, limits, "metadata")
+        thread = await runtime.db(
+            runtime.store.update_thread,
+            thread_id,
+            owner_of(request),
+            body.metadata,
+            check=lambda merged: _check_json(merged, limits, "metadata"),
+        )
         if thread is None:
             raise _not_found("thread", thread_id)
         return await runtime.thread_json(thread)
@@ -249,6 +302,26 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
                 graph_input = AgentInput.model_validate(body.input).model_dump()
             except ValidationError as exc:
                 raise _validation_error(exc, "input") from None
+        _check_json(body.metadata, limits, "metadata")
+        run_config = None
+        if body.config is not None:
+            _check_json(body.config, limits, "config")
+            try:
+                run_config = RunConfig.model_validate(body.config).model_dump(exclude_unset=True)
+            except ValidationError as exc:
+                raise _validation_error(exc, "config") from None
+        command = None
+        if body.command is not None:
+            given = body.command.model_dump(exclude_none=True)
+            for key in ("update", "resume"):
+                if key in given:
+                    _check_json(given[key], limits, f"command.{key}")
+            try:
+                command = caller_command(runtime.agents[body.assistant_id], given)
+            except ValidationError as exc:
+                raise _validation_error(exc, "command.update") from None
+            except ValueError as exc:
+                raise _invalid(f"{exc}.", "command.goto") from None
         thread = await runtime.db(runtime.store.get_thread, thread_id, owner)
         if thread is None and body.if_not_exists == "create":
             thread = await runtime.db(runtime.store.create_thread, thread_id, owner, {})
@@ -264,9 +337,9 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
             )
         kwargs = {
             "input": graph_input,
-            "command": body.command.model_dump(exclude_none=True) if body.command else None,
+            "command": command,
             "stream_mode": modes,
-            "config": body.config,
+            "config": run_config,
             "wants_messages": any(m.startswith("messages") for m in modes),
         }
         run = {

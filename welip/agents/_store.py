@@ -10,6 +10,7 @@ checkpoint tables, not here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -159,8 +160,17 @@ class AgentStore:
             ).first()
         return _thread(row) if row else None
 
-    def update_thread(self, thread_id: str, owner: str, metadata: dict[str, Any]) -> ThreadRow | None:
-        """Merge ``metadata`` into the thread's (as LangGraph's PATCH does)."""
+    def update_thread(
+        self,
+        thread_id: str,
+        owner: str,
+        metadata: dict[str, Any],
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> ThreadRow | None:
+        """Merge ``metadata`` into the thread's (as LangGraph's PATCH does).
+
+        ``check`` sees the merged metadata before it is written; what it raises leaves the thread as it was.
+        """
         with self._engine.begin() as conn:
             row = conn.execute(
                 agent_threads.select()
@@ -170,6 +180,8 @@ class AgentStore:
             if row is None:
                 return None
             merged = {**(row._mapping["thread_metadata"] or {}), **metadata}
+            if check is not None:
+                check(merged)
             conn.execute(
                 agent_threads.update()
                 .where(agent_threads.c.thread_id == thread_id)

@@ -135,3 +135,10 @@ def test_a_tool_that_overruns_tool_timeout_s_is_an_error_observation() -> None:
     (observation,) = [m for m in state["messages"] if isinstance(m, ToolMessage)]
     assert observation.content == "error: retrieve took longer than 0.2 s"
     assert state["messages"][-1].content == "done"
+
+
+def test_every_graph_declares_what_a_callers_command_may_do() -> None:
+    from welip.agents._graphs import COMMANDS, GRAPHS
+
+    assert set(COMMANDS) == set(GRAPHS)
+    assert all(c.goto == () for c in COMMANDS.values())  # no shipped graph lets a caller jump
