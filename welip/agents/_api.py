@@ -259,7 +259,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
         thread = await thread_or_404(request, thread_id)
         if thread.active_run_id is not None:
             raise OpenAIError(409, "The thread has a run in progress; cancel it first.", code="thread_busy")
-        await runtime.delete_thread(thread_id)
+        await runtime.delete_thread(thread.thread_key)
         return Response(status_code=204)
 
     @router.get("/threads/{thread_id}/state", summary="The thread's current state")
@@ -345,6 +345,7 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
         run = {
             "run_id": new_id(),
             "thread_id": thread_id,
+            "thread_key": thread.thread_key,
             "assistant_id": body.assistant_id,
             "owner": owner,
             "multitask_strategy": body.multitask_strategy,

@@ -28,6 +28,7 @@ from welip.agents import (
     compile_graphs,
     open_checkpointer,
 )
+from welip.agents._store import thread_key
 from welip.store import Database
 
 RAG = AgentConfig.model_validate(
@@ -376,7 +377,8 @@ def test_idle_threads_past_the_ttl_are_deleted_with_their_checkpoints(tmp_path: 
             await asyncio.sleep(0.6)
             assert await runtime.cleanup_once() == 1
             assert (await client.get(f"/threads/{tid}")).status_code == 404
-            checkpoint = await runtime.checkpointer.aget_tuple({"configurable": {"thread_id": tid}})
+            key = thread_key("alice", tid)
+            checkpoint = await runtime.checkpointer.aget_tuple({"configurable": {"thread_id": key}})
             assert checkpoint is None
 
     run(go())
@@ -622,5 +624,45 @@ def test_the_default_bounds_refuse_a_large_metadata(tmp_path: Path) -> None:
             assert response.status_code == 422 and response.json()["error"]["param"] == "metadata"
             ok = await client.post("/threads", json={"metadata": {"a": "x" * 10_000}})
             assert ok.status_code == 200
+
+    run(go())
+
+
+def test_thread_ids_are_per_owner_never_an_oracle_or_shared_state(tmp_path: Path) -> None:
+    async def go() -> None:
+        models = {"docs": fake("For alice.", "For bob.", "Bob again."), "tools": fake()}
+        async with agents_client(tmp_path, models) as (client, _):
+            bob = {"x-user": "bob"}
+            ask = {"assistant_id": "docs", "input": {"messages": [{"content": "hi"}]}}
+            assert (await client.post("/threads", json={"thread_id": "shared"})).status_code == 200
+            await client.post("/threads/shared/runs/wait", json=ask)
+
+            # Bob's "shared" is his own thread: created, not 409; empty, not alice's.
+            created = await client.post("/threads", json={"thread_id": "shared"}, headers=bob)
+            assert created.status_code == 200 and created.json()["values"] == {}
+            values = (await client.post("/threads/shared/runs/wait", json=ask, headers=bob)).json()
+            assert [m["content"].split("\n")[0] for m in values["messages"] if m["type"] == "ai"] == [
+                "For bob."
+            ]
+            # if_not_exists: create on an id alice holds makes bob's own, too.
+            mine = await client.post(
+                "/threads/other/runs/wait", json={**ask, "if_not_exists": "create"}, headers=bob
+            )
+            assert mine.status_code == 200
+            assert (await client.get("/threads/other")).status_code == 404
+
+            alice_state = (await client.get("/threads/shared/state")).json()
+            contents = [m["content"].split("\n")[0] for m in alice_state["values"]["messages"]]
+            assert contents == ["hi", "For alice."]
+            assert alice_state["checkpoint"]["thread_id"] == "shared"  # the caller's id, not the key
+            # Creating one's own id twice is still a conflict (it tells nothing new).
+            again = await client.post("/threads", json={"thread_id": "shared"})
+            assert again.status_code == 409 and again.json()["error"]["code"] == "thread_exists"
+
+            assert (await client.delete("/threads/shared", headers=bob)).status_code == 204
+            still = (await client.get("/threads/shared")).json()
+            assert [m["content"].split("\n")[0] for m in still["values"]["messages"]] == ["hi", "For alice."]
+            runs = (await client.get("/threads/shared/runs")).json()
+            assert [r["status"] for r in runs] == ["success"]
 
     run(go())
