@@ -10,6 +10,7 @@ from welip.agents._app import build_agents_app, chat_model, compile_graphs, open
 from welip.agents._config import (
     AgentConfig,
     AgentsConfig,
+    CallerJsonLimits,
     ChatModelConfig,
     RetrievalConfig,
     load_agent_config,
@@ -27,6 +28,7 @@ __all__ = [
     "AgentRuntime",
     "AgentStore",
     "AgentsConfig",
+    "CallerJsonLimits",
     "ChatModelConfig",
     "OutputGuard",
     "RetrievalConfig",

@@ -19,9 +19,10 @@ from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from welip.agents._graphs import AgentInput
+from welip.agents._config import CallerJsonLimits
+from welip.agents._graphs import AgentInput, caller_command
 from welip.agents._runtime import AgentRuntime, new_id
 from welip.agents._store import RunRow, ThreadBusy, ThreadRow
 from welip.api import OpenAIError, load_json
@@ -43,6 +44,10 @@ class OutputGuard(Protocol):
 
 
 STREAM_MODES = ("values", "updates", "messages", "messages-tuple")
+MAX_PAGE = 1000
+MAX_OFFSET = 1_000_000
+# Keys of LangGraph's `configurable` that the runtime or LangGraph itself sets: never a caller.
+RESERVED_CONFIGURABLE = ("thread_id", "checkpoint_ns", "checkpoint_map")
 
 
 class _Body(BaseModel):
@@ -63,14 +68,32 @@ class ThreadPatch(_Body):
 class ThreadSearch(_Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
-    limit: int = Field(10, gt=0, le=1000)
-    offset: int = Field(0, ge=0)
+    limit: int = Field(10, gt=0, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class ResumeCommand(_Body):
     resume: Any = None
     update: dict[str, Any] | None = None
     goto: str | list[str] | None = None
+
+
+class RunConfig(_Body):
+    """The parts of LangGraph's ``RunnableConfig`` a caller may set; other keys are ignored."""
+
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    recursion_limit: int = Field(50, ge=1, le=200)
+    configurable: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("configurable")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # `__pregel_*` keys steer LangGraph's own loop (resuming, durability, ...).
+        reserved = sorted(k for k in value if k.startswith("__") or k in RESERVED_CONFIGURABLE)
+        if reserved:
+            raise ValueError(f"{reserved} are set by WeLIP and LangGraph, not by callers")
+        return value
 
 
 class RunCreate(_Body):
@@ -86,7 +109,7 @@ class RunCreate(_Body):
 
 
 class HistoryQuery(_Body):
-    limit: int = Field(10, gt=0, le=1000)
+    limit: int = Field(10, gt=0, le=MAX_PAGE)
 
 
 def _not_found(what: str, ident: str) -> OpenAIError:
@@ -105,6 +128,37 @@ def _parse(model: type[_Body], raw: bytes) -> Any:
         raise _validation_error(exc) from None
 
 
+def _check_page(limit: int, offset: int = 0) -> None:
+    # Checked before the database: PostgreSQL fails on a negative OFFSET, SQLite reads a
+    # negative LIMIT as none, and either overflows past int64.
+    if not 0 < limit <= MAX_PAGE:
+        raise _invalid(f"limit must be between 1 and {MAX_PAGE}.", "limit")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise _invalid(f"offset must be between 0 and {MAX_OFFSET}.", "offset")
+
+
+def _check_json(value: Any, limits: CallerJsonLimits, param: str) -> None:
+    """Refuse free-form JSON past the app's ``caller_json`` bounds (422 naming ``param``)."""
+    keys, depth, stack = 0, 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            keys += len(item)
+            depth = max(depth, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            depth = max(depth, level)
+            stack.extend((v, level + 1) for v in item)
+        if depth > limits.max_depth or keys > limits.max_keys:
+            bound = (
+                f"{limits.max_depth} levels deep" if depth > limits.max_depth else f"{limits.max_keys} keys"
+            )
+            raise _invalid(f"{param} is over the bound of {bound}.", param)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > limits.max_bytes:
+        raise _invalid(f"{param} is {size} bytes as JSON, over the bound of {limits.max_bytes}.", param)
+
+
 def _validation_error(exc: ValidationError, prefix: str = "") -> OpenAIError:
     first = exc.errors()[0]
     param = ".".join([p for p in (prefix,) if p] + [str(p) for p in first["loc"]]) or None
@@ -119,6 +173,7 @@ def build_agents_router(
 ) -> APIRouter:
     """Routes for threads, runs and assistants; ``output_guard`` checks every graph value they return."""
     router = APIRouter()
+    limits = runtime.config.caller_json
 
     async def out(request: Request, value: Any) -> Any:
         return value if output_guard is None else await output_guard.apply(request, value)
@@ -193,6 +248,7 @@ def build_agents_router(
     @router.post("/threads", summary="Create a thread")
     async def create_thread(request: Request) -> dict[str, Any]:
         body = _parse(ThreadCreate, await request.body())
+        _check_json(body.metadata, limits, "metadata")
         owner = owner_of(request)
         thread_id = body.thread_id or new_id()
         thread = await runtime.db(runtime.store.create_thread, thread_id, owner, body.metadata)
@@ -208,6 +264,7 @@ def build_agents_router(
     @router.post("/threads/search", summary="Your threads, filtered by metadata and status")
     async def search_threads(request: Request) -> list[dict[str, Any]]:
         body = _parse(ThreadSearch, await request.body())
+        _check_json(body.metadata, limits, "metadata")
         rows = await runtime.db(
             runtime.store.search_threads,
             owner_of(request),
@@ -225,7 +282,14 @@ def build_agents_router(
     @router.patch("/threads/{thread_id}", summary="Merge metadata into a thread")
     async def patch_thread(thread_id: str, request: Request) -> dict[str, Any]:
         body = _parse(ThreadPatch, await request.body())
-        thread = await runtime.db(runtime.store.update_thread, thread_id, owner_of(request), body.metadata)
+        _check_json(body.metadata, limits, "metadata")
+        thread = await runtime.db(
+            runtime.store.update_thread,
+            thread_id,
+            owner_of(request),
+            body.metadata,
+            check=lambda merged: _check_json(merged, limits, "metadata"),
+        )
         if thread is None:
             raise _not_found("thread", thread_id)
         return await out(request, await runtime.thread_json(thread))
@@ -237,7 +301,7 @@ def build_agents_router(
         thread = await thread_or_404(request, thread_id)
         if thread.active_run_id is not None:
             raise OpenAIError(409, "The thread has a run in progress; cancel it first.", code="thread_busy")
-        await runtime.delete_thread(thread_id)
+        await runtime.delete_thread(thread.thread_key)
         return Response(status_code=204)
 
     @router.get("/threads/{thread_id}/state", summary="The thread's current state")
@@ -246,8 +310,7 @@ def build_agents_router(
 
     @router.get("/threads/{thread_id}/history", summary="The thread's past states, newest first")
     async def get_history(thread_id: str, request: Request, limit: int = 10) -> list[dict[str, Any]]:
-        if not 0 < limit <= 1000:
-            raise _invalid("limit must be between 1 and 1000.", "limit")
+        _check_page(limit)
         return await out(request, await runtime.history(await thread_or_404(request, thread_id), limit))
 
     @router.post("/threads/{thread_id}/history", summary="The thread's past states (LangGraph SDK route)")
@@ -290,6 +353,26 @@ def build_agents_router(
                 graph_input = AgentInput.model_validate(body.input).model_dump()
             except ValidationError as exc:
                 raise _validation_error(exc, "input") from None
+        _check_json(body.metadata, limits, "metadata")
+        run_config = None
+        if body.config is not None:
+            _check_json(body.config, limits, "config")
+            try:
+                run_config = RunConfig.model_validate(body.config).model_dump(exclude_unset=True)
+            except ValidationError as exc:
+                raise _validation_error(exc, "config") from None
+        command = None
+        if body.command is not None:
+            given = body.command.model_dump(exclude_none=True)
+            for key in ("update", "resume"):
+                if key in given:
+                    _check_json(given[key], limits, f"command.{key}")
+            try:
+                command = caller_command(runtime.agents[body.assistant_id], given)
+            except ValidationError as exc:
+                raise _validation_error(exc, "command.update") from None
+            except ValueError as exc:
+                raise _invalid(f"{exc}.", "command.goto") from None
         thread = await runtime.db(runtime.store.get_thread, thread_id, owner)
         if thread is None and body.if_not_exists == "create":
             thread = await runtime.db(runtime.store.create_thread, thread_id, owner, {})
@@ -305,14 +388,15 @@ def build_agents_router(
             )
         kwargs = {
             "input": graph_input,
-            "command": body.command.model_dump(exclude_none=True) if body.command else None,
+            "command": command,
             "stream_mode": modes,
-            "config": body.config,
+            "config": run_config,
             "wants_messages": any(m.startswith("messages") for m in modes),
         }
         run = {
             "run_id": new_id(),
             "thread_id": thread_id,
+            "thread_key": thread.thread_key,
             "assistant_id": body.assistant_id,
             "owner": owner,
             "multitask_strategy": body.multitask_strategy,
@@ -367,10 +451,9 @@ def build_agents_router(
     async def list_runs(
         thread_id: str, request: Request, limit: int = 10, offset: int = 0
     ) -> list[dict[str, Any]]:
+        _check_page(limit, offset)
         await thread_or_404(request, thread_id)
-        rows = await runtime.db(
-            runtime.store.list_runs, thread_id, owner_of(request), min(limit, 1000), offset
-        )
+        rows = await runtime.db(runtime.store.list_runs, thread_id, owner_of(request), limit, offset)
         return [r.public() for r in rows]
 
     async def run_or_404(request: Request, run_id: str, thread_id: str | None = None) -> RunRow:

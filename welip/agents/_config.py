@@ -59,6 +59,12 @@ class AgentConfig(StrictModel):
         default_factory=list, description="Tools that wait for a human's approval (an interrupt)."
     )
     max_steps: int = Field(6, gt=0, le=50, description="Tool calls per run before the agent must answer.")
+    tool_timeout_s: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description="A tool call still going after this is cancelled; the agent sees an error observation.",
+    )
     max_history_chars: int = Field(
         3000,
         gt=0,
@@ -78,6 +84,20 @@ class AgentConfig(StrictModel):
         if self.graph == "react" and not self.tools:
             raise ValueError("graph react needs at least one tool")
         return self
+
+
+class CallerJsonLimits(StrictModel):
+    """Bounds on the free-form JSON a caller stores or hands to a graph.
+
+    Each of thread ``metadata`` (as created, and as merged by a PATCH), the ``metadata`` filter
+    of a thread search, run ``metadata``, run ``config``, ``command.update`` and
+    ``command.resume`` is checked on its own; past a bound the request is answered 422
+    ``invalid_input`` naming the field.
+    """
+
+    max_bytes: int = Field(16_384, gt=0, le=1_048_576, description="Size as compact UTF-8 JSON.")
+    max_keys: int = Field(128, gt=0, le=10_000, description="Object keys, counted at every depth.")
+    max_depth: int = Field(8, gt=0, le=64, description="Nesting of objects and arrays (a flat object is 1).")
 
 
 class AgentsConfig(StrictModel):
@@ -104,6 +124,10 @@ class AgentsConfig(StrictModel):
     )
     stale_run_s: float = Field(
         30, gt=1, le=3600, description="A run whose replica stopped heartbeating this long is failed."
+    )
+    caller_json: CallerJsonLimits = Field(
+        default_factory=CallerJsonLimits,
+        description="Bounds on metadata, run config and commands a caller sends.",
     )
 
     @model_validator(mode="after")

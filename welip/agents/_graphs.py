@@ -7,11 +7,12 @@ graphs take ``{"messages": [...]}`` as input (:class:`AgentInput`), like a chat.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -25,7 +26,7 @@ from langchain_core.messages import (
 )
 from langgraph.graph import END, START, StateGraph, add_messages
 from langgraph.types import Command, interrupt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from typing_extensions import TypedDict
 
 from welip.agents._config import AgentConfig
@@ -48,6 +49,47 @@ class AgentInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     messages: list[InputMessage] = Field(min_length=1, max_length=100)
+
+
+class RagUpdate(BaseModel):
+    """The state a caller may write into a RAG thread with ``command.update``: none.
+
+    Messages come in as a run's ``input``; the retrieved context and citations are the graph's.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReactUpdate(BaseModel):
+    """The state a caller may write into a ReAct thread: ``steps`` (tool calls counted towards
+    ``max_steps``) set back, never below 0 nor past the agent's bound. Messages are not: the
+    approval and tool nodes act on the last message, which must stay the agent's tool call."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int | None = Field(None, ge=0, le=50)
+
+    @field_validator("steps")
+    @classmethod
+    def _within_max_steps(cls, steps: int | None, info: ValidationInfo) -> int | None:
+        limit = (info.context or {}).get("max_steps")
+        if steps is not None and limit is not None and steps > limit:
+            raise ValueError(f"steps must be between 0 and the agent's max_steps ({limit})")
+        return steps
+
+
+@dataclass(frozen=True)
+class CallerCommands:
+    """What a caller's ``command`` may do to a run of a graph.
+
+    Attributes:
+        goto: Nodes a caller may send the run to. None of the shipped graphs has one: a
+            run resumes where the graph stopped (``command.resume``), so a caller cannot
+            skip an approval or run a tool the model did not choose.
+        update: The state keys a caller may write, with their types (``command.update``).
+    """
+
+    goto: tuple[str, ...]
+    update: type[BaseModel]
 
 
 class RagState(TypedDict, total=False):
@@ -266,7 +308,11 @@ def build_react_graph(
     async def run_tools(state: ReactState, _: Any) -> dict[str, Any]:
         call = state["messages"][-1].tool_calls[0]  # type: ignore[union-attr]
         try:
-            result = await tools[call["name"]].run(call["args"]["input"])
+            result = await asyncio.wait_for(
+                tools[call["name"]].run(call["args"]["input"]), timeout=config.tool_timeout_s
+            )
+        except TimeoutError:
+            result = f"error: {call['name']} took longer than {config.tool_timeout_s:g} s"
         except Exception as exc:  # noqa: BLE001 - a failing tool is an observation, not a failed run
             result = f"error: {call['name']} failed: {exc}"[:1000]
         message = ToolMessage(result, tool_call_id=call["id"], name=call["name"])
@@ -293,6 +339,43 @@ GRAPHS: dict[str, Callable[[AgentConfig, BaseChatModel, Any], StateGraph]] = {
     "rag": build_rag_graph,
     "react": build_react_graph,
 }
+
+COMMANDS: dict[str, CallerCommands] = {
+    "rag": CallerCommands(goto=(), update=RagUpdate),
+    "react": CallerCommands(goto=(), update=ReactUpdate),
+}
+
+
+def caller_command(config: AgentConfig, command: dict[str, Any]) -> dict[str, Any]:
+    """A caller's ``command`` (``resume``, ``update``, ``goto``), checked against what the agent's
+    graph declares in :data:`COMMANDS`.
+
+    Returns:
+        The command to run: ``update`` as its validated model dumped, ``goto`` only where allowed.
+
+    Raises:
+        ValueError: a ``goto`` the graph does not allow.
+        pydantic.ValidationError: an ``update`` outside the graph's update model (its ``loc``
+            names the field).
+    """
+    allowed = COMMANDS[config.graph]
+    checked: dict[str, Any] = {}
+    if "resume" in command:
+        checked["resume"] = command["resume"]
+    goto = command.get("goto")
+    if goto:
+        targets = [goto] if isinstance(goto, str) else list(goto)
+        refused = [t for t in targets if t not in allowed.goto]
+        if refused:
+            raise ValueError(
+                f"goto {refused} is not allowed for assistant `{config.assistant_id}`"
+                + (f"; allowed: {list(allowed.goto)}" if allowed.goto else ": a run resumes where it stopped")
+            )
+        checked["goto"] = targets
+    if command.get("update") is not None:
+        update = allowed.update.model_validate(command["update"], context={"max_steps": config.max_steps})
+        checked["update"] = update.model_dump(exclude_none=True)
+    return checked
 
 
 class _Chunk:

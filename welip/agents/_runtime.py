@@ -59,19 +59,23 @@ def _interrupt(item: Any) -> dict[str, Any]:
     return {"value": jsonable(getattr(item, "value", item)), "id": getattr(item, "id", None)}
 
 
-def _checkpoint(config: dict[str, Any] | None) -> dict[str, Any] | None:
+def _checkpoint(config: dict[str, Any] | None, thread_id: str | None) -> dict[str, Any] | None:
     if not config:
         return None
     c = config.get("configurable", {})
     return {
-        "thread_id": c.get("thread_id"),
+        # The caller's id for the thread, not the checkpointer's (its internal thread_key).
+        "thread_id": thread_id or c.get("thread_id"),
         "checkpoint_ns": c.get("checkpoint_ns", ""),
         "checkpoint_id": c.get("checkpoint_id"),
     }
 
 
-def snapshot_json(snapshot: Any) -> dict[str, Any]:
-    """A LangGraph ``StateSnapshot`` in the Agent Protocol / LangGraph ``ThreadState`` shape."""
+def snapshot_json(snapshot: Any, thread_id: str | None = None) -> dict[str, Any]:
+    """A LangGraph ``StateSnapshot`` in the Agent Protocol / LangGraph ``ThreadState`` shape.
+
+    ``thread_id`` is the caller's id of the thread, shown in place of the checkpointer's.
+    """
     tasks = [
         {
             "id": t.id,
@@ -87,10 +91,10 @@ def snapshot_json(snapshot: Any) -> dict[str, Any]:
     return {
         "values": jsonable(snapshot.values),
         "next": list(snapshot.next),
-        "checkpoint": _checkpoint(snapshot.config),
+        "checkpoint": _checkpoint(snapshot.config, thread_id),
         "metadata": jsonable(snapshot.metadata or {}),
         "created_at": snapshot.created_at,
-        "parent_checkpoint": _checkpoint(snapshot.parent_config),
+        "parent_checkpoint": _checkpoint(snapshot.parent_config, thread_id),
         "tasks": tasks,
         "interrupts": [_interrupt(i) for i in getattr(snapshot, "interrupts", ())],
     }
@@ -142,13 +146,15 @@ class AgentRuntime:
 
     async def state(self, thread: ThreadRow) -> dict[str, Any]:
         graph = self._graph_for(thread)
-        snapshot = await graph.aget_state({"configurable": {"thread_id": thread.thread_id}})
-        return snapshot_json(snapshot)
+        snapshot = await graph.aget_state({"configurable": {"thread_id": thread.thread_key}})
+        return snapshot_json(snapshot, thread.thread_id)
 
     async def history(self, thread: ThreadRow, limit: int) -> list[dict[str, Any]]:
         graph = self._graph_for(thread)
-        config = {"configurable": {"thread_id": thread.thread_id}}
-        return [snapshot_json(s) async for s in graph.aget_state_history(config, limit=limit)]
+        config = {"configurable": {"thread_id": thread.thread_key}}
+        return [
+            snapshot_json(s, thread.thread_id) async for s in graph.aget_state_history(config, limit=limit)
+        ]
 
     async def thread_json(self, thread: ThreadRow) -> dict[str, Any]:
         """A thread with its current values and pending interrupts (LangGraph's ``Thread``)."""
@@ -156,9 +162,10 @@ class AgentRuntime:
         interrupts = {t["id"]: t["interrupts"] for t in state["tasks"] if t["interrupts"]}
         return {**thread.public(), "values": state["values"], "interrupts": interrupts}
 
-    async def delete_thread(self, thread_id: str) -> None:
-        await self.checkpointer.adelete_thread(thread_id)
-        await self.db(self.store.delete_threads, [thread_id])
+    async def delete_thread(self, thread_key: str) -> None:
+        """Delete a thread (by its internal ``thread_key``), its runs and its checkpoints."""
+        await self.checkpointer.adelete_thread(thread_key)
+        await self.db(self.store.delete_threads, [thread_key])
 
     # -- runs ---------------------------------------------------------------------
 
@@ -186,7 +193,8 @@ class AgentRuntime:
                     message, metadata = chunk
                     event = "messages" if "messages" in modes or "messages-tuple" in modes else None
                     if event:
-                        yield event, [jsonable(message), jsonable(_message_metadata(metadata))]
+                        meta = {**_message_metadata(metadata), "thread_id": run.thread_id}
+                        yield event, [jsonable(message), jsonable(meta)]
                 elif mode in modes:
                     yield mode, jsonable(chunk)
         finally:
@@ -225,7 +233,7 @@ class AgentRuntime:
     async def final_values(self, run: RunRow, *, with_error: bool = True) -> dict[str, Any]:
         """The thread's values; ``__interrupt__`` when it waits, ``__error__`` when the run failed."""
         graph = self.graphs[run.assistant_id]
-        snapshot = await graph.aget_state({"configurable": {"thread_id": run.thread_id}})
+        snapshot = await graph.aget_state({"configurable": {"thread_id": run.thread_key}})
         values = jsonable(snapshot.values)
         interrupts = [_interrupt(i) for i in getattr(snapshot, "interrupts", ())]
         if interrupts:
@@ -260,7 +268,7 @@ class AgentRuntime:
         emit = emit or (lambda mode, chunk: None)
         # A `reject` run holds its thread from creation; a queued one waits for its turn.
         while run.status == "pending" and not await self.db(
-            self.store.claim, run.run_id, run.thread_id, self.replica
+            self.store.claim, run.run_id, run.thread_key, self.replica
         ):
             row = await self.db(self.store.get_run, run.run_id, run.owner)
             if row is None or row.status != "pending":
@@ -306,7 +314,7 @@ class AgentRuntime:
                 span.set_attribute("welip.run.status", status)
                 # Shielded: the run's end is recorded even when its task was cancelled.
                 await asyncio.shield(
-                    self.db(self.store.finish_run, run.run_id, run.thread_id, status, thread_status, error)
+                    self.db(self.store.finish_run, run.run_id, run.thread_key, status, thread_status, error)
                 )
                 metrics.runs.inc(1, tags={"assistant": run.assistant_id, "status": status})
                 metrics.run_latency.observe(
@@ -319,7 +327,7 @@ class AgentRuntime:
         user_config = run.kwargs.get("config") or {}
         config = {
             **user_config,
-            "configurable": {**(user_config.get("configurable") or {}), "thread_id": run.thread_id},
+            "configurable": {**(user_config.get("configurable") or {}), "thread_id": run.thread_key},
             "metadata": {**(user_config.get("metadata") or {}), "run_id": run.run_id, "user_id": run.owner},
             "recursion_limit": min(int(user_config.get("recursion_limit", 50)), 200),
         }
@@ -356,12 +364,12 @@ class AgentRuntime:
         self._cleanup = asyncio.get_running_loop().create_task(self._cleanup_loop())
 
     async def cleanup_once(self) -> int:
-        ids = await self.db(self.store.expired_threads, self.config.thread_ttl_s)
-        for thread_id in ids:
-            await self.delete_thread(thread_id)
-        if ids:
-            logger.info("deleted %d threads idle for more than %s s", len(ids), self.config.thread_ttl_s)
-        return len(ids)
+        keys = await self.db(self.store.expired_threads, self.config.thread_ttl_s)
+        for key in keys:
+            await self.delete_thread(key)
+        if keys:
+            logger.info("deleted %d threads idle for more than %s s", len(keys), self.config.thread_ttl_s)
+        return len(keys)
 
     async def _cleanup_loop(self) -> None:
         while True:

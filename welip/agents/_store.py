@@ -10,6 +10,8 @@ checkpoint tables, not here.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +23,12 @@ from welip.store import Database, agent_runs, agent_threads, as_utc, utcnow
 ACTIVE_RUN_STATUSES = ("pending", "running")
 
 
+def thread_key(owner: str, thread_id: str) -> str:
+    """The internal id of ``owner``'s thread ``thread_id``: its row's key and the checkpointer's
+    ``thread_id``, so two owners' threads of the same id never share a row or a state."""
+    return f"{hashlib.sha256(owner.encode()).hexdigest()[:32]}:{thread_id}"
+
+
 def _iso(value: datetime | None) -> str | None:
     value = as_utc(value)
     return value.isoformat() if value is not None else None
@@ -28,6 +36,7 @@ def _iso(value: datetime | None) -> str | None:
 
 @dataclass
 class ThreadRow:
+    thread_key: str
     thread_id: str
     owner: str
     assistant_id: str | None
@@ -51,6 +60,7 @@ class ThreadRow:
 class RunRow:
     run_id: str
     thread_id: str
+    thread_key: str
     assistant_id: str
     owner: str
     status: str
@@ -82,6 +92,7 @@ class RunRow:
 def _thread(row: Any) -> ThreadRow:
     m = row._mapping
     return ThreadRow(
+        thread_key=m["thread_key"],
         thread_id=m["thread_id"],
         owner=m["owner"],
         assistant_id=m["assistant_id"],
@@ -98,6 +109,7 @@ def _run(row: Any) -> RunRow:
     return RunRow(
         run_id=m["run_id"],
         thread_id=m["thread_id"],
+        thread_key=m["thread_key"],
         assistant_id=m["assistant_id"],
         owner=m["owner"],
         status=m["status"],
@@ -130,9 +142,10 @@ class AgentStore:
     # -- threads ------------------------------------------------------------------
 
     def create_thread(self, thread_id: str, owner: str, metadata: dict[str, Any]) -> ThreadRow | None:
-        """A new idle thread; None if the id is taken."""
+        """A new idle thread; None if ``owner`` has one with this id already."""
         now = utcnow()
         row = {
+            "thread_key": thread_key(owner, thread_id),
             "thread_id": thread_id,
             "owner": owner,
             "assistant_id": metadata.get("graph_id") if isinstance(metadata.get("graph_id"), str) else None,
@@ -159,8 +172,17 @@ class AgentStore:
             ).first()
         return _thread(row) if row else None
 
-    def update_thread(self, thread_id: str, owner: str, metadata: dict[str, Any]) -> ThreadRow | None:
-        """Merge ``metadata`` into the thread's (as LangGraph's PATCH does)."""
+    def update_thread(
+        self,
+        thread_id: str,
+        owner: str,
+        metadata: dict[str, Any],
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> ThreadRow | None:
+        """Merge ``metadata`` into the thread's (as LangGraph's PATCH does).
+
+        ``check`` sees the merged metadata before it is written; what it raises leaves the thread as it was.
+        """
         with self._engine.begin() as conn:
             row = conn.execute(
                 agent_threads.select()
@@ -170,20 +192,22 @@ class AgentStore:
             if row is None:
                 return None
             merged = {**(row._mapping["thread_metadata"] or {}), **metadata}
+            if check is not None:
+                check(merged)
             conn.execute(
                 agent_threads.update()
-                .where(agent_threads.c.thread_id == thread_id)
+                .where(agent_threads.c.thread_key == row._mapping["thread_key"])
                 .values(thread_metadata=merged, updated_at=utcnow())
             )
         return self.get_thread(thread_id, owner)
 
-    def delete_threads(self, thread_ids: list[str]) -> None:
-        """Delete thread rows and their runs (the caller deletes the checkpoints)."""
-        if not thread_ids:
+    def delete_threads(self, thread_keys: list[str]) -> None:
+        """Delete thread rows (by ``thread_key``) and their runs (the caller deletes the checkpoints)."""
+        if not thread_keys:
             return
         with self._engine.begin() as conn:
-            conn.execute(agent_runs.delete().where(agent_runs.c.thread_id.in_(thread_ids)))
-            conn.execute(agent_threads.delete().where(agent_threads.c.thread_id.in_(thread_ids)))
+            conn.execute(agent_runs.delete().where(agent_runs.c.thread_key.in_(thread_keys)))
+            conn.execute(agent_threads.delete().where(agent_threads.c.thread_key.in_(thread_keys)))
 
     def search_threads(
         self, owner: str, *, metadata: dict[str, Any], status: str | None, limit: int, offset: int
@@ -199,11 +223,11 @@ class AgentStore:
         return rows[offset : offset + limit]
 
     def expired_threads(self, idle_s: float, limit: int = 500) -> list[str]:
-        """Threads with no run and no activity for ``idle_s`` seconds."""
+        """The keys of threads with no run and no activity for ``idle_s`` seconds."""
         before = utcnow() - timedelta(seconds=idle_s)
         with self._engine.connect() as conn:
             rows = conn.execute(
-                sa.select(agent_threads.c.thread_id)
+                sa.select(agent_threads.c.thread_key)
                 .where(agent_threads.c.updated_at < before, agent_threads.c.active_run_id.is_(None))
                 .limit(limit)
             )
@@ -227,21 +251,21 @@ class AgentStore:
             "created_at": now,
             "updated_at": now,
         }
-        thread_id = run["thread_id"]
+        key = run["thread_key"]
         with self._engine.begin() as conn:
             if reject_if_busy:
                 # The common case (a free thread) is one UPDATE; a held thread is checked
                 # for a dead holder before refusing.
-                if not self._take(conn, thread_id, run["run_id"], run["assistant_id"], now):
-                    self._fail_stale(conn, thread_id)
-                    if not self._take(conn, thread_id, run["run_id"], run["assistant_id"], now):
+                if not self._take(conn, key, run["run_id"], run["assistant_id"], now):
+                    self._fail_stale(conn, key)
+                    if not self._take(conn, key, run["run_id"], run["assistant_id"], now):
                         raise ThreadBusy("the thread has a run in progress")
             else:
-                self._fail_stale(conn, thread_id)
+                self._fail_stale(conn, key)
                 pending = conn.execute(
                     sa.select(sa.func.count())
                     .select_from(agent_runs)
-                    .where(agent_runs.c.thread_id == thread_id, agent_runs.c.status == "pending")
+                    .where(agent_runs.c.thread_key == key, agent_runs.c.status == "pending")
                 ).scalar_one()
                 if pending >= max_pending:
                     raise ThreadBusy(f"the thread already has {pending} queued runs")
@@ -249,10 +273,10 @@ class AgentStore:
         return _run(_Row(row))
 
     @staticmethod
-    def _take(conn: sa.Connection, thread_id: str, run_id: str, assistant_id: str, now: datetime) -> bool:
+    def _take(conn: sa.Connection, key: str, run_id: str, assistant_id: str, now: datetime) -> bool:
         taken = conn.execute(
             agent_threads.update()
-            .where(agent_threads.c.thread_id == thread_id, agent_threads.c.active_run_id.is_(None))
+            .where(agent_threads.c.thread_key == key, agent_threads.c.active_run_id.is_(None))
             .values(
                 active_run_id=run_id,
                 status="busy",
@@ -262,13 +286,13 @@ class AgentStore:
         ).rowcount
         return bool(taken)
 
-    def claim(self, run_id: str, thread_id: str, replica: str | None) -> bool:
-        """Start a pending run if it holds the thread or is next in line; True when it started."""
+    def claim(self, run_id: str, key: str, replica: str | None) -> bool:
+        """Start a pending run if it holds the thread (``key``) or is next in line; True when it started."""
         now = utcnow()
         with self._engine.begin() as conn:
-            self._fail_stale(conn, thread_id)
+            self._fail_stale(conn, key)
             thread = conn.execute(
-                sa.select(agent_threads.c.active_run_id).where(agent_threads.c.thread_id == thread_id)
+                sa.select(agent_threads.c.active_run_id).where(agent_threads.c.thread_key == key)
             ).first()
             if thread is None:
                 return False
@@ -278,7 +302,7 @@ class AgentStore:
                     return False
                 first = conn.execute(
                     sa.select(agent_runs.c.run_id)
-                    .where(agent_runs.c.thread_id == thread_id, agent_runs.c.status == "pending")
+                    .where(agent_runs.c.thread_key == key, agent_runs.c.status == "pending")
                     .order_by(agent_runs.c.created_at, agent_runs.c.run_id)
                     .limit(1)
                 ).first()
@@ -287,7 +311,7 @@ class AgentStore:
                 assistant = conn.execute(
                     sa.select(agent_runs.c.assistant_id).where(agent_runs.c.run_id == run_id)
                 ).scalar_one()
-                if not self._take(conn, thread_id, run_id, assistant, now):
+                if not self._take(conn, key, run_id, assistant, now):
                     return False
             started = conn.execute(
                 agent_runs.update()
@@ -297,19 +321,19 @@ class AgentStore:
             if not started:  # cancelled while queued: let the thread go
                 conn.execute(
                     agent_threads.update()
-                    .where(agent_threads.c.thread_id == thread_id, agent_threads.c.active_run_id == run_id)
+                    .where(agent_threads.c.thread_key == key, agent_threads.c.active_run_id == run_id)
                     .values(active_run_id=None, status="idle", updated_at=now)
                 )
                 return False
         return True
 
-    def _fail_stale(self, conn: sa.Connection, thread_id: str) -> None:
+    def _fail_stale(self, conn: sa.Connection, key: str) -> None:
         # A run whose replica stopped heartbeating (killed, restarted) frees its thread.
         stale_before = utcnow() - timedelta(seconds=self.stale_run_s)
         holder = conn.execute(
             sa.select(agent_runs.c.run_id, agent_runs.c.heartbeat_at, agent_runs.c.status)
             .select_from(agent_threads.join(agent_runs, agent_runs.c.run_id == agent_threads.c.active_run_id))
-            .where(agent_threads.c.thread_id == thread_id)
+            .where(agent_threads.c.thread_key == key)
         ).first()
         if holder is None or holder[2] != "running":
             return
@@ -324,7 +348,7 @@ class AgentStore:
         )
         conn.execute(
             agent_threads.update()
-            .where(agent_threads.c.thread_id == thread_id)
+            .where(agent_threads.c.thread_key == key)
             .values(active_run_id=None, status="error", updated_at=now)
         )
 
@@ -339,10 +363,8 @@ class AgentStore:
             ).first()
         return bool(row and row[0] is not None)
 
-    def finish_run(
-        self, run_id: str, thread_id: str, status: str, thread_status: str, error: str | None
-    ) -> None:
-        """Record the run's end and release its thread."""
+    def finish_run(self, run_id: str, key: str, status: str, thread_status: str, error: str | None) -> None:
+        """Record the run's end and release its thread (``thread_key``)."""
         now = utcnow()
         with self._engine.begin() as conn:
             conn.execute(
@@ -352,7 +374,7 @@ class AgentStore:
             )
             conn.execute(
                 agent_threads.update()
-                .where(agent_threads.c.thread_id == thread_id, agent_threads.c.active_run_id == run_id)
+                .where(agent_threads.c.thread_key == key, agent_threads.c.active_run_id == run_id)
                 .values(active_run_id=None, status=thread_status, updated_at=now)
             )
 

@@ -13,7 +13,11 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MAX_EXPRESSION_CHARS = 200
-MAX_POWER = 100
+# Every intermediate of the calculator stays within a float's range (|x| < 2**1024, about
+# 1.8e308, 309 digits), so each step is a few machine words of work and a whole
+# expression (at most 200 characters) takes microseconds: it can run on the event loop.
+MAX_INT_BITS = 1024
+MAX_ROUND_DIGITS = 100
 
 
 class Retrieving(Protocol):
@@ -41,11 +45,36 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Pow: operator.pow,
 }
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_FUNCTIONS: dict[str, Callable[..., float]] = {"sqrt": math.sqrt, "abs": abs, "round": round}
+
+
+class _TooLarge(ArithmeticError):
+    """An intermediate result past the calculator's bounds."""
+
+    def __init__(self) -> None:
+        super().__init__("result too large (the calculator's numbers stay below 1.8e308)")
+
+
+def _round(value: float, digits: int | None = None) -> float:
+    # round(x, -n) builds 10**n: n is bounded like every other number.
+    if digits is None:
+        return round(value)
+    if not isinstance(digits, int) or abs(digits) > MAX_ROUND_DIGITS:
+        raise ValueError(
+            f"round() takes a whole number of digits between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}"
+        )
+    return round(value, digits)
+
+
+_FUNCTIONS: dict[str, Callable[..., float]] = {"sqrt": math.sqrt, "abs": abs, "round": _round}
 
 
 def calculate(expression: str) -> str:
-    """Evaluate arithmetic (``+ - * / // % **``, parentheses, sqrt/abs/round) without ``eval``."""
+    """Evaluate arithmetic (``+ - * / // % **``, parentheses, sqrt/abs/round) without ``eval``.
+
+    Every intermediate result is bounded (a finite real number below 2**1024, checked before
+    an operation that could exceed it is computed), so any expression the tool accepts is
+    evaluated in microseconds; anything else is answered ``error: ...``.
+    """
     # Small models write "17 * 23 = ?" or "3 + 4?": keep the left-hand side.
     text = (
         expression.split("=")[0]
@@ -63,11 +92,32 @@ def calculate(expression: str) -> str:
         value = _eval(ast.parse(text, mode="eval").body)
     except ZeroDivisionError:
         return "error: division by zero"
-    except (SyntaxError, ValueError, TypeError, OverflowError) as exc:
+    except (SyntaxError, ValueError, TypeError, ArithmeticError, RecursionError) as exc:
         return f"error: {exc}" if str(exc) else "error: not an arithmetic expression"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
     return str(value)
+
+
+def _checked(value: Any) -> Any:
+    if isinstance(value, complex):
+        raise ValueError("the result is not a real number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _TooLarge
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise _TooLarge
+    return value
+
+
+def _predict(op: ast.operator, left: Any, right: Any) -> None:
+    # The two operations whose integer result can outgrow their operands by far.
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return  # a float result is computed in constant time; inf and overflow are checked after
+    if isinstance(op, ast.Mult) and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
+        raise _TooLarge
+    # |left| >= 2**(bits - 1), so its power is at least 2**((bits - 1) * right).
+    if isinstance(op, ast.Pow) and abs(left) > 1 and (left.bit_length() - 1) * right > MAX_INT_BITS:
+        raise _TooLarge
 
 
 def _eval(node: ast.AST) -> Any:
@@ -76,21 +126,20 @@ def _eval(node: ast.AST) -> Any:
         and isinstance(node.value, (int, float))
         and not isinstance(node.value, bool)
     ):
-        return node.value
+        return _checked(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > MAX_POWER:
-            raise ValueError(f"exponent above {MAX_POWER}")
-        return _BINARY[type(node.op)](left, right)
+        _predict(node.op, left, right)
+        return _checked(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_eval(node.operand))
+        return _checked(_UNARY[type(node.op)](_eval(node.operand)))
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id in _FUNCTIONS
         and not node.keywords
     ):
-        return _FUNCTIONS[node.func.id](*[_eval(a) for a in node.args])
+        return _checked(_FUNCTIONS[node.func.id](*[_eval(a) for a in node.args]))
     raise ValueError("not an arithmetic expression")
 
 

@@ -126,14 +126,21 @@ model_aliases = sa.Table(
 agent_threads = sa.Table(
     "agent_threads",
     metadata,
-    sa.Column("thread_id", sa.String(64), primary_key=True),
-    sa.Column("owner", sa.String(256), nullable=False, index=True, comment="Principal that created it."),
+    sa.Column(
+        "thread_key",
+        sa.String(128),
+        primary_key=True,
+        comment="Internal id, the checkpointer's thread_id: derived from owner and thread_id.",
+    ),
+    sa.Column("thread_id", sa.String(64), nullable=False, comment="The owner's id for it."),
+    sa.Column("owner", sa.String(256), nullable=False, comment="Principal that created it."),
     sa.Column("assistant_id", sa.String(64), nullable=True, comment="Graph of its first run."),
     sa.Column("status", sa.String(16), nullable=False, comment="idle | busy | interrupted | error"),
     sa.Column("thread_metadata", sa.JSON, nullable=False),
     sa.Column("active_run_id", sa.String(64), nullable=True, comment="The run holding the thread."),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.UniqueConstraint("owner", "thread_id", name="uq_agent_threads_owner_thread_id"),
     comment="Agent threads (Agent Protocol); their state lives in LangGraph's checkpoint tables.",
 )
 
@@ -142,6 +149,7 @@ agent_runs = sa.Table(
     metadata,
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("thread_id", sa.String(64), nullable=False, index=True),
+    sa.Column("thread_key", sa.String(128), nullable=False, index=True, comment="Its thread's thread_key."),
     sa.Column("assistant_id", sa.String(64), nullable=False),
     sa.Column("owner", sa.String(256), nullable=False),
     sa.Column("status", sa.String(16), nullable=False, comment="pending | running | success | error | ..."),
