@@ -206,7 +206,8 @@ class Authenticator:
 
         With a ``caller_token`` the principal is the caller it names, if ``authorization``
         is a service whose role holds ``delegate`` and the token is valid (else 401): its
-        API key is read again by id, so a revoked or expired key stops working.
+        API key is read again by id, so a revoked or expired key stops working. The caller
+        then has the caller's models and limits and the service's route families.
 
         Raises 401 for a missing or wrong credential; 429 once ``source`` has failed
         ``max_auth_failures_per_minute`` times (then only a key this replica already
@@ -260,7 +261,10 @@ class Authenticator:
             )
         if principal is None:
             raise invalid_caller_token()
-        return dataclasses.replace(principal, via=service.id)
+        # The routes are the service's to call (a caller may hold only `agents`); the models,
+        # limits and audit row are the caller's.
+        permissions = service.permissions - {"delegate"}
+        return dataclasses.replace(principal, permissions=permissions, via=service.id)
 
     def _admin(self) -> Principal:
         return Principal(

@@ -39,6 +39,7 @@ SECRET = "caller-token-secret-for-the-unit-tests-0123456789"
 ROLES = {
     **SECURE["auth"]["roles"],
     "agents-service": {"permissions": ["inference", "embeddings", "delegate"]},
+    "agents-only": {"permissions": ["agents"]},
 }
 AUTH = {**SECURE["auth"], "roles": ROLES, "caller_token_secret_env": "TEST_CALLER_TOKEN_SECRET"}
 
@@ -176,9 +177,12 @@ def test_a_delegated_call_is_held_to_the_callers_own_grants_and_limits(
     assert _error(call(short.id, "short-only")) == (404, "model_not_found")  # the role's grant
     assert _error(call(limited.id)) == (404, "model_not_found")  # the key's own grant
     assert call(limited.id, model="m-short").status_code == 200
+    # The routes are the service's: a caller allowed agents only still has its agents' calls.
+    agents_only, _ = keys.create_key(name="agents-only", role="agents-only")
+    assert call(agents_only.id, "agents-only", model="m-short").status_code == 200
     assert _error(call(revoked.id)) == (401, "invalid_token")
     assert _error(call("key_does_not_exist")) == (401, "invalid_token")
-    assert len(engines["m"].calls) == 1 and len(engines["m-short"].calls) == 1
+    assert len(engines["m"].calls) == 1 and len(engines["m-short"].calls) == 2
 
 
 def test_caller_tokens_are_refused_from_anyone_but_a_delegate(
