@@ -229,13 +229,13 @@ class Authenticator:
                 if blocked_s is not None:
                     raise too_many_failures(blocked_s)
                 principal = await self._oidc.verify(credential, self._config)
-            if caller_token is None:
-                return principal
-            return await self._delegated(principal, caller_token)
         except OpenAIError as exc:
             if exc.status_code == 401 and budget is not None and source is not None:
                 budget.spend(source)
             raise
+        # Not counted against the address: the service has authenticated, and a caller
+        # whose key was revoked mid-run must not lock the service's replica out.
+        return principal if caller_token is None else await self._delegated(principal, caller_token)
 
     async def _delegated(self, service: Principal, token: str) -> Principal:
         """The caller a caller token names, presented by ``service``; one 401 for every refusal."""
