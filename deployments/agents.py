@@ -4,7 +4,10 @@ Referenced from Serve YAML and the KubeRay RayService as
 ``import_path: deployments.agents:build_app``, usually with ``route_prefix: /agents``
 beside the gateway app on the same port. The trust layer is the gateway's
 (:mod:`welip.trust`: API keys, OIDC, roles: route family ``agents``; request limits;
-audit log), configured under ``trust``.
+audit log), configured under ``trust``. A run is admitted on its caller's own grants and
+limits, and its LLM and embeddings calls carry a caller token minted for the caller
+(``trust.auth.caller_token_secret_env``), so that the gateway counts and audits them
+under the caller, via the agents service.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +28,7 @@ from welip.agents import (
     AgentRuntime,
     AgentsConfig,
     AgentStore,
+    RunRow,
     build_agents_app,
     compile_graphs,
     open_checkpointer,
@@ -31,6 +37,7 @@ from welip.agents import (
 from welip.observability import install_log_context, setup_tracing
 from welip.store import Database
 from welip.trust import (
+    Principal,
     Trust,
     TrustConfig,
     TrustMiddleware,
@@ -41,6 +48,33 @@ from welip.trust import (
 )
 
 logger = logging.getLogger("welip.agents")
+
+# The principal a request admitted a run for: the run's task, created in the request's
+# context, finds it there when it starts.
+_run_caller: ContextVar[Principal | None] = ContextVar("welip_run_caller", default=None)
+
+
+def delegation(
+    trust: Trust, agents: dict[str, Any], run_timeout_s: float
+) -> tuple[Callable[[Request, str], Awaitable[None]], Callable[[RunRow], str | None]]:
+    """The admission of a run, and the caller token minted as the run starts (the runtime's hooks).
+
+    A run is admitted on its caller's own grants and limits for the agent's model
+    (:meth:`Trust.admit_run`); its token names that caller and lasts the run's timeout.
+    """
+
+    async def admit(request: Request, assistant_id: str) -> None:
+        llm = agents[assistant_id].llm
+        await trust.admit_run(context_of(request), assistant_id, llm.model, llm.max_tokens)
+        _run_caller.set(principal_of(request))
+
+    def mint(run: RunRow) -> str | None:
+        principal = _run_caller.get()
+        if principal is None or principal.id != run.owner:
+            return None
+        return trust.mint_caller_token(principal, run_timeout_s)
+
+    return admit, mint
 
 
 class AgentsAppConfig(AgentsConfig):
@@ -86,20 +120,24 @@ class AgentServer:
             replica: str | None = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside a replica (tests)
             replica = None
+        trust = await build_trust(config.trust, {})
+        self._trust = trust
+        agents = {a.assistant_id: a for a in self._agents}
+        admit, mint = delegation(trust, agents, config.run_timeout_s)
+        if trust.auth_enabled and trust.authenticator and trust.authenticator.caller_tokens is None:
+            logger.warning(
+                "no caller token secret (trust.auth.caller_token_secret_env): agents' LLM calls "
+                "are counted and audited under the agents service key, not their callers"
+            )
         store = AgentStore(database, stale_run_s=config.stale_run_s)
         runtime = AgentRuntime(
-            graphs, {a.assistant_id: a for a in self._agents}, store, checkpointer, config, replica=replica
+            graphs, agents, store, checkpointer, config, replica=replica, mint_caller_token=mint
         )
         runtime.start_cleanup()
         self._runtime = runtime
-        trust = await build_trust(config.trust, {})
-        self._trust = trust
 
         def owner_of(request: Request) -> str:
             return principal_of(request).id
-
-        async def admit(request: Request, assistant_id: str) -> None:
-            await trust.admit_run(context_of(request), assistant_id)
 
         app = build_agents_app(
             runtime, owner_of, admit, on_error=record_error, output_guard=CallerOutputGuard(trust)

@@ -145,7 +145,7 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (key_...)."
 
 @audit_app.command("query")
 def audit_query(
-    principal: str | None = typer.Option(None, help="Key id or oidc:<subject>."),
+    principal: str | None = typer.Option(None, help="Key id or oidc:<issuer>|<subject>."),
     model: str | None = typer.Option(None),
     status: int | None = typer.Option(None, help="HTTP status."),
     request_id: str | None = typer.Option(None, help="The request's X-Request-Id."),

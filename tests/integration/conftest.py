@@ -62,6 +62,7 @@ ENGINE_KWARGS = {"enforce_eager": True, "dtype": "bfloat16"}
 # The default model hot-loads adapters registered by the fine-tuning tests.
 LORA_KWARGS = {"enable_lora": True, "max_lora_rank": 16, "max_loras": 2}
 ADMIN_KEY = "wlp_it-admin-" + secrets.token_hex(16)
+CALLER_TOKEN_SECRET = secrets.token_hex(32)  # agents -> gateway caller tokens
 ISSUER, AUDIENCE = "https://idp.welip.test", "welip-it"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -82,7 +83,12 @@ def _free_port() -> int:
 
 
 def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
-    env = {"WELIP_DATABASE_URL": database_url, "WELIP_REDIS_URL": REDIS_URL, "WELIP_IT_ADMIN_KEY": ADMIN_KEY}
+    env = {
+        "WELIP_DATABASE_URL": database_url,
+        "WELIP_REDIS_URL": REDIS_URL,
+        "WELIP_IT_ADMIN_KEY": ADMIN_KEY,
+        "WELIP_IT_CALLER_TOKEN_SECRET": CALLER_TOKEN_SECRET,
+    }
     return {
         "models": [
             {
@@ -108,11 +114,14 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
                 "enabled": True,
                 "admin_key_env": "WELIP_IT_ADMIN_KEY",
                 "key_cache_s": 1,
+                "caller_token_secret_env": "WELIP_IT_CALLER_TOKEN_SECRET",
                 "roles": {
                     "admin": {"permissions": ["inference", "embeddings", "admin", "agents"]},
                     "user": {"permissions": ["inference", "embeddings"]},
                     "short-only": {"permissions": ["inference"], "models": [SHORT_MODEL]},
                     "agent-user": {"permissions": ["agents"]},
+                    # The agents' service key: its runs' calls carry their callers' tokens.
+                    "agents-service": {"permissions": ["inference", "embeddings", "delegate"]},
                 },
                 "oidc": {
                     "issuer": ISSUER,
@@ -153,6 +162,7 @@ def agents_args(database_url: str, jwks_url: str, gateway_url: str) -> dict[str,
             "WELIP_DATABASE_URL": database_url,
             "WELIP_REDIS_URL": REDIS_URL,
             "WELIP_IT_ADMIN_KEY": ADMIN_KEY,
+            "WELIP_IT_CALLER_TOKEN_SECRET": CALLER_TOKEN_SECRET,
             "WELIP_STORAGE_URL": str(STORAGE_DIR),
             "WELIP_IT_AGENTS_KEY": agents_service_key(database_url),
         },
@@ -164,11 +174,11 @@ _service_keys: dict[str, str] = {}
 
 
 def agents_service_key(database_url: str) -> str:
-    """The agents' service key (role user: inference), minted once per session."""
+    """The agents' service key (role agents-service: it may delegate), minted once per session."""
     if database_url not in _service_keys:
         database = Database(database_url)
         database.upgrade()
-        _, key = KeyStore(database).create_key(name="agents-service", role="user")
+        _, key = KeyStore(database).create_key(name="agents-service", role="agents-service")
         database.dispose()
         _service_keys[database_url] = key
     return _service_keys[database_url]

@@ -1,5 +1,6 @@
 """Agents on the session cluster: two replicas of the agents app, the real engine behind the
-gateway (their LLM calls carry a service key), PostgreSQL for threads, runs and checkpoints.
+gateway (their LLM calls carry a service key and their caller's token), PostgreSQL for
+threads, runs and checkpoints.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import pytest
 import ray
 from ray import serve
 
-from tests.integration.conftest import ADMIN_KEY, AGENTS_APP, METRICS_PORT, STORAGE_DIR
+from tests.integration.conftest import (
+    ADMIN_KEY,
+    AGENTS_APP,
+    METRICS_PORT,
+    REDIS_PREFIX,
+    REDIS_URL,
+    STORAGE_DIR,
+)
 from tests.phoenix_server import PhoenixServer, children, named, traceparent, wait_for_trace
 
 pytestmark = pytest.mark.integration
@@ -282,12 +290,14 @@ def test_agent_runs_are_audited_and_counted(agents: httpx.Client, http: httpx.Cl
         ]
         time.sleep(0.5)
     assert rows and rows[0]["model"] == "tools" and rows[0]["status"] == 200
-    # The agent's own LLM calls went through the gateway under the service key.
+    # The agent's own LLM calls went through the gateway as its caller's (the admin key's),
+    # via the agents service.
     keys = http.get("/admin/keys").json()["data"]
     (service,) = [k["id"] for k in keys if k["name"] == "agents-service"]
     audit = http.get("/admin/audit", params={"limit": 500}).json()["data"]
-    llm_rows = [r for r in audit if r["route"] == "/v1/chat/completions" and r["key_id"] == service]
+    llm_rows = [r for r in audit if r["route"] == "/v1/chat/completions" and r["via"] == service]
     assert llm_rows and all(r["status"] == 200 for r in llm_rows[:3])
+    assert {r["principal"] for r in llm_rows} == {"admin-key"}
     deadline = time.monotonic() + 60
     series: list[str] = []
     while time.monotonic() < deadline:
@@ -301,6 +311,48 @@ def test_agent_runs_are_audited_and_counted(agents: httpx.Client, http: httpx.Cl
             break
         time.sleep(2)
     assert series and any('status="success"' in line for line in series)
+
+
+def test_an_agent_run_is_its_callers_own_at_the_gateway_and_refused_once_its_budget_is_spent(
+    base_url: str, http: httpx.Client
+) -> None:
+    import redis
+
+    created = http.post("/admin/keys", json={"name": "agents-caller-a", "role": "agent-user"}).json()
+    spent = http.post(
+        "/admin/keys", json={"name": "agents-spent", "role": "agent-user", "token_budget": 100_000}
+    ).json()
+    service = next(k["id"] for k in http.get("/admin/keys").json()["data"] if k["name"] == "agents-service")
+    body = {"assistant_id": "tools", "input": user_message("What is 6 * 7?"), "if_not_exists": "create"}
+    thread_id = f"caller-{created['id']}"
+    with httpx.Client(base_url=f"{base_url}/agents", timeout=300) as agents:
+        answered = agents.post(
+            f"/threads/{thread_id}/runs/wait",
+            json=body,
+            headers={"Authorization": f"Bearer {created['key']}"},
+        )
+        assert answered.status_code == 200 and "__error__" not in answered.json(), answered.text
+        # The budget is all but spent (its bucket in Redis, where every replica counts it):
+        # a run, whose call asks for up to the agent's max_tokens, is refused before it starts.
+        client = redis.Redis.from_url(REDIS_URL)
+        client.hset(f"{REDIS_PREFIX}:limit:{spent['id']}:budget", mapping={"v": "10", "ts": "0"})
+        client.close()
+        refused = agents.post(
+            f"/threads/caller-{spent['id']}/runs/wait",
+            json=body,
+            headers={"Authorization": f"Bearer {spent['key']}"},
+        )
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded" and refused.headers["retry-after"]
+    deadline = time.monotonic() + 30
+    llm_rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not llm_rows:
+        audit = http.get("/admin/audit", params={"limit": 500}).json()["data"]
+        llm_rows = [r for r in audit if r["route"] == "/v1/chat/completions" and r["key_id"] == created["id"]]
+        time.sleep(0.5)
+    assert llm_rows, "the run's LLM calls are audited under its caller"
+    assert {(r["principal"], r["via"], r["status"]) for r in llm_rows} == {(created["id"], service, 200)}
+    assert not [r for r in audit if r["route"] == "/v1/chat/completions" and r["key_id"] == spent["id"]]
 
 
 def test_replicas_starting_together_set_up_the_postgresql_checkpointer_once() -> None:

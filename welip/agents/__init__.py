@@ -7,6 +7,7 @@ metadata tables. The agents' LLM calls go through the WeLIP gateway.
 
 from welip.agents._api import OutputGuard, build_agents_router
 from welip.agents._app import build_agents_app, chat_model, compile_graphs, open_checkpointer
+from welip.agents._caller import CALLER_TOKEN_HEADER, caller_token, send_caller_token
 from welip.agents._config import (
     AgentConfig,
     AgentsConfig,
@@ -18,10 +19,11 @@ from welip.agents._config import (
 )
 from welip.agents._graphs import GRAPHS, AgentInput, build_rag_graph, build_react_graph
 from welip.agents._runtime import AgentRuntime, snapshot_json
-from welip.agents._store import AgentStore
+from welip.agents._store import AgentStore, RunRow
 from welip.agents._tools import Tool, build_tools, calculate
 
 __all__ = [
+    "CALLER_TOKEN_HEADER",
     "GRAPHS",
     "AgentConfig",
     "AgentInput",
@@ -32,6 +34,7 @@ __all__ = [
     "ChatModelConfig",
     "OutputGuard",
     "RetrievalConfig",
+    "RunRow",
     "Tool",
     "build_agents_app",
     "build_agents_router",
@@ -39,10 +42,12 @@ __all__ = [
     "build_react_graph",
     "build_tools",
     "calculate",
+    "caller_token",
     "chat_model",
     "compile_graphs",
     "load_agent_config",
     "open_checkpointer",
     "resolve_agents",
+    "send_caller_token",
     "snapshot_json",
 ]

@@ -14,6 +14,7 @@ import httpx
 from fastapi import FastAPI
 
 from welip.agents._api import Admit, OutputGuard, OwnerOf, build_agents_router
+from welip.agents._caller import send_caller_token
 from welip.agents._config import AgentConfig, ChatModelConfig, RetrievalConfig
 from welip.agents._graphs import GRAPHS
 from welip.agents._runtime import AgentRuntime
@@ -74,14 +75,18 @@ async def open_checkpointer(database_url: str) -> AsyncIterator[Any]:
         yield sqlite_saver
 
 
-def chat_model(config: ChatModelConfig) -> Any:
-    """LangChain's ``ChatOpenAI`` on the configured endpoint, with the service key and trace headers."""
+def chat_model(config: ChatModelConfig, transport: httpx.AsyncBaseTransport | None = None) -> Any:
+    """LangChain's ``ChatOpenAI`` on the configured endpoint: service key, run's caller token, trace headers.
+
+    ``transport``: an httpx transport to send through (tests pass ``httpx.MockTransport``).
+    """
     from langchain_openai import ChatOpenAI
 
     key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
     client = httpx.AsyncClient(
         timeout=config.timeout_s,
-        event_hooks={"request": [inject_traceparent]},
+        transport=transport,
+        event_hooks={"request": [inject_traceparent, send_caller_token]},
         limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
     )
     return ChatOpenAI(
@@ -121,6 +126,7 @@ class LazyRetriever:
                 self.config.embeddings_base_url or self.llm.base_url,
                 self.config.embeddings_model,
                 key or None,
+                request_hooks=[send_caller_token],
             )
             self._retriever = Retriever(
                 store=store, embeddings=embeddings, top_k=self.config.top_k, mode=self.config.mode

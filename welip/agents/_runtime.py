@@ -25,6 +25,7 @@ from langgraph.types import Command
 from opentelemetry import trace
 from pydantic import BaseModel
 
+from welip.agents._caller import caller_token
 from welip.agents._config import AgentConfig, AgentsConfig
 from welip.agents._store import ACTIVE_RUN_STATUSES, AgentStore, RunRow, ThreadRow
 from welip.agents._telemetry import agent_metrics, tracer
@@ -122,7 +123,13 @@ class AgentRuntime:
         *,
         replica: str | None = None,
         call_store: Callable[..., Any] | None = None,
+        mint_caller_token: Callable[[RunRow], str | None] | None = None,
     ) -> None:
+        """
+        Args:
+            mint_caller_token: Called in a run's task as the run starts: the token its LLM
+                and embeddings calls send for the run's caller (``None``: they send none).
+        """
         self.graphs = graphs
         self.agents = agents
         self.store = store
@@ -135,6 +142,7 @@ class AgentRuntime:
         self._cleanup: asyncio.Task[None] | None = None
         # Store calls are blocking SQLAlchemy: off the event loop by default.
         self._call = call_store or asyncio.to_thread
+        self._mint_caller_token = mint_caller_token
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self._call(fn, *args, **kwargs)
@@ -276,6 +284,9 @@ class AgentRuntime:
             await asyncio.sleep(CLAIM_POLL_S)
         current = asyncio.current_task()
         assert current is not None
+        if self._mint_caller_token is not None:
+            # This task's own context: the graph's node tasks copy it, no other run sees it.
+            caller_token.set(self._mint_caller_token(run))
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(run, current))
         status, thread_status, error = "error", "error", None
         started = time.perf_counter()

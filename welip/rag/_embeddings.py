@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -41,6 +42,7 @@ class GatewayEmbeddings:
         *,
         timeout_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        request_hooks: Sequence[Callable[[httpx.Request], Awaitable[None]]] = (),
     ) -> None:
         """
         Args:
@@ -49,12 +51,15 @@ class GatewayEmbeddings:
             api_key: sent as ``Authorization: Bearer <api_key>`` when given.
             timeout_s: longest wait for one response.
             transport: an httpx transport to send through (tests pass ``httpx.MockTransport``).
+            request_hooks: httpx request hooks run on each request, after the trace header's
+                (the agents app's sends its run's caller token).
         """
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout_s = timeout_s
         self._transport = transport
+        self._hooks = [inject_traceparent, *request_hooks]
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, in the order of ``texts``.
@@ -70,7 +75,7 @@ class GatewayEmbeddings:
             async with httpx.AsyncClient(
                 timeout=self._timeout_s,
                 transport=self._transport,
-                event_hooks={"request": [inject_traceparent]},  # the gateway joins the retriever's trace
+                event_hooks={"request": self._hooks},  # the gateway joins the retriever's trace
             ) as client:
                 response = await client.post(
                     url, json={"model": self.model, "input": texts}, headers=self._headers

@@ -105,6 +105,12 @@ class KeyStore:
             row = conn.execute(api_keys.select().where(api_keys.c.key_hash == key_hash)).mappings().first()
         return _key_record(dict(row)) if row else None
 
+    def key_by_id(self, key_id: str) -> KeyRecord | None:
+        """The key with this id, usable or not."""
+        with self._engine.connect() as conn:
+            row = conn.execute(api_keys.select().where(api_keys.c.id == key_id)).mappings().first()
+        return _key_record(dict(row)) if row else None
+
     def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
         """All keys, newest first."""
         query = api_keys.select().order_by(api_keys.c.created_at.desc())

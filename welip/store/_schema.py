@@ -44,6 +44,12 @@ audit_log = sa.Table(
     sa.Column("key_id", sa.String(32), nullable=True, index=True),
     sa.Column("role", sa.String(64), nullable=True),
     sa.Column("method", sa.String(8), nullable=False),
+    sa.Column(
+        "via",
+        sa.String(256),
+        nullable=True,
+        comment="The service (principal id) that called on the principal's behalf (a caller token).",
+    ),
     sa.Column("route", sa.String(256), nullable=False),
     sa.Column("model", sa.String(128), nullable=True, index=True),
     sa.Column("status", sa.Integer, nullable=False, index=True),

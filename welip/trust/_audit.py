@@ -55,6 +55,7 @@ class AuditRecord:
     principal_kind: str  # api_key | oidc | anonymous
     key_id: str | None = None
     role: str | None = None
+    via: str | None = None  # the service that called on the principal's behalf (a caller token)
     method: str
     route: str
     model: str | None = None

@@ -9,11 +9,18 @@ that does not exist.
 
 Failed authentications are limited per client address (``max_auth_failures_per_minute``),
 so a flood of guessed keys costs a bounded number of key look-ups.
+
+A principal is named once, here (:attr:`Principal.id`): an API key by its id, an OIDC
+caller by issuer and subject (:func:`oidc_principal_id`). Ownership (agent threads and
+runs), limits and audit records are all kept under that id. A request of a service
+whose role holds ``delegate`` may carry a caller token (:mod:`welip.trust._delegation`):
+it is then its caller's request, with :attr:`Principal.via` naming the service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import math
@@ -28,6 +35,7 @@ import jwt
 from welip.api import OpenAIError, model_not_found
 from welip.store import KEY_PREFIX, Database, KeyRecord, KeyStore, hash_key
 from welip.trust._config import ALL_PERMISSIONS, AuthConfig, OIDCConfig, RoleConfig
+from welip.trust._delegation import CallerTokens, invalid_caller_token
 
 logger = logging.getLogger("welip.gateway")
 
@@ -51,7 +59,7 @@ ROUTE_PERMISSIONS: tuple[tuple[str, str], ...] = (
 class Principal:
     """Who is calling: the subject limits and audit records are kept under."""
 
-    id: str  # key id, or "oidc:<sub>"
+    id: str  # key id, or oidc_principal_id(issuer, sub)
     kind: str  # api_key | oidc | anonymous
     role: str | None
     permissions: frozenset[str]
@@ -60,9 +68,25 @@ class Principal:
     tpm: int | None = None
     token_budget: int | None = None
     key_id: str | None = None
+    via: str | None = None  # the service (its principal id) that called on this caller's behalf
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+
+ADMIN_KEY_ID = "admin-key"
+"""The principal id of the bootstrap admin key (``auth.admin_key_env``)."""
+
+MAX_PRINCIPAL_ID_CHARS = 256  # the audit log's and agent tables' principal columns
+
+
+def oidc_principal_id(issuer: str, subject: str) -> str:
+    """An OIDC caller's principal id: ``oidc:<issuer>|<subject>``, issuer and subject both.
+
+    A subject is unique only within its issuer. ``%`` and ``|`` in the issuer are
+    percent-encoded, so the first ``|`` always ends it and no two pairs share an id.
+    """
+    return "oidc:" + issuer.replace("%", "%25").replace("|", "%7C") + "|" + subject
 
 
 ANONYMOUS = Principal(
@@ -173,9 +197,17 @@ class Authenticator:
             logger.warning("auth.admin_key_env names %s, which is unset", config.admin_key_env)
         self._admin_hash = hash_key(admin_key) if admin_key else None
         self._oidc = _OIDCVerifier(config.oidc) if config.oidc else None
+        self.caller_tokens = CallerTokens.from_env(config.caller_token_secret_env)
 
-    async def authenticate(self, authorization: str | None, source: str | None = None) -> Principal:
+    async def authenticate(
+        self, authorization: str | None, source: str | None = None, caller_token: str | None = None
+    ) -> Principal:
         """The caller presenting ``authorization``, from client address ``source`` (if known).
+
+        With a ``caller_token`` the principal is the caller it names, if ``authorization``
+        is a service whose role holds ``delegate`` and the token is valid (else 401): its
+        API key is read again by id, so a revoked or expired key stops working. The caller
+        then has the caller's models and limits and the service's route families.
 
         Raises 401 for a missing or wrong credential; 429 once ``source`` has failed
         ``max_auth_failures_per_minute`` times (then only a key this replica already
@@ -192,28 +224,64 @@ class Authenticator:
         blocked_s = budget.retry_after_s(source) if budget is not None and source is not None else None
         try:
             if credential.startswith(KEY_PREFIX) or self._oidc is None:
-                return await self._api_key(credential, blocked_s)
-            if blocked_s is not None:
-                raise too_many_failures(blocked_s)
-            return await self._oidc.verify(credential, self._config)
+                principal = await self._api_key(credential, blocked_s)
+            else:
+                if blocked_s is not None:
+                    raise too_many_failures(blocked_s)
+                principal = await self._oidc.verify(credential, self._config)
         except OpenAIError as exc:
             if exc.status_code == 401 and budget is not None and source is not None:
                 budget.spend(source)
             raise
+        # Not counted against the address: the service has authenticated, and a caller
+        # whose key was revoked mid-run must not lock the service's replica out.
+        return principal if caller_token is None else await self._delegated(principal, caller_token)
+
+    async def _delegated(self, service: Principal, token: str) -> Principal:
+        """The caller a caller token names, presented by ``service``; one 401 for every refusal."""
+        if "delegate" not in service.permissions or self.caller_tokens is None:
+            raise invalid_caller_token()
+        caller = self.caller_tokens.verify(token)
+        principal: Principal | None = None
+        if caller.kind == "api_key" and caller.id == ADMIN_KEY_ID:
+            principal = self._admin() if self._admin_hash is not None else None
+        elif caller.kind == "api_key":
+            record = await self._lookup("", key_id=caller.id)
+            role = self._config.roles.get(record.role) if record is not None else None
+            if record is not None and record.usable() and role is not None:
+                principal = self._key_principal(record, role)
+        elif caller.role is not None and caller.role in self._config.roles:
+            role = self._config.roles[caller.role]
+            principal = Principal(
+                id=caller.id,
+                kind="oidc",
+                role=caller.role,
+                permissions=frozenset(role.permissions),
+                models=_models(role, None),
+            )
+        if principal is None:
+            raise invalid_caller_token()
+        # The routes are the service's to call (a caller may hold only `agents`); the models,
+        # limits and audit row are the caller's.
+        permissions = service.permissions - {"delegate"}
+        return dataclasses.replace(principal, permissions=permissions, via=service.id)
+
+    def _admin(self) -> Principal:
+        return Principal(
+            id=ADMIN_KEY_ID,
+            kind="api_key",
+            role="admin",
+            permissions=frozenset(self._config.roles["admin"].permissions)
+            if "admin" in self._config.roles
+            else frozenset({"admin"}),
+            models=None,
+            key_id=ADMIN_KEY_ID,
+        )
 
     async def _api_key(self, key: str, blocked_s: int | None = None) -> Principal:
         digest = hash_key(key)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
-            return Principal(
-                id="admin-key",
-                kind="api_key",
-                role="admin",
-                permissions=frozenset(self._config.roles["admin"].permissions)
-                if "admin" in self._config.roles
-                else frozenset({"admin"}),
-                models=None,
-                key_id="admin-key",
-            )
+            return self._admin()
         if blocked_s is not None and digest not in self._cache:
             raise too_many_failures(blocked_s)  # before any look-up: a flood costs no query
         record = await self._lookup(digest)
@@ -226,6 +294,9 @@ class Authenticator:
         role = self._config.roles.get(record.role)
         if role is None:
             raise permission_denied(f"The key's role `{record.role}` is not defined on this gateway.")
+        return self._key_principal(record, role)
+
+    def _key_principal(self, record: KeyRecord, role: RoleConfig) -> Principal:
         return Principal(
             id=record.id,
             kind="api_key",
@@ -238,17 +309,22 @@ class Authenticator:
             key_id=record.id,
         )
 
-    async def _lookup(self, digest: str) -> KeyRecord | None:
+    async def _lookup(self, digest: str, *, key_id: str | None = None) -> KeyRecord | None:
+        """The key whose hash is ``digest`` (with ``key_id``: the key with that id), cached."""
+        cache_key = digest if key_id is None else "id:" + key_id  # never a hash: those are hex
         now = time.monotonic()
-        cached = self._cache.get(digest)
+        cached = self._cache.get(cache_key)
         if cached is not None:
-            self._cache.move_to_end(digest)
+            self._cache.move_to_end(cache_key)
             if now - cached[1] < self._config.key_cache_s:
                 return cached[0]
         if self._keys is None:
             return None
         try:
-            record = await asyncio.to_thread(self._keys.key_by_hash, digest)
+            if key_id is not None:
+                record = await asyncio.to_thread(self._keys.key_by_id, key_id)
+            else:
+                record = await asyncio.to_thread(self._keys.key_by_hash, digest)
         except Exception as exc:  # noqa: BLE001 - any database failure
             if cached is not None:
                 logger.warning("key lookup failed (%s); using the cached key", type(exc).__name__)
@@ -261,10 +337,10 @@ class Authenticator:
                 headers={"retry-after": "5"},
             ) from None
         if record is None:
-            self._cache.pop(digest, None)  # deleted since it was cached
+            self._cache.pop(cache_key, None)  # deleted since it was cached
             return None
-        self._cache[digest] = (record, now)
-        self._cache.move_to_end(digest)
+        self._cache[cache_key] = (record, now)
+        self._cache.move_to_end(cache_key)
         while len(self._cache) > self._config.key_cache_max_entries:
             self._cache.popitem(last=False)
         return record
@@ -320,6 +396,12 @@ class _OIDCVerifier:
         subject = claims.get(config.principal_claim)
         if not isinstance(subject, str) or not subject:
             raise invalid_token(f"The bearer token has no `{config.principal_claim}` claim.")
+        principal_id = oidc_principal_id(config.issuer, subject)
+        if len(principal_id) > MAX_PRINCIPAL_ID_CHARS:
+            raise invalid_token(
+                f"The bearer token's issuer and `{config.principal_claim}` together are longer than "
+                f"{MAX_PRINCIPAL_ID_CHARS - len('oidc:|')} characters."
+            )
         groups = claims.get(config.roles_claim) or []
         if isinstance(groups, str):
             groups = [groups]
@@ -328,7 +410,7 @@ class _OIDCVerifier:
             raise permission_denied("The bearer token's groups map to no WeLIP role.")
         role = auth.roles[role_name]
         return Principal(
-            id=f"oidc:{subject}",
+            id=principal_id,
             kind="oidc",
             role=role_name,
             permissions=frozenset(role.permissions),

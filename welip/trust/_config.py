@@ -16,7 +16,11 @@ from pydantic import Field, model_validator
 
 from welip.config import StrictModel
 
-Permission = Literal["inference", "embeddings", "agents", "eval_submit", "finetune_submit", "admin"]
+Permission = Literal[
+    "inference", "embeddings", "agents", "eval_submit", "finetune_submit", "admin", "delegate"
+]
+# Every route family. `delegate` is none: it lets a service (the agents app) present caller
+# tokens, and only a role that names it holds it (the default `agents-service` role).
 ALL_PERMISSIONS: tuple[Permission, ...] = (
     "inference",
     "embeddings",
@@ -56,6 +60,7 @@ def _default_roles() -> dict[str, RoleConfig]:
             permissions=["inference", "embeddings", "agents", "eval_submit", "finetune_submit"]
         ),
         "user": RoleConfig(permissions=["inference", "embeddings", "agents"]),
+        "agents-service": RoleConfig(permissions=["inference", "embeddings", "delegate"]),
     }
 
 
@@ -142,6 +147,19 @@ class AuthConfig(StrictModel):
         ),
     )
     roles: dict[str, RoleConfig] = Field(default_factory=_default_roles, description="Roles by name.")
+    caller_token_secret_env: str | None = Field(
+        "WELIP_CALLER_TOKEN_SECRET",
+        description=(
+            "Environment variable holding the secret (at least 32 bytes, the same on the gateway "
+            "and the agents app) that signs caller tokens: the agents app mints one per run for "
+            "its caller, and its LLM and embeddings calls carry it (header x-welip-caller-token) "
+            "beside the agents service's own key. The gateway accepts one only from a principal "
+            "whose role holds `delegate`, and then counts the call against the caller's own "
+            "grants and limits and audits it under the caller, `via` the service. Unset: the "
+            "agents app mints none (its calls are the service key's own) and the gateway refuses "
+            "every caller token."
+        ),
+    )
     oidc: OIDCConfig | None = Field(None, description="Accept OIDC/JWT bearer tokens too.")
 
     @model_validator(mode="after")

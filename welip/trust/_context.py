@@ -68,6 +68,7 @@ class RequestContext:
             "principal": p.id,
             "key_id": p.key_id,
             "role": p.role,
+            "via": p.via,
             "model": self.model,
             "method": self.method,
             # `path`: Serve puts its matched route template in the record's `route`.
@@ -91,6 +92,7 @@ class RequestContext:
             principal_kind=p.kind,
             key_id=p.key_id,
             role=p.role,
+            via=p.via,
             method=self.method[:8],
             route=self.route[:256],
             model=self.model[:128] if self.model else None,

@@ -10,7 +10,8 @@ middleware chain and Starlette's middleware do:
   and ``max_tokens`` within bounds, input guardrails, prompt size, in-flight bound, rate
   limits charged for what the request may generate) and looks a deterministic
   request up in the response cache; :meth:`Trust.admit_run` admits a request that runs
-  no engine itself (an agent run);
+  no engine itself (an agent run), and :meth:`Trust.mint_caller_token` gives the run a
+  caller token for the gateway calls it makes on its caller's behalf;
 * on the answer, :meth:`Trust.filter_answer` (a whole answer) or the filter from
   :meth:`Trust.stream_filter` (each batch of SSE events) applies the output guardrail
   and takes the engine's usage;
@@ -45,6 +46,7 @@ from welip.trust._auth import (
 from welip.trust._cache import MemoryResponseCache, RedisResponseCache, ResponseCache, cache_key
 from welip.trust._config import TrustConfig
 from welip.trust._context import RequestContext
+from welip.trust._delegation import CALLER_TOKEN_HEADER
 from welip.trust._guardrails import (
     StreamGuard,
     TextGuard,
@@ -193,8 +195,12 @@ class Trust:
             ctx.principal = OPEN
         else:
             with tracer.start_as_current_span("welip.auth") as span:
-                ctx.principal = await self.authenticator.authenticate(headers.get("authorization"), source)
+                ctx.principal = await self.authenticator.authenticate(
+                    headers.get("authorization"), source, headers.get(CALLER_TOKEN_HEADER)
+                )
                 span.set_attributes({"welip.principal.kind": ctx.principal.kind, "user.id": ctx.principal.id})
+                if ctx.principal.via is not None:
+                    span.set_attribute("welip.principal.via", ctx.principal.via)
                 authorize(ctx.principal, permission)
         if self.audit is not None:
             # One audit row per admitted request: no room for its record, no admission.
@@ -280,16 +286,45 @@ class Trust:
             return Admission(headers)
         return Admission(headers, await self._look_up(self.cache, ctx, raw, target_model, headers))
 
-    async def admit_run(self, ctx: RequestContext | None, subject: str) -> Admission:
-        """Admit a request that runs no engine itself (an agent run): the caller's request limits only.
+    async def admit_run(
+        self, ctx: RequestContext | None, subject: str, model: str | None = None, tokens: int = 0
+    ) -> Admission:
+        """Admit a request that runs no engine itself (an agent run) on the caller's own grants and limits.
 
+        Refuses, as the gateway would the run's own LLM calls: 404 ``model_not_found`` when
+        the caller may not use ``model`` (the model the run calls), 429 when its requests per
+        minute, tokens per minute or token budget lack ``tokens`` (what the run's first call
+        asks for at least). One request is taken; the tokens are only checked, since the
+        gateway charges the run's calls themselves to the caller (see :meth:`mint_caller_token`).
         ``subject`` (the assistant) is recorded as the request's model in audit and metrics.
         """
         if ctx is None:
             return Admission()
         ctx.model = subject
+        if model is not None:
+            authorize(ctx.principal, None, model)
         self._check_refused(ctx)
-        return Admission(await self._rate_limit(ctx, 0))
+        headers = await self._rate_limit(ctx, tokens)
+        if ctx.buckets and ctx.charged_tokens:
+            # A check, not a reservation: the run's calls are charged at the gateway.
+            refund = [-ctx.charged_tokens] * len(ctx.buckets)
+            try:
+                await self.limiter.charge(ctx.principal.id, ctx.buckets, refund)
+            except Exception as exc:  # noqa: BLE001 - the run is admitted; the tokens refill
+                logger.warning("token refund after an agent run's admission failed: %s", exc)
+        ctx.buckets, ctx.charged_tokens = [], 0
+        return Admission(headers)
+
+    def mint_caller_token(self, principal: Principal, ttl_s: float) -> str | None:
+        """A caller token naming ``principal`` for ``ttl_s`` seconds: gateway calls made on its behalf.
+
+        ``None`` where there is nobody to name (auth off, an anonymous caller) or no secret
+        (``auth.caller_token_secret_env`` unset): the calls are then the service key's own.
+        """
+        tokens = self.authenticator.caller_tokens if self.authenticator is not None else None
+        if tokens is None or principal.kind not in ("api_key", "oidc"):
+            return None
+        return tokens.mint(principal, ttl_s)
 
     def _guards_for(self, principal: Principal) -> tuple[TextGuard, TextGuard]:
         return self._guards.get(principal.role, self._guards[None])

@@ -28,7 +28,7 @@ from tests.unit.gateway.test_app import FakeEngine, served_card
 from welip.api import OpenAIError, parse_chat
 from welip.gateway import GatewayConfig, GatewayCore, LocalEngine, build_gateway_app
 from welip.store import AuditStore, Database, KeyStore
-from welip.trust import Admission, RequestContext, Trust, TrustConfig
+from welip.trust import Admission, Principal, RequestContext, Trust, TrustConfig
 from welip.trust._auth import OPEN
 
 ADMIN_KEY = "wlp_admin-secret-for-tests"
@@ -213,7 +213,8 @@ def test_jwt_claims_are_checked_and_groups_map_to_roles(
     assert client.get("/admin/keys", headers=auditor).status_code == 200
     assert len(engine.calls) == 1
     rows = _wait_for_audit(db, len(bad) + 4)
-    assert {r["principal"] for r in rows if r["status"] == 200} == {"oidc:alice"}
+    # Named by issuer and subject: a subject is unique only within its issuer.
+    assert {r["principal"] for r in rows if r["status"] == 200} == {"oidc:https://idp.test|alice"}
 
 
 def test_admin_api_creates_lists_and_revokes_keys(env: None, db: Database, tmp_path: Path) -> None:
@@ -529,6 +530,64 @@ def test_an_agent_run_is_admitted_on_the_callers_request_limit_under_its_assista
         with pytest.raises(OpenAIError) as refused:
             await trust.admit_run(_context(), "welip-docs")
         assert refused.value.code == "rate_limit_exceeded"
+
+    asyncio.run(run())
+
+
+def _caller(**limits: Any) -> RequestContext:
+    principal = Principal(
+        id="key_a",
+        kind="api_key",
+        role="user",
+        permissions=frozenset({"agents", "inference"}),
+        models=frozenset({"m"}),
+        key_id="key_a",
+        **limits,
+    )
+    return RequestContext(method="POST", route="/threads/t/runs/wait", request_id="r", principal=principal)
+
+
+def test_an_agent_run_is_refused_with_429_once_the_callers_token_budget_or_tpm_is_spent() -> None:
+    trust = Trust(TrustConfig(), database=None, redis=None)
+    raw = json.dumps({**CHAT, "max_tokens": 90}).encode()
+
+    async def run(limits: dict[str, int], denied: str) -> None:
+        spender = _caller(**limits)
+        await trust.admit(spender, parse_chat(raw), raw)  # 100 tokens: 10 of the prompt, 90 to generate
+        spender.prompt_tokens, spender.completion_tokens = 10, 90
+        trust.settle(spender)
+        with pytest.raises(OpenAIError) as refused:
+            await trust.admit_run(_caller(**limits), "tools", "m", tokens=64)
+        assert (refused.value.status_code, refused.value.code) == (429, "rate_limit_exceeded")
+        assert refused.value.headers["retry-after"] and denied in refused.value.message
+
+    asyncio.run(run({"token_budget": 110}, "token budget"))
+    trust = Trust(TrustConfig(), database=None, redis=None)
+    asyncio.run(run({"tpm": 110}, "tokens per minute"))
+
+
+def test_an_agent_run_only_checks_the_callers_tokens_its_llm_calls_are_charged_at_the_gateway() -> None:
+    trust = Trust(TrustConfig(), database=None, redis=None)
+
+    async def run() -> None:
+        for _ in range(3):  # 3 x 64 > 100: nothing is kept
+            admitted = await trust.admit_run(_caller(tpm=100), "tools", "m", tokens=64)
+            assert admitted.headers["x-ratelimit-remaining-tokens"] == "36"  # checked, then given back
+        raw = json.dumps({**CHAT, "max_tokens": 95}).encode()
+        await trust.admit(_caller(tpm=100), parse_chat(raw), raw)  # the whole minute is still there
+
+    asyncio.run(run())
+
+
+def test_an_agent_run_on_a_model_the_caller_may_not_use_is_404_as_an_unknown_model() -> None:
+    trust = Trust(TrustConfig(limits={"default_rpm": 1}), database=None, redis=None)
+
+    async def run() -> None:
+        with pytest.raises(OpenAIError) as refused:
+            await trust.admit_run(_caller(), "tools", "other-model", tokens=64)
+        assert (refused.value.status_code, refused.value.code) == (404, "model_not_found")
+        # Refused before its request was counted: the one request a minute is still there.
+        await trust.admit_run(_caller(), "tools", "m", tokens=64)
 
     asyncio.run(run())
 
