@@ -550,3 +550,14 @@ def test_without_a_request_context_every_call_admits_and_changes_nothing() -> No
     events = _chunk("hi") + _chunk(None, usage=usage) + "data: [DONE]\n\n"
     passed = trust.stream_filter(None)
     assert passed(events) == events and not passed.blocked
+
+
+def test_an_audit_query_for_a_status_no_response_can_have_is_a_400(
+    env: None, db: Database, tmp_path: Path
+) -> None:
+    # Found by tests/unit/gateway/test_schemathesis.py: an integer past the database's was a 500.
+    client, _ = _client(db, tmp_path, {"m": FakeEngine([])})
+    for status in (10**28, -1, 99, 600):
+        answer = client.get("/admin/audit", params={"status": status}, headers=_bearer(ADMIN_KEY))
+        assert (answer.status_code, answer.json()["error"]["param"]) == (400, "query.status"), status
+    assert client.get("/admin/audit", params={"status": 429}, headers=_bearer(ADMIN_KEY)).status_code == 200
