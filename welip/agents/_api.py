@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -78,7 +78,8 @@ def body_schemas(ref_template: str) -> dict[str, dict[str, Any]]:
     A run's ``input`` is what every shipped graph takes (:class:`AgentInput`).
     """
     schemas: dict[str, dict[str, Any]] = {}
-    for model in (*_BODIES, AgentInput):
+    models: tuple[type[BaseModel], ...] = (*_BODIES, AgentInput)
+    for model in models:
         schema = model.model_json_schema(ref_template=ref_template)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -358,7 +359,10 @@ def build_agents_router(runtime: AgentRuntime, owner_of: OwnerOf, admit: Admit |
 
     @router.get("/threads/{thread_id}/runs", summary="The thread's runs, newest first")
     async def list_runs(
-        thread_id: str, request: Request, limit: int = 10, offset: int = 0
+        thread_id: str,
+        request: Request,
+        limit: int = Query(10, ge=1, le=1000),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[dict[str, Any]]:
         await thread_or_404(request, thread_id)
         rows = await runtime.db(
