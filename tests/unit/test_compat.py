@@ -53,3 +53,10 @@ def test_no_private_import_outside_the_adapters() -> None:
                     if not name.startswith("welip") and (private or vllm_internal):
                         offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []
+
+
+def test_vllm_client_error_is_what_its_request_validators_raise() -> None:
+    from vllm.exceptions import VLLMValidationError
+
+    assert issubclass(VLLMValidationError, vllm_compat.VLLMClientError)
+    assert VLLMValidationError("x", parameter="n").parameter == "n"

@@ -6,4 +6,9 @@ from __future__ import annotations
 # include_usage on streams whose caller did not ask for it (usage feeds limits and audit).
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
-__all__ = ["StreamOptions"]
+# What vLLM's request models raise for a request they refuse (`logprobs: -2`): not a
+# ValueError, so pydantic lets it through model_validate as it is. `.parameter` names
+# the field.
+from vllm.exceptions import VLLMClientError
+
+__all__ = ["StreamOptions", "VLLMClientError"]

@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -110,6 +110,31 @@ class RunCreate(_Body):
 
 class HistoryQuery(_Body):
     limit: int = Field(10, gt=0, le=MAX_PAGE)
+
+
+_BODIES: tuple[type[_Body], ...] = (ThreadCreate, ThreadPatch, ThreadSearch, HistoryQuery, RunCreate)
+
+
+def body_schemas(ref_template: str) -> dict[str, dict[str, Any]]:
+    """JSON schemas of the request bodies, for the OpenAPI spec (the routes parse them themselves).
+
+    A run's ``input`` is what every shipped graph takes (:class:`AgentInput`).
+    """
+    schemas: dict[str, dict[str, Any]] = {}
+    models: tuple[type[BaseModel], ...] = (*_BODIES, AgentInput)
+    for model in models:
+        schema = model.model_json_schema(ref_template=ref_template)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    ref = {"$ref": ref_template.format(model=AgentInput.__name__)}
+    schemas["RunCreate"]["properties"]["input"] = {"anyOf": [ref, {"type": "null"}], "title": "Input"}
+    return schemas
+
+
+def _body(model: type[_Body], *, required: bool = False) -> dict[str, Any]:
+    """The route's ``openapi_extra``: its JSON body, by the model it is parsed with."""
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    return {"requestBody": {"required": required, "content": content}}
 
 
 def _not_found(what: str, ident: str) -> OpenAIError:
@@ -245,7 +270,7 @@ def build_agents_router(
 
     # -- threads --------------------------------------------------------------------
 
-    @router.post("/threads", summary="Create a thread")
+    @router.post("/threads", summary="Create a thread", openapi_extra=_body(ThreadCreate))
     async def create_thread(request: Request) -> dict[str, Any]:
         body = _parse(ThreadCreate, await request.body())
         _check_json(body.metadata, limits, "metadata")
@@ -261,7 +286,11 @@ def build_agents_router(
             )
         return await out(request, await runtime.thread_json(thread))
 
-    @router.post("/threads/search", summary="Your threads, filtered by metadata and status")
+    @router.post(
+        "/threads/search",
+        summary="Your threads, filtered by metadata and status",
+        openapi_extra=_body(ThreadSearch),
+    )
     async def search_threads(request: Request) -> list[dict[str, Any]]:
         body = _parse(ThreadSearch, await request.body())
         _check_json(body.metadata, limits, "metadata")
@@ -279,7 +308,9 @@ def build_agents_router(
     async def get_thread(thread_id: str, request: Request) -> dict[str, Any]:
         return await out(request, await runtime.thread_json(await thread_or_404(request, thread_id)))
 
-    @router.patch("/threads/{thread_id}", summary="Merge metadata into a thread")
+    @router.patch(
+        "/threads/{thread_id}", summary="Merge metadata into a thread", openapi_extra=_body(ThreadPatch)
+    )
     async def patch_thread(thread_id: str, request: Request) -> dict[str, Any]:
         body = _parse(ThreadPatch, await request.body())
         _check_json(body.metadata, limits, "metadata")
@@ -313,7 +344,11 @@ def build_agents_router(
         _check_page(limit)
         return await out(request, await runtime.history(await thread_or_404(request, thread_id), limit))
 
-    @router.post("/threads/{thread_id}/history", summary="The thread's past states (LangGraph SDK route)")
+    @router.post(
+        "/threads/{thread_id}/history",
+        summary="The thread's past states (LangGraph SDK route)",
+        openapi_extra=_body(HistoryQuery),
+    )
     async def post_history(thread_id: str, request: Request) -> list[dict[str, Any]]:
         body = _parse(HistoryQuery, await request.body())
         return await out(request, await runtime.history(await thread_or_404(request, thread_id), body.limit))
@@ -426,18 +461,30 @@ def build_agents_router(
             "x-welip-run-id": run.run_id,
         }
 
-    @router.post("/threads/{thread_id}/runs", summary="Start a run in the background")
+    @router.post(
+        "/threads/{thread_id}/runs",
+        summary="Start a run in the background",
+        openapi_extra=_body(RunCreate, required=True),
+    )
     async def create_run(thread_id: str, request: Request) -> JSONResponse:
         run, _ = await new_run(thread_id, request)
         runtime.start(run)
         return JSONResponse(run.public(), headers=run_headers(run))
 
-    @router.post("/threads/{thread_id}/runs/wait", summary="Run and answer the thread's final values")
+    @router.post(
+        "/threads/{thread_id}/runs/wait",
+        summary="Run and answer the thread's final values",
+        openapi_extra=_body(RunCreate, required=True),
+    )
     async def wait_run(thread_id: str, request: Request) -> JSONResponse:
         run, _ = await new_run(thread_id, request)
         return JSONResponse(await out(request, await runtime.wait(run)), headers=run_headers(run))
 
-    @router.post("/threads/{thread_id}/runs/stream", summary="Run and stream its events (SSE)")
+    @router.post(
+        "/threads/{thread_id}/runs/stream",
+        summary="Run and stream its events (SSE)",
+        openapi_extra=_body(RunCreate, required=True),
+    )
     async def stream_run(thread_id: str, request: Request) -> StreamingResponse:
         run, body = await new_run(thread_id, request, streams=True)
         events = runtime.stream(
@@ -449,7 +496,10 @@ def build_agents_router(
 
     @router.get("/threads/{thread_id}/runs", summary="The thread's runs, newest first")
     async def list_runs(
-        thread_id: str, request: Request, limit: int = 10, offset: int = 0
+        thread_id: str,
+        request: Request,
+        limit: int = Query(10, ge=1, le=1000),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[dict[str, Any]]:
         _check_page(limit, offset)
         await thread_or_404(request, thread_id)

@@ -12,8 +12,9 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
-from welip.agents._api import Admit, OutputGuard, OwnerOf, build_agents_router
+from welip.agents._api import Admit, OutputGuard, OwnerOf, body_schemas, build_agents_router
 from welip.agents._caller import send_caller_token
 from welip.agents._config import AgentConfig, ChatModelConfig, RetrievalConfig
 from welip.agents._graphs import GRAPHS
@@ -173,4 +174,16 @@ def build_agents_app(
 
     app.include_router(build_agents_router(runtime, owner_of, admit, output_guard))
     add_error_handlers(app, service="agents service", logger=logger, on_error=on_error)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body_schemas("#/components/schemas/{model}"))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -3,7 +3,14 @@
 from welip.api._errors import OpenAIError, from_engine_error, invalid_request, model_not_found
 from welip.api._handlers import OnError, add_error_handlers
 from welip.api._json import MAX_JSON_DEPTH, load_json
-from welip.api._requests import CHAT_ROLES, EmbeddingRequest, parse_chat, parse_completion, parse_embedding
+from welip.api._requests import (
+    CHAT_ROLES,
+    EmbeddingRequest,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    request_schemas,
+)
 from welip.api._sse import DONE, engine_error, sse_events, sse_frame
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "parse_chat",
     "parse_completion",
     "parse_embedding",
+    "request_schemas",
     "sse_events",
     "sse_frame",
 ]

@@ -17,6 +17,7 @@ from ray.serve.llm.openai_api_models import (
     CompletionRequest,
 )
 
+from welip._compat.vllm import VLLMClientError
 from welip.api._errors import OpenAIError, invalid_request
 from welip.api._json import load_json
 
@@ -46,6 +47,7 @@ __all__ = [
     "parse_chat",
     "parse_completion",
     "parse_embedding",
+    "request_schemas",
 ]
 
 
@@ -181,6 +183,63 @@ def parse_embedding(raw: bytes) -> EmbeddingRequest:
     return request
 
 
+def request_schemas(ref_template: str) -> dict[str, dict[str, Any]]:
+    """JSON schemas of the bodies :func:`parse_chat`, :func:`parse_completion`, :func:`parse_embedding` take.
+
+    vLLM's request models leave to the engine, or do not state, what the checks above
+    refuse; the schemas say it too, so a client generated from the OpenAPI spec sends
+    what the gateway takes: ``model`` required, a non-empty ``messages`` or ``prompt``,
+    a known role on every message, positive token counts and choices within OpenAI's
+    bounds. Bounds that depend on the served model or the gateway's configuration
+    (``max_tokens`` within the context, ``limits.max_choices_per_request``) are not
+    in them.
+
+    Args:
+        ref_template: How a schema refers to another (``#/components/schemas/{model}``).
+
+    Returns:
+        Each request model's schema by name, and every schema they refer to.
+    """
+    schemas: dict[str, dict[str, Any]] = {}
+    for model in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest):
+        schema = model.model_json_schema(ref_template=ref_template)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        schema = schemas[name]
+        properties = schema["properties"]
+        properties["model"] = {"type": "string", "minLength": 1, "title": "Model"}
+        for field in _POSITIVE_INT_FIELDS:
+            if field in properties:
+                bounds = {
+                    "type": "integer",
+                    "minimum": 1,
+                    **({"maximum": _MOST[field]} if field in _MOST else {}),
+                }
+                properties[field] = {
+                    "anyOf": [bounds, {"type": "null"}],
+                    "title": properties[field].get("title"),
+                }
+        required = {"model", "messages" if name == "ChatCompletionRequest" else "prompt"}
+        schema["required"] = sorted(required | set(schema.get("required", [])))
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    chat["messages"]["minItems"] = 1
+    # Messages of vLLM's own shape take any role string; the gateway takes OpenAI's roles.
+    schemas["CustomChatCompletionMessageParam"]["properties"]["role"] = {
+        "enum": sorted(CHAT_ROLES),
+        "title": "Role",
+        "type": "string",
+    }
+    prompt = schemas["CompletionRequest"]["properties"]["prompt"]
+    non_empty = [
+        {**option, **({"minLength": 1} if option.get("type") == "string" else {"minItems": 1})}
+        for option in prompt["anyOf"]
+        if option.get("type") != "null"
+    ]
+    schemas["CompletionRequest"]["properties"]["prompt"] = {"anyOf": non_empty, "title": "Prompt"}
+    return schemas
+
+
 def _load_object(raw: bytes) -> dict[str, Any]:
     payload = load_json(raw)
     if not isinstance(payload, dict):
@@ -217,8 +276,17 @@ def _validate(model: type[_Request], payload: dict[str, Any]) -> _Request:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise _from_validation_error(exc) from None
+    except VLLMClientError as exc:  # vLLM's model validators: not a ValueError, so not wrapped by pydantic
+        message = str(exc.args[0]) if exc.args else type(exc).__name__
+        raise invalid_request(message, param=getattr(exc, "parameter", None)) from None
     except ValueError as exc:  # vLLM's model validators raise plain ValueError
         raise invalid_request(str(exc)) from None
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        # vLLM's "before" validators read the raw body before pydantic checks its types:
+        # a field of the wrong type (`structured_outputs: []`) trips them up.
+        raise invalid_request(
+            f"A field of the request has the wrong type ({type(exc).__name__}: {exc}).", code="invalid_type"
+        ) from None
 
 
 def _from_validation_error(exc: ValidationError) -> OpenAIError:

@@ -94,7 +94,7 @@ def build_admin_router(trust: Trust) -> APIRouter:
         principal: str | None = None,
         key_id: str | None = None,
         model: str | None = None,
-        status: int | None = None,
+        status: int | None = Query(None, ge=100, le=599, description="HTTP status of the answer."),
         request_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,

@@ -16,13 +16,12 @@ from fastapi.responses import JSONResponse, Response
 
 import welip
 from welip.api import (
-    EmbeddingRequest,
     add_error_handlers,
     parse_chat,
     parse_completion,
     parse_embedding,
+    request_schemas,
 )
-from welip.api._requests import ChatCompletionRequest, CompletionRequest
 from welip.gateway._admin import build_admin_router
 from welip.gateway._core import GatewayCore
 from welip.trust import TrustMiddleware, record_error
@@ -104,9 +103,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest):
-        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(model_schema.pop("$defs", {}))
-        components[model.__name__] = model_schema
+    components.update(request_schemas("#/components/schemas/{model}"))
     app.openapi_schema = schema
     return schema

@@ -133,3 +133,44 @@ def test_bad_embedding_requests_name_the_field(raw: bytes, param: str | None, co
 def test_token_id_input_is_refused_with_a_way_out_for_langchain() -> None:
     error = _error(_embedding(input=[[1, 2, 3]]), parse_embedding)
     assert "check_embedding_ctx_length=False" in error.message
+
+
+@pytest.mark.parametrize(
+    ("parse", "body", "param"),
+    [
+        # Found by tests/unit/gateway/test_schemathesis.py (a 500): vLLM's model validators
+        # raise its own VLLMValidationError, which pydantic lets through.
+        (parse_completion, {"model": "m", "prompt": "x", "logprobs": -2}, "logprobs"),
+        (parse_completion, {"model": "m", "prompt": "x", "prompt_logprobs": -2}, "prompt_logprobs"),
+        (
+            parse_chat,
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": -2},
+            "top_logprobs",
+        ),
+    ],
+)
+def test_what_vllms_own_validators_refuse_is_a_400_naming_the_field(
+    parse: object, body: dict[str, object], param: str
+) -> None:
+    error = _error(json.dumps(body).encode(), parse)  # type: ignore[arg-type]
+    assert (error.code, error.param) == ("invalid_value", param)
+    assert error.message.startswith(f"`{param}` must be")
+
+
+@pytest.mark.parametrize(
+    ("parse", "body"),
+    [
+        # Found by tests/unit/gateway/test_schemathesis.py (a 500): vLLM's validators read
+        # the raw body before pydantic checks types, and fail on a field of the wrong type.
+        (parse_completion, {"model": "m", "prompt": "x", "structured_outputs": []}),
+        (
+            parse_chat,
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "structured_outputs": [1]},
+        ),
+    ],
+)
+def test_a_field_of_the_wrong_type_that_vllms_validators_trip_on_is_a_400(
+    parse: object, body: dict[str, object]
+) -> None:
+    error = _error(json.dumps(body).encode(), parse)  # type: ignore[arg-type]
+    assert error.code == "invalid_type" and error.message

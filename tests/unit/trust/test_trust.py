@@ -652,3 +652,14 @@ def test_a_key_refused_for_its_rate_is_refused_again_before_its_prompt_is_guarde
     assert (counter.calls, limiter_calls) == (2, 2)
     rows = _wait_for_audit(db, 6)
     assert sorted((r["status"], r["model"]) for r in rows) == [(200, "m")] + [(429, "m")] * 5
+
+
+def test_an_audit_query_for_a_status_no_response_can_have_is_a_400(
+    env: None, db: Database, tmp_path: Path
+) -> None:
+    # Found by tests/unit/gateway/test_schemathesis.py: an integer past the database's was a 500.
+    client, _ = _client(db, tmp_path, {"m": FakeEngine([])})
+    for status in (10**28, -1, 99, 600):
+        answer = client.get("/admin/audit", params={"status": status}, headers=_bearer(ADMIN_KEY))
+        assert (answer.status_code, answer.json()["error"]["param"]) == (400, "query.status"), status
+    assert client.get("/admin/audit", params={"status": 429}, headers=_bearer(ADMIN_KEY)).status_code == 200
