@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -33,6 +34,7 @@ from tests.unit.trust.test_trust import (
 from welip.api import OpenAIError
 from welip.store import Database, KeyStore, hash_key
 from welip.trust import TrustConfig
+from welip.trust import _auth as auth_module
 from welip.trust._auth import ANONYMOUS, Authenticator
 
 
@@ -112,6 +114,10 @@ def test_failed_authentications_are_limited_per_client_address(
         return real_lookup(self, digest)
 
     monkeypatch.setattr(KeyStore, "key_by_hash", counted)
+    # The failure bucket refills one attempt per 2 s: on a loaded machine 50 requests may take
+    # longer than that, so the replica's clock stands still while the flood runs.
+    frozen_s = time.monotonic()
+    monkeypatch.setattr(auth_module, "time", SimpleNamespace(monotonic=lambda: frozen_s))
     flood = [
         client.post("/v1/chat/completions", json=CHAT, headers=_bearer(f"wlp_{secrets.token_urlsafe(32)}"))
         for _ in range(50)
