@@ -203,11 +203,18 @@ def build_agents_router(
     async def out(request: Request, value: Any) -> Any:
         return value if output_guard is None else await output_guard.apply(request, value)
 
+    async def run_json(request: Request, run: RunRow) -> dict[str, Any]:
+        """A run row; its ``error`` (an exception's text may quote a model, a tool or a document) guarded."""
+        row = run.public()
+        if row["error"]:
+            row["error"] = await out(request, row["error"])
+        return row
+
     async def guarded_events(
         request: Request, events: AsyncIterator[tuple[str, Any]]
     ) -> AsyncIterator[tuple[str, Any]]:
         async for event, data in events:
-            if event in ("metadata", "error"):
+            if event == "metadata":
                 yield event, data
                 continue
             try:
@@ -504,7 +511,7 @@ def build_agents_router(
         _check_page(limit, offset)  # 422 naming the parameter, as on every list route
         await thread_or_404(request, thread_id)
         rows = await runtime.db(runtime.store.list_runs, thread_id, owner_of(request), limit, offset)
-        return [r.public() for r in rows]
+        return [await run_json(request, r) for r in rows]
 
     async def run_or_404(request: Request, run_id: str, thread_id: str | None = None) -> RunRow:
         run = await runtime.db(runtime.store.get_run, run_id, owner_of(request), thread_id)
@@ -514,7 +521,7 @@ def build_agents_router(
 
     @router.get("/threads/{thread_id}/runs/{run_id}", summary="One run")
     async def get_thread_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
-        return (await run_or_404(request, run_id, thread_id)).public()
+        return await run_json(request, await run_or_404(request, run_id, thread_id))
 
     @router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values")
     async def join_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
@@ -522,15 +529,15 @@ def build_agents_router(
 
     @router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
     async def cancel_thread_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
-        return (await runtime.cancel(await run_or_404(request, run_id, thread_id))).public()
+        return await run_json(request, await runtime.cancel(await run_or_404(request, run_id, thread_id)))
 
     @router.get("/runs/{run_id}", summary="One run")
     async def get_run(run_id: str, request: Request) -> dict[str, Any]:
-        return (await run_or_404(request, run_id)).public()
+        return await run_json(request, await run_or_404(request, run_id))
 
     @router.post("/runs/{run_id}/cancel", summary="Cancel a run")
     async def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
-        return (await runtime.cancel(await run_or_404(request, run_id))).public()
+        return await run_json(request, await runtime.cancel(await run_or_404(request, run_id)))
 
     return router
 

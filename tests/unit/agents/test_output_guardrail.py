@@ -38,14 +38,17 @@ class LeakyRetriever:
 
 
 @contextlib.asynccontextmanager
-async def guarded_client(tmp_path: Path, output: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
+async def guarded_client(
+    tmp_path: Path, output: dict[str, Any], retriever: Any = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """The agents app as deployments/agents.py wires it, with ``output`` as the output guardrail."""
     url = f"sqlite:///{tmp_path}/welip.db"
     database = Database(url)
     database.upgrade()
     trust = Trust(TrustConfig(guardrails={"output": output}), database=None, redis=None)
     async with open_checkpointer(url) as checkpointer:
-        graph = build_rag_graph(RAG, fake("See [c0ffee01].", "Again [c0ffee01]."), LeakyRetriever())
+        model = fake("See [c0ffee01].", "Again [c0ffee01].")
+        graph = build_rag_graph(RAG, model, retriever or LeakyRetriever())
         graphs = {"docs": graph.compile(checkpointer=checkpointer)}
         config = AgentsConfig(agents=[RAG, REACT])
         runtime = AgentRuntime(graphs, {"docs": RAG}, AgentStore(database), checkpointer, config)
@@ -139,5 +142,34 @@ def test_an_output_judge_rules_on_the_values_it_sees_redacted(tmp_path: Path, ju
             judge.thread.join(5)
             down = await client.get(f"/threads/{tid}/state")
             assert (down.status_code, down.json()["error"]["code"]) == (503, "guardrail_unavailable")
+
+    run(go())
+
+
+class FailingRetriever:
+    """A retriever whose failure quotes the document it choked on, as libraries' errors do."""
+
+    async def retrieve(self, query: str) -> list[Chunk]:
+        raise ValueError(f"cannot parse chunk: {SECRET_DOC}")
+
+
+def test_a_failed_runs_error_text_passes_the_output_guardrail_in_events_and_run_rows(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with guarded_client(tmp_path, {"pii": ["kr_rrn"]}, retriever=FailingRetriever()) as client:
+            tid = (await client.post("/threads", json={})).json()["thread_id"]
+            stream = await client.post(f"/threads/{tid}/runs/stream", json=BODY)
+            event, data = sse(stream.text)[-1]
+            assert event == "error" and "[REDACTED:kr_rrn]" in data["message"]
+            run_id = stream.headers["x-welip-run-id"]
+            waited = await client.post(f"/threads/{tid}/runs/wait", json=BODY)
+            answers = [
+                stream.text,
+                waited.text,
+                (await client.get(f"/threads/{tid}/runs/{run_id}")).text,
+                (await client.get(f"/threads/{tid}/runs")).text,
+                (await client.get(f"/runs/{run_id}")).text,
+            ]
+            for text in answers:
+                assert RRN not in text and "[REDACTED:kr_rrn]" in text
 
     run(go())
