@@ -271,7 +271,8 @@ def build_react_graph(
     decide_model = chat_model.bind(response_format=schema)
 
     async def agent(state: ReactState, _: Any) -> dict[str, Any]:
-        steps = state.get("steps", 0)
+        # max_steps bounds each run: a caller's new question starts the count again.
+        steps = 0 if isinstance(state["messages"][-1], HumanMessage) else state.get("steps", 0)
         if steps >= config.max_steps:
             return {"messages": [AIMessage(f"I stopped after {steps} tool calls without a final answer.")]}
         with llm_span(config.llm.model) as span:
@@ -281,14 +282,16 @@ def build_react_graph(
         action = parse_action(_text(reply), names)
         usage = getattr(reply, "usage_metadata", None)
         if action["action"] == "final_answer":
-            return {"messages": [AIMessage(action["action_input"], id=reply.id, usage_metadata=usage)]}
+            answer = AIMessage(action["action_input"], id=reply.id, usage_metadata=usage)
+            return {"messages": [answer], "steps": steps}
         call = {
             "name": action["action"],
             "args": {"input": action["action_input"]},
             "id": f"call_{uuid.uuid4().hex[:12]}",
         }
         return {
-            "messages": [AIMessage(action["thought"], id=reply.id, tool_calls=[call], usage_metadata=usage)]
+            "messages": [AIMessage(action["thought"], id=reply.id, tool_calls=[call], usage_metadata=usage)],
+            "steps": steps,
         }
 
     async def approve(state: ReactState, _: Any) -> Command[Literal["tools", "agent"]]:

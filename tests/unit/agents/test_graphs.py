@@ -142,3 +142,29 @@ def test_every_graph_declares_what_a_callers_command_may_do() -> None:
 
     assert set(COMMANDS) == set(GRAPHS)
     assert all(c.goto == () for c in COMMANDS.values())  # no shipped graph lets a caller jump
+
+
+def test_max_steps_bounds_each_run_not_the_threads_lifetime() -> None:
+    import asyncio
+
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from welip.agents import build_react_graph
+
+    config = AgentConfig.model_validate(
+        {"assistant_id": "a", "name": "a", "graph": "react", "tools": ["calculator"], "max_steps": 2}
+    )
+    step = json.dumps({"thought": "t", "action": "calculator", "action_input": "2+2"})
+    answer = json.dumps({"thought": "t", "action": "final_answer", "action_input": "4"})
+    model = GenericFakeChatModel(messages=iter([AIMessage(text) for text in (step, answer, step, answer)]))
+    graph = build_react_graph(config, model, None).compile(checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "t"}}
+
+    async def ask() -> str:
+        state = await graph.ainvoke({"messages": [HumanMessage("2+2?")]}, thread)
+        return str(state["messages"][-1].content)
+
+    assert asyncio.run(ask()) == "4"
+    # The second question on the thread gets its own tool call, not "I stopped after 2 tool calls".
+    assert asyncio.run(ask()) == "4"
