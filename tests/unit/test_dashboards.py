@@ -41,6 +41,8 @@ KNOWN_METRICS = frozenset(
         "ray_welip_gateway_cache_lookups_total",
         "ray_welip_audit_queue_depth",
         "ray_welip_audit_spool_depth",
+        "ray_welip_audit_spool_bytes",
+        "ray_welip_audit_dropped_records_total",
         "ray_welip_agent_runs_total",
         "ray_welip_agent_run_latency_s_bucket",
         "ray_welip_agent_node_latency_s_bucket",
