@@ -322,8 +322,14 @@ class GatewayCore:
 
         The generation is aborted whenever this raises.
         """
+        deadline = asyncio.timeout(self.config.first_response_timeout_s)
         try:
-            first = await asyncio.wait_for(stream.__anext__(), self.config.first_response_timeout_s)
+            async with deadline:
+                first = await stream.__anext__()
+            if deadline.expired():
+                # vLLM answers a cancelled request with an error ("Client disconnected")
+                # instead of raising: the deadline passed all the same.
+                raise TimeoutError
         except StopAsyncIteration:
             raise OpenAIError(
                 502, "The engine returned no response.", type="server_error", code="engine_error"

@@ -137,6 +137,31 @@ def test_slow_engine_gets_a_504_and_is_cancelled() -> None:
     assert engine.streams[0].cancelled
 
 
+class SwallowingStream(FakeStream):
+    """vLLM's non-streamed chat: a cancelled request answers an error instead of raising."""
+
+    async def __anext__(self) -> Any:
+        try:
+            await asyncio.sleep(self._delay_s)
+        except asyncio.CancelledError:
+            return [
+                ErrorResponse(
+                    error={"message": "Client disconnected", "type": "BadRequestError", "code": 400}
+                )
+            ]
+        return next(self._items)
+
+
+def test_an_engine_that_answers_its_cancellation_with_an_error_still_gets_a_504() -> None:
+    # vLLM (serving.py) catches the CancelledError the timeout sends and returns
+    # "Client disconnected" as a 400: the client asked nothing wrong, and may retry.
+    engine = FakeEngine([[_chunk("late")]], delay_s=2)
+    engine.generate = lambda method, body, adapter=None: SwallowingStream(engine.items, 2)  # type: ignore[method-assign]
+    client = _client({"m": engine}, first_response_timeout_s=0.2)
+    response = client.post("/v1/chat/completions", json={"model": "m", **CHAT})
+    assert (response.status_code, response.json()["error"]["code"]) == (504, "timeout")
+
+
 def test_ready_names_the_engine_that_is_down() -> None:
     client = _client({"up": FakeEngine([]), "down": FakeEngine([], healthy=False)})
     response = client.get("/ready")
