@@ -26,9 +26,12 @@ server / bare, and after / before per server (``welip / welip@base``,
 ``welip-secure / welip-secure@base``).
 
 The secure servers use the database and Redis named by ``WELIP_DATABASE_URL`` /
-``WELIP_REDIS_URL``; each one's load is sent with an API key made for it (this tree's
-``welip.store`` creates it), whose limits are too high to trigger, and after the run
-its audit rows are counted against the requests sent.
+``WELIP_REDIS_URL``; ``welip-secure@base`` uses its own database on the same server
+(``--baseline-database-url``, default ``<database>_base``, created when missing): each
+tree migrates only its own, so neither finds a revision it does not know. Each secure
+server's load is sent with an API key made for it, whose limits are too high to
+trigger, and after the run its audit rows are counted against the requests sent; both
+are done by the server's own tree (``welip.store``), in the server's environment.
 
 The traced server starts a Phoenix (``.venv-phoenix``, ``make .venv-phoenix/bin/phoenix``)
 on loopback before its ``ray start``, with a working directory in the run's results
@@ -78,6 +81,7 @@ from typing import IO, TYPE_CHECKING, Any
 import yaml
 
 from welip.models import resolve_model_path
+from welip.store import database_url_from_env
 
 if TYPE_CHECKING:
     from welip.gateway import ServingConfig
@@ -204,11 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work_dir = RESULTS_DIR / f"serve-{stamp}"
     order = [args.only] if args.only else args.order
+    servers = build_servers(args, model, model_dir, welip_url, secure_url, work_dir)
     # One key per secure server: each one's audit rows are counted apart.
     bench_keys: dict[str, tuple[str, str]] = {}
     if not args.dry_run:
-        bench_keys = {name: create_bench_key(name) for name in SECURE_SERVERS if name in order}
-    servers = build_servers(args, model, model_dir, welip_url, secure_url, work_dir, bench_keys)
+        for name in (name for name in SECURE_SERVERS if name in order):
+            bench_keys[name] = create_bench_key(servers[name])
+            servers[name].client_env["OPENAI_API_KEY"] = bench_keys[name][1]
     imports = [
         check_tree_imports(servers[name], args.baseline_tree) for name in order if name in BASE_SERVERS
     ]
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, order)
     if bench_keys:
         summary["secure_audit"] = {
-            name: count_audit(key_id, runs, name) for name, (key_id, _) in bench_keys.items()
+            name: count_audit(servers[name], key_id, runs) for name, (key_id, _) in bench_keys.items()
         }
     if spans:
         summary["traced_spans"] = spans
@@ -308,6 +314,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Another source tree of this repository (git worktree add DIR <rev>): adds the "
         "servers welip@base and welip-secure@base, run from DIR with its configs.",
     )
+    parser.add_argument(
+        "--baseline-database-url",
+        metavar="URL",
+        help="The database welip-secure@base uses (default: WELIP_DATABASE_URL's server, its "
+        "database name + `_base`; a PostgreSQL one is created when missing).",
+    )
     parser.add_argument("--only", choices=SERVERS, help="Benchmark one server only.")
     parser.add_argument(
         "--env",
@@ -329,6 +341,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.baseline_tree = args.baseline_tree.resolve()
         if args.baseline_tree == REPO or not (args.baseline_tree / GATEWAY_MODULE).is_file():
             parser.error(f"--baseline-tree {args.baseline_tree}: not another tree of this repository")
+    if args.baseline_tree and not args.baseline_database_url:
+        args.baseline_database_url = baseline_database_url(database_url_from_env())
     if args.order is None:
         args.order = list(BASELINE_ORDER if args.baseline_tree else DEFAULT_ORDER)
     named = [args.only] if args.only else args.order
@@ -419,22 +433,17 @@ def build_servers(
     welip_url: str,
     secure_url: str,
     work_dir: Path,
-    bench_keys: dict[str, tuple[str, str]],
 ) -> dict[str, Server]:
-    """Every server this run can start, by name; ``bench_keys``: the secure servers' (id, key)."""
+    """Every server this run can start, by name; the secure ones' load key is set in ``client_env``."""
     secure_env = dict(args.env)
-    if bench_keys:
-        secure_env.setdefault("WELIP_ADMIN_KEY", "wlp_bench-admin-" + os.urandom(16).hex())
-
-    def key_env(name: str) -> dict[str, str]:
-        return {"OPENAI_API_KEY": bench_keys.get(name, ("", ""))[1]}
+    secure_env.setdefault("WELIP_ADMIN_KEY", "wlp_bench-admin-" + os.urandom(16).hex())
 
     servers = {
         "bare": bare_server(model, model_dir),
         "welip": welip_server("welip", args.config, welip_url, dict(args.env)),
         "welip-traced": welip_traced_server(args.config, welip_url, dict(args.env), work_dir),
         "welip-secure": welip_server(
-            "welip-secure", args.secure_config, secure_url, secure_env, key_env("welip-secure")
+            "welip-secure", args.secure_config, secure_url, secure_env, {"OPENAI_API_KEY": ""}
         ),
     }
     if args.baseline_tree:
@@ -443,8 +452,8 @@ def build_servers(
             args.config,
             args.secure_config,
             dict(args.env),
-            secure_env,
-            key_env("welip-secure@base"),
+            {**secure_env, "WELIP_DATABASE_URL": args.baseline_database_url},
+            {"OPENAI_API_KEY": ""},
         )
     return servers
 
@@ -483,29 +492,68 @@ def _flags(options: dict[str, str]) -> list[str]:
     return [part for option, value in options.items() for part in (option, value)]
 
 
-def create_bench_key(server: str) -> tuple[str, str]:
-    """An API key for ``server``'s load (limits far above what it sends), in the secure servers' database."""
-    from welip.store import Database, KeyStore
+# Run by the server's own tree, in its environment (its database): a tree migrates only its own.
+_CREATE_KEY = """
+import json, sys, time
+from welip.store import Database, KeyStore
+database = Database()
+database.upgrade()
+name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+record, key = KeyStore(database).create_key(name=name, role="user", rpm=10_000_000, tpm=10_000_000_000)
+print(json.dumps([record.id, key, database.engine.dialect.name]))
+"""
+_USAGE = """
+import json
+from welip.store import AuditStore, Database
+print(json.dumps(AuditStore(Database()).usage(), default=str))
+"""
 
-    database = Database()
-    database.upgrade()
-    record, key = KeyStore(database).create_key(
-        name=f"bench-{time.strftime('%Y%m%d-%H%M%S')}", role="user", rpm=10_000_000, tpm=10_000_000_000
+
+def in_server_env(server: Server, code: str) -> Any:
+    """The JSON ``code`` prints last, run by Python in ``server``'s environment and directory."""
+    command = replace(server.serve, argv=[sys.executable, "-c", code])
+    done = subprocess.run(
+        command.argv,
+        cwd=command.cwd,
+        env=_environ(command),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
     )
-    print(f"{server}: load sent as key {record.id} ({database.engine.dialect.name} database)")
-    database.dispose()
-    return record.id, key
+    if done.returncode != 0:
+        raise SystemExit(f"{server.name}: {code.strip().splitlines()[-1]} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
 
 
-def count_audit(key_id: str, runs: list[dict[str, Any]], server: str) -> dict[str, int]:
+def create_bench_key(server: Server) -> tuple[str, str]:
+    """An API key for ``server``'s load (limits far above what it sends), in its database."""
+    ensure_database(server.serve.env.get("WELIP_DATABASE_URL", os.environ.get("WELIP_DATABASE_URL", "")))
+    key_id, key, dialect = in_server_env(server, _CREATE_KEY)
+    print(f"{server.name}: load sent as key {key_id} ({dialect} database)")
+    return key_id, key
+
+
+def ensure_database(url: str) -> None:
+    """Create ``url``'s PostgreSQL database when it does not exist (other URLs are left alone)."""
+    parsed = urllib.parse.urlsplit(url)
+    if not parsed.scheme.startswith("postgresql") or not parsed.path.strip("/"):
+        return
+    import sqlalchemy as sa
+
+    name = parsed.path.strip("/")
+    admin = sa.create_engine(parsed._replace(path="/postgres").geturl(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        exists = connection.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        if exists.first() is None:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+
+
+def count_audit(server: Server, key_id: str, runs: list[dict[str, Any]]) -> dict[str, int]:
     """Audit rows written for ``server``'s bench key, and the requests ``server`` was sent."""
-    from welip.store import AuditStore, Database
-
-    database = Database()
-    rows = AuditStore(database).usage()
-    database.dispose()
+    rows = in_server_env(server, _USAGE)
     recorded = sum(int(r["requests"]) for r in rows if r["key_id"] == key_id)
-    sent = sum(r["result"]["completed"] + r["result"]["failed"] for r in runs if r["server"] == server)
+    sent = sum(r["result"]["completed"] + r["result"]["failed"] for r in runs if r["server"] == server.name)
     return {"requests_sent": sent, "audit_rows": recorded}
 
 
@@ -570,6 +618,16 @@ def baseline_servers(
         url = load_baseline_url(base_config, own_config)
         servers[name] = welip_server(name, base_config, url, dict(env), client_env, tree=tree)
     return servers
+
+
+def baseline_database_url(url: str) -> str:
+    """``url`` with ``_base`` after its database name (a SQLite file's stem)."""
+    if url.startswith("sqlite"):
+        head, _, file = url.rpartition("/")
+        stem, dot, suffix = file.partition(".")
+        return f"{head}/{stem}_base{dot}{suffix}"
+    parsed = urllib.parse.urlsplit(url)
+    return parsed._replace(path=f"{parsed.path.rstrip('/')}_base").geturl()
 
 
 def in_tree(path: Path, tree: Path) -> Path:
