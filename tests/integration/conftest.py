@@ -7,6 +7,9 @@ under a second id with a short context, so routing by `model` is observable. The
 gateway runs with its trust layer on, against the real PostgreSQL (a database made
 for the session) and Redis (a key prefix made for the session), and an OIDC provider
 faked by a JWKS served on loopback.
+
+The cluster and what it needs are package fixtures: they end with the last integration
+test, so `pytest tests` runs the unit tests without three engines (~6 GB each) in memory.
 """
 
 from __future__ import annotations
@@ -184,7 +187,7 @@ def agents_service_key(database_url: str) -> str:
     return _service_keys[database_url]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def database_url() -> Iterator[str]:
     """A PostgreSQL database made for this session, dropped after it."""
     name = f"welip_it_{SESSION}"
@@ -195,12 +198,12 @@ def database_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def oidc_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def jwks_url(oidc_key: rsa.RSAPrivateKey) -> Iterator[str]:
     """A JWKS endpoint on loopback, as an identity provider serves one."""
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(oidc_key.public_key()))
@@ -234,7 +237,7 @@ def make_token(key: rsa.RSAPrivateKey, **claims: Any) -> str:
 METRICS_PORT = _free_port()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def base_url(database_url: str, jwks_url: str, phoenix: PhoenixServer) -> Iterator[str]:
     port = _free_port()
     # Every process of the session traces to the session's Phoenix, as a deployment with
@@ -287,7 +290,7 @@ def base_url(database_url: str, jwks_url: str, phoenix: PhoenixServer) -> Iterat
         os.environ.pop(name, None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(base_url: str):
     from openai import OpenAI
 
