@@ -509,8 +509,8 @@ print(json.dumps(AuditStore(Database()).usage(), default=str))
 """
 
 
-def in_server_env(server: Server, code: str) -> Any:
-    """The JSON ``code`` prints last, run by Python in ``server``'s environment and directory."""
+def python_in(server: Server, code: str) -> tuple[Command, subprocess.CompletedProcess[str]]:
+    """Python running ``code`` in ``server``'s environment and directory: the command and its outcome."""
     command = replace(server.serve, argv=[sys.executable, "-c", code])
     done = subprocess.run(
         command.argv,
@@ -520,6 +520,12 @@ def in_server_env(server: Server, code: str) -> Any:
         text=True,
         timeout=COMMAND_TIMEOUT_S,
     )
+    return command, done
+
+
+def in_server_env(server: Server, code: str) -> Any:
+    """The JSON ``code`` prints last, run by :func:`python_in`."""
+    _, done = python_in(server, code)
     if done.returncode != 0:
         raise SystemExit(f"{server.name}: {code.strip().splitlines()[-1]} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.splitlines()[-1])
@@ -645,15 +651,7 @@ def check_tree_imports(server: Server, tree: Path) -> str:
         What it ran and found, a comment line for the plan and the log.
     """
     code = "import deployments, welip; print(welip.__file__); print(deployments.__file__)"
-    probe = replace(server.serve, argv=[sys.executable, "-c", code])
-    done = subprocess.run(
-        probe.argv,
-        cwd=probe.cwd,
-        env=_environ(probe),
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-    )
+    probe, done = python_in(server, code)
     files = [Path(line) for line in done.stdout.splitlines()]
     if done.returncode != 0 or len(files) != 2 or not all(f.is_relative_to(tree) for f in files):
         found = done.stdout.strip() or done.stderr.strip()
