@@ -168,3 +168,20 @@ def test_alias_set_and_a_promotion_refused_before_any_evaluation(database_url: s
         chained.exit_code == 2
         and "error: prod is itself an alias; point staging at a model" in chained.output
     )
+
+
+def test_the_cli_loads_no_engine_code() -> None:
+    """`welip keys create` is one database insert: it must not wait for vLLM, torch and
+    ray.serve.llm to import (they took ~10 s of its ~15 s); the engine's names load on use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, welip.cli, welip.serving; "
+        "print(sorted(m for m in ('vllm', 'torch', 'ray.serve.llm', 'ray.llm') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    check = "from welip.serving import CatalogLoraLoader, build_llm_config as b; print(b.__module__)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "welip.serving._engine"
