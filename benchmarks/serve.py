@@ -46,8 +46,10 @@ a small CPU box two engines would slow each other down. Each server gets one
 discarded warm-up run (the first run after an engine starts is far slower), then
 ``--runs`` measured runs.
 
-Output: a table on stdout; the raw results in ``benchmarks/results/serve-<stamp>.json``
-and server logs plus vLLM's own result files in ``benchmarks/results/serve-<stamp>/``.
+Output: a table on stdout (per server the mean, the spread (highest - lowest) / mean and
+each run; each ratio says when it lies within the runs' spread); the raw results in
+``benchmarks/results/serve-<stamp>.json`` and server logs plus vLLM's own result files
+in ``benchmarks/results/serve-<stamp>/``.
 Exits 1 when a server fails to start or a benchmark run fails.
 
 Stopping the WeLIP server ends with ``ray stop --force``, which stops every Ray
@@ -1035,7 +1037,12 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
-    """Per server: each measured run's throughput, their mean, and the mean of the per-run medians."""
+    """Per server: each measured run's throughput, their mean and spread, and the mean of the per-run medians.
+
+    The spread is (highest - lowest) / mean of the runs' throughput. A ratio whose distance
+    from 1 is under half the larger spread of its two servers is marked ``within_spread``:
+    the runs of one server differ by more than the two servers do.
+    """
     servers: dict[str, Any] = {}
     for name in order:
         measured = [r["result"] for r in runs if r["server"] == name and not r["warmup"]]
@@ -1046,6 +1053,9 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
             "runs": len(measured),
             "output_throughput": throughput,
             "mean_output_throughput": mean(throughput),
+            "output_throughput_spread": (max(throughput) - min(throughput)) / mean(throughput)
+            if mean(throughput)
+            else 0.0,
             "median_ttft_ms": mean(r["median_ttft_ms"] for r in measured),
             "median_tpot_ms": mean(r["median_tpot_ms"] for r in measured),
             "failed": sum(r["failed"] for r in measured),
@@ -1054,8 +1064,11 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
     for numerator, denominator in RATIOS:
         if numerator in servers and denominator in servers:
             top, bottom = servers[numerator], servers[denominator]
+            ratio = _ratio(top["mean_output_throughput"], bottom["mean_output_throughput"])
+            spread = max(top["output_throughput_spread"], bottom["output_throughput_spread"])
             summary[f"{numerator}_over_{denominator}"] = {
-                "output_throughput": _ratio(top["mean_output_throughput"], bottom["mean_output_throughput"]),
+                "output_throughput": ratio,
+                "within_spread": ratio is not None and abs(ratio - 1) < spread / 2,
                 "median_ttft_ms": _ratio(top["median_ttft_ms"], bottom["median_ttft_ms"]),
                 "median_ttft_delta_ms": top["median_ttft_ms"] - bottom["median_ttft_ms"],
             }
@@ -1070,12 +1083,13 @@ def print_table(summary: dict[str, Any], label: str) -> None:
     print()
     if label:
         print(f"label: {label}")
-    header = ("server", "runs", "out tok/s", "per run", "TTFT p50 ms", "TPOT p50 ms", "failed")
-    print("{:<17} {:>4} {:>10}  {:<24} {:>11} {:>11} {:>6}".format(*header))
+    header = ("server", "runs", "out tok/s", "spread", "per run", "TTFT p50 ms", "TPOT p50 ms", "failed")
+    print("{:<17} {:>4} {:>10} {:>6}  {:<30} {:>11} {:>11} {:>6}".format(*header))
     for name, row in summary["servers"].items():
         per_run = ", ".join(f"{t:.1f}" for t in row["output_throughput"])
         print(
-            f"{name:<17} {row['runs']:>4} {row['mean_output_throughput']:>10.1f}  {per_run:<24} "
+            f"{name:<17} {row['runs']:>4} {row['mean_output_throughput']:>10.1f} "
+            f"{row['output_throughput_spread']:>6.1%}  {per_run:<30} "
             f"{row['median_ttft_ms']:>11.1f} {row['median_tpot_ms']:>11.2f} {row['failed']:>6}"
         )
     for key, ratio in summary.items():
@@ -1084,6 +1098,7 @@ def print_table(summary: dict[str, Any], label: str) -> None:
             print(
                 f"{top} / {bottom}: output tok/s {_format(ratio['output_throughput'])}, "
                 f"TTFT p50 {_format(ratio['median_ttft_ms'])} ({ratio['median_ttft_delta_ms']:+.1f} ms)"
+                + (" (within the runs' spread)" if ratio["within_spread"] else "")
             )
     for name, audit in summary.get("secure_audit", {}).items():
         print(f"{name} audit: {audit['audit_rows']} rows for {audit['requests_sent']} requests sent")
@@ -1095,7 +1110,10 @@ def print_table(summary: dict[str, Any], label: str) -> None:
             f"for {traced['chat_requests']} chat requests sent (warm-ups included); "
             f"{sum(traced['spans'].values())} spans in {traced['traces']} traces in all"
         )
-    print("(out tok/s: mean of measured runs; TTFT/TPOT: mean of the runs' medians)")
+    print(
+        "(out tok/s: mean of measured runs; spread: (highest - lowest) / mean of them; "
+        "TTFT/TPOT: mean of the runs' medians)"
+    )
 
 
 def _format(ratio: float | None) -> str:
