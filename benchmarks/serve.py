@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     # One key per secure server: each one's audit rows are counted apart.
     bench_keys: dict[str, tuple[str, str]] = {}
     if not args.dry_run:
-        for name in (name for name in SECURE_SERVERS if name in order):
+        for name in [name for name in SECURE_SERVERS if name in order]:
             bench_keys[name] = create_bench_key(servers[name])
             servers[name].client_env["OPENAI_API_KEY"] = bench_keys[name][1]
     imports = [
@@ -535,7 +535,7 @@ def in_server_env(server: Server, code: str) -> Any:
 
 def create_bench_key(server: Server) -> tuple[str, str]:
     """An API key for ``server``'s load (limits far above what it sends), in its database."""
-    ensure_database(server.serve.env.get("WELIP_DATABASE_URL", os.environ.get("WELIP_DATABASE_URL", "")))
+    ensure_database(_environ(server.serve).get("WELIP_DATABASE_URL", ""))
     key_id, key, dialect = in_server_env(server, _CREATE_KEY)
     print(f"{server.name}: load sent as key {key_id} ({dialect} database)")
     return key_id, key
@@ -1049,13 +1049,12 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
         if not measured:
             continue
         throughput = [r["output_throughput"] for r in measured]
+        average = mean(throughput)
         servers[name] = {
             "runs": len(measured),
             "output_throughput": throughput,
-            "mean_output_throughput": mean(throughput),
-            "output_throughput_spread": (max(throughput) - min(throughput)) / mean(throughput)
-            if mean(throughput)
-            else 0.0,
+            "mean_output_throughput": average,
+            "output_throughput_spread": (max(throughput) - min(throughput)) / average if average else 0.0,
             "median_ttft_ms": mean(r["median_ttft_ms"] for r in measured),
             "median_tpot_ms": mean(r["median_tpot_ms"] for r in measured),
             "failed": sum(r["failed"] for r in measured),

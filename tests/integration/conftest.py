@@ -189,7 +189,7 @@ def agents_service_key(database_url: str) -> str:
 
 @pytest.fixture(scope="package")
 def database_url() -> Iterator[str]:
-    """A PostgreSQL database made for this session, dropped after it."""
+    """A PostgreSQL database made for the integration tests, dropped after the last of them."""
     name = f"welip_it_{SESSION}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
