@@ -135,7 +135,15 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
             },
             "limits": {"redis_prefix": REDIS_PREFIX},
             "cache": {"enabled": True},
-            "audit": {"enabled": True, "flush_interval_s": 0.2, "spool_dir": str(SPOOL_DIR)},
+            # Every request of the session comes from 127.0.0.1: the per-address bound on rows of
+            # callers that never authenticated (tests/unit/trust/test_audit_bounds.py) would let
+            # one test's 401s drop another's rows, which the audit tests count one by one.
+            "audit": {
+                "enabled": True,
+                "flush_interval_s": 0.2,
+                "spool_dir": str(SPOOL_DIR),
+                "max_unauthenticated_records_per_minute": None,  # every one
+            },
             # Answers to every role but admin (whose key the OpenAI-surface tests use, logprobs
             # included) have Korean resident registration numbers redacted.
             "guardrails": {

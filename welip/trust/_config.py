@@ -298,7 +298,8 @@ class AuditConfig(StrictModel):
         le=100_000,
         description=(
             "Records one client address may add per minute (per replica) for requests that never "
-            "authenticated (401, the failed-authentication 429). The rest are not written; the "
+            "authenticated (401, the failed-authentication 429, a 503 when the key could not be "
+            "checked). The rest are not written; the "
             'metric welip_audit_dropped_records{reason="unauthenticated"} counts them. null: every one.'
         ),
     )
