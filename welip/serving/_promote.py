@@ -14,7 +14,7 @@ import getpass
 import json
 import logging
 import os
-import subprocess  # nosec B404 - one call, an argument list without a shell (below)
+import subprocess  # nosec B404 # one call, an argument list without a shell (below)
 import sys
 import time
 import uuid

@@ -81,10 +81,10 @@ def load_lora_model(cfg: _Common, model_path: str, device: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(  # nosec B615 - a local directory, never the Hub
+    base = AutoModelForCausalLM.from_pretrained(  # nosec B615 # a local directory, never the Hub
         model_path, dtype=dtype, local_files_only=True
-    ).to(device)
-    return get_peft_model(base, lora_config(cfg))
+    )
+    return get_peft_model(base.to(device), lora_config(cfg))
 
 
 def lora_config(cfg: _Common) -> Any:
@@ -113,7 +113,7 @@ def merge_adapter(model_source: str, adapter_path: str | Path, out_path: str | P
     from transformers import AutoModelForCausalLM
 
     base_path = resolve_model_path(model_source)
-    base = AutoModelForCausalLM.from_pretrained(  # nosec B615 - a local directory, never the Hub
+    base = AutoModelForCausalLM.from_pretrained(  # nosec B615 # a local directory, never the Hub
         base_path, dtype=torch.float32, local_files_only=True
     )
     merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-import subprocess  # nosec B404 - one call, a fixed argument list without a shell (below)
+import subprocess  # nosec B404 # one call, a fixed argument list without a shell (below)
 from pathlib import Path
 from typing import Any, NamedTuple
 
