@@ -81,6 +81,7 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/bandit -q -c pyproject.toml -r welip deployments jobs
 
 bench: install
 	$(BIN)/python benchmarks/serve.py

@@ -439,9 +439,11 @@ def promote(
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    return None if value is None else _as_utc(value)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -451,8 +453,7 @@ def _expiry(text: str) -> datetime:
     unit = text[-1:]
     if unit in _UNITS_S and text[:-1].isdigit():
         return datetime.now(UTC) + timedelta(seconds=int(text[:-1]) * _UNITS_S[unit])
-    value = _utc(datetime.fromisoformat(text))
-    assert value is not None
+    value = _as_utc(datetime.fromisoformat(text))
     if value <= datetime.now(UTC):
         raise ValueError(f"expiry {text} is in the past")
     return value

@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
-CALLER_TOKEN_HEADER = "x-welip-caller-token"
+CALLER_TOKEN_HEADER = "x-welip-caller-token"  # nosec B105 # a header name, not a secret
 """The header the gateway reads a caller token from (``welip.trust``'s; a test keeps them equal)."""
 
 caller_token: ContextVar[str | None] = ContextVar("welip_caller_token", default=None)

@@ -170,9 +170,14 @@ def _as_chat(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
 
 
 def build_rag_graph(config: AgentConfig, chat_model: BaseChatModel, retriever: Retrieving) -> StateGraph:
-    """Retrieve chunks for the last question, answer from them, cite the chunk ids."""
-    assert config.retrieval is not None  # checked by AgentConfig
+    """Retrieve chunks for the last question, answer from them, cite the chunk ids.
+
+    Raises:
+        ValueError: the config has no ``retrieval`` (``AgentConfig`` refuses that for a RAG agent).
+    """
     retrieval = config.retrieval
+    if retrieval is None:
+        raise ValueError(f"assistant {config.assistant_id!r}: graph rag needs `retrieval`")
     system_prompt = config.system_prompt or RAG_SYSTEM_PROMPT
 
     async def retrieve(state: RagState, _: Any) -> dict[str, Any]:

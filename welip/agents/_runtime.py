@@ -283,7 +283,8 @@ class AgentRuntime:
                 return row.status if row else "interrupted"
             await asyncio.sleep(CLAIM_POLL_S)
         current = asyncio.current_task()
-        assert current is not None
+        if current is None:  # a coroutine always runs in a task; narrows the type
+            raise RuntimeError("an agent run executes inside an asyncio task")
         if self._mint_caller_token is not None:
             # This task's own context: the graph's node tasks copy it, no other run sees it.
             caller_token.set(self._mint_caller_token(run))

@@ -125,7 +125,7 @@ class Endpoint:
             except ValueError:
                 pass
         base = min(self.target.backoff_initial_s * 2**attempt, self.target.backoff_max_s)
-        return base * (0.5 + random.random() / 2)  # jitter: replicas of a job do not retry in step
+        return base * (0.5 + random.random() / 2)  # nosec B311 # jitter: replicas do not retry in step
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
         """POST ``body`` to ``path``; the JSON answer and the latency of the last attempt in ms.

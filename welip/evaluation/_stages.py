@@ -266,14 +266,12 @@ class JudgeStage:
     def __init__(self, metrics: list[MetricSpec], trace_context: dict[str, str] | None = None) -> None:
         setup_tracing("eval")
         self._trace_context = trace_context
-        self._judges = [m for m in metrics if m.judge is not None]
+        self._judges = [(m, m.judge) for m in metrics if m.judge is not None]
         self._endpoints: dict[str, Endpoint] = {}
 
     async def _one(self, sample: dict[str, Any]) -> dict[str, Any]:
         verdicts = sample.setdefault("judgements", {})
-        for spec in self._judges:
-            judge = spec.judge
-            assert judge is not None
+        for spec, judge in self._judges:
             if sample.get("output") is None:
                 verdicts[spec.label] = {"value": None, "error": "no answer to judge", "failure": None}
                 sample["scores"][spec.label] = None

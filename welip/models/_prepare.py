@@ -136,9 +136,12 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # The installed package's own folder: local_files_only, so never a Hub download (bandit B615).
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)  # nosec B615
+    model = AutoModelForCausalLM.from_pretrained(  # nosec B615
+        folder, gguf_file=name, dtype=getattr(torch, dtype), local_files_only=True
+    )
     # The GGUF loader dequantizes to plain tensors but still tags the model as
     # quantized, which blocks saving; the tensors themselves are dense.
     model.hf_quantizer = None  # type: ignore[assignment]

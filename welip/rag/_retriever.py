@@ -60,7 +60,8 @@ class Retriever:
         """
         vector: list[float] | None = None
         if self.mode != "fts":
-            assert self.embeddings is not None
+            if self.embeddings is None:  # __init__ refuses it, but the attribute may be reassigned
+                raise ValueError(f"{self.mode} retrieval embeds the query: it has no embeddings")
             model = getattr(self.embeddings, "model", None)
             table_model = await asyncio.to_thread(lambda: self.store.embedding_model)
             if model is not None and table_model is not None and model != table_model:

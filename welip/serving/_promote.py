@@ -14,7 +14,7 @@ import getpass
 import json
 import logging
 import os
-import subprocess
+import subprocess  # nosec B404 # one call, an argument list without a shell (below)
 import sys
 import time
 import uuid
@@ -161,7 +161,8 @@ def _evaluate_on_gate(
     run_id = uuid.uuid4().hex
     progress(f"evaluating {model} on {request.gate} (eval run {run_id})")
     command = [sys.executable, "jobs/evaluate.py", "--config", str(request.gate), *request.overrides]
-    status = subprocess.run([*command, f"target.model={model}", f"run_id={run_id}"]).returncode
+    # No shell: the operator's own `welip promote` arguments become this job's argument list.
+    status = subprocess.run([*command, f"target.model={model}", f"run_id={run_id}"]).returncode  # nosec B603
     found = eval_runs.get_eval_run(run_id)
     if status != 0 or found is None:
         raise PromotionFailed(f"the evaluation of {model} failed (exit {status}); nothing switched")

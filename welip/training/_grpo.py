@@ -81,8 +81,8 @@ def grpo_loop(loop_config: dict[str, Any]) -> None:
     model_path = resolve_model_path(cfg.model)  # per node: packaged models convert into its cache
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "left"  # prompts are left-padded for generation
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.bfloat16 if on_gpu else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(  # nosec B615 # a local directory, never the Hub
+        model_path, dtype=torch.bfloat16 if on_gpu else torch.float32, local_files_only=True
     )
     lora = lora_config(cfg)
     steps = _StepLog(inputs.mlflow_run if rank == 0 else None, cfg.max_steps)

@@ -39,10 +39,14 @@ def check_backend(cfg: _Common, cluster_gpus: float) -> None:
 
 
 def load_tokenizer(model_path: str) -> Any:
-    """The base model's tokenizer, with a pad token (the EOS token if it has none)."""
+    """The base model's tokenizer, with a pad token (the EOS token if it has none).
+
+    ``model_path`` is a local directory (:func:`welip.models.resolve_model_path`): the
+    model loaders here never download from the Hugging Face Hub (``local_files_only``).
+    """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)  # nosec B615
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -77,8 +81,10 @@ def load_lora_model(cfg: _Common, model_path: str, device: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
-    return get_peft_model(base, lora_config(cfg))
+    base = AutoModelForCausalLM.from_pretrained(  # nosec B615 # a local directory, never the Hub
+        model_path, dtype=dtype, local_files_only=True
+    )
+    return get_peft_model(base.to(device), lora_config(cfg))
 
 
 def lora_config(cfg: _Common) -> Any:
@@ -107,7 +113,9 @@ def merge_adapter(model_source: str, adapter_path: str | Path, out_path: str | P
     from transformers import AutoModelForCausalLM
 
     base_path = resolve_model_path(model_source)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(  # nosec B615 # a local directory, never the Hub
+        base_path, dtype=torch.float32, local_files_only=True
+    )
     merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     merged.save_pretrained(str(out_path), safe_serialization=True)
     load_tokenizer(base_path).save_pretrained(str(out_path))

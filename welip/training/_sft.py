@@ -62,7 +62,7 @@ def micro_batch_indices(
     epoch, offset = divmod(start, micro)
     while True:
         order = list(range(n_examples))
-        random.Random(seed + epoch).shuffle(order)
+        random.Random(seed + epoch).shuffle(order)  # nosec B311 # reproducible data order, no secret
         mine = order[rank::world_size][:per_worker] if n_examples >= world_size else order
         for i in range(offset, micro):
             yield mine[i * batch_size : (i + 1) * batch_size]

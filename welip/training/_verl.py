@@ -9,6 +9,9 @@ evaluation metric as TRL's (:mod:`welip.training._rewards`).
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,8 @@ def verl_config(
         cfg: An ``rl_backend: verl`` config.
         train_files: VeRL-shaped parquet (default: ``cfg.dataset``, already VeRL's shape).
         model_path: The base model as every node reads it (default: ``cfg.model``).
-        checkpoint_dir: VeRL's ``trainer.default_local_dir`` on the node that saves.
+        checkpoint_dir: VeRL's ``trainer.default_local_dir`` on the node that saves (default:
+            VeRL's own, under the working directory; :func:`run_verl` makes a private one per run).
         run_name: MLflow run name (``trainer.experiment_name``; default: ``cfg.name``).
         gpus_per_node: GPUs of one node (default: all ``num_workers`` on one node).
 
@@ -94,12 +98,13 @@ def verl_config(
         "trainer.logger": ["console", "mlflow"] if cfg.mlflow else ["console"],
         "trainer.project_name": cfg.experiment,
         "trainer.experiment_name": run_name or cfg.name,
-        "trainer.default_local_dir": checkpoint_dir or f"/tmp/welip-verl/{run_name or cfg.name}",
         "trainer.save_freq": cfg.checkpoint_every_steps,
         "trainer.max_actor_ckpt_to_keep": cfg.keep_checkpoints,
         "trainer.val_before_train": False,
         "trainer.test_freq": -1,
     }
+    if checkpoint_dir is not None:
+        translated["trainer.default_local_dir"] = checkpoint_dir
     return {**translated, **cfg.verl}
 
 
@@ -146,10 +151,15 @@ def run_verl(
     paths = set(_on_nodes([n["NodeID"] for n in gpu_nodes], resolve_model_path, cfg.model))
     if len(paths) != 1:
         raise RuntimeError(f"GPU nodes resolved {cfg.model!r} to different paths: {sorted(paths)}")
+    # VeRL resumes from (unpickles) what it finds there and the adapter is fetched from it:
+    # never a shared, guessable /tmp path another local user could create first.
+    checkpoint_dir = _new_checkpoint_dir(run_name)
+    _on_nodes([n["NodeID"] for n in gpu_nodes], _make_private_dir, checkpoint_dir)
     overrides = verl_config(
         cfg,
         train_files=train_files,
         model_path=paths.pop(),
+        checkpoint_dir=checkpoint_dir,
         run_name=run_name,
         gpus_per_node=int(max(n["Resources"]["GPU"] for n in gpu_nodes)),
     )
@@ -185,7 +195,7 @@ def run_verl(
         env.update(MLFLOW_RUN_ID=mlflow_run.run_id, MLFLOW_TRACKING_URI=mlflow_run.tracking_uri)
     run_ppo(config, task_runner_class=ray.remote(num_cpus=1, runtime_env={"env_vars": env})(_Runner))
 
-    checkpoint_dir = str(overrides["trainer.default_local_dir"])
+    checkpoint_dir = str(overrides["trainer.default_local_dir"])  # cfg.verl may name its own
     alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     found = [files for files in _on_nodes(alive, _latest_verl_adapter, checkpoint_dir) if files]
     if not found:
@@ -215,9 +225,41 @@ def _on_nodes(node_ids: list[str], fn: Any, *args: Any) -> list[Any]:
     return list(ray.get([task.options(scheduling_strategy=where).remote(*args) for where in pinned]))
 
 
+def _new_checkpoint_dir(run_name: str) -> str:
+    """A fresh path for one run's VeRL checkpoints, the same on every node, that nobody can guess."""
+    return str(Path(tempfile.gettempdir()) / f"welip-verl-{run_name}-{secrets.token_hex(8)}")
+
+
+def _make_private_dir(path: str) -> None:
+    """Create ``path`` on this node, readable and writable by this user only.
+
+    Raises:
+        FileExistsError: something is there already that is not this user's own directory.
+    """
+    try:
+        Path(path).mkdir(mode=0o700)
+    except FileExistsError:
+        if not _owned_here(Path(path)):  # this user's own: another Ray node on this host made it
+            raise
+
+
+def _owned_here(path: Path) -> bool:
+    """``path`` is a directory (not a link) of this user's that nobody else can write into."""
+    info = path.lstat()
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+
+
 def _latest_verl_adapter(checkpoint_dir: str) -> tuple[int, dict[str, bytes]] | None:
-    """The newest ``global_step_N/actor/lora_adapter`` files under ``checkpoint_dir`` on this node."""
+    """The newest ``global_step_N/actor/lora_adapter`` files under ``checkpoint_dir`` on this node.
+
+    Only from a directory of this user's that nobody else can write: the adapter is published.
+    """
     root = Path(checkpoint_dir).expanduser()
+    if not root.exists():
+        return None
+    if not _owned_here(root):
+        logger.warning("ignoring %s on this node: not a directory of this user's only", root)
+        return None
     adapters = [
         (int(p.parents[1].name.removeprefix("global_step_")), p)
         for p in root.glob("global_step_*/actor/lora_adapter")

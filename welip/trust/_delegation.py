@@ -25,7 +25,7 @@ from welip.api import OpenAIError
 if TYPE_CHECKING:
     from welip.trust._auth import Principal
 
-CALLER_TOKEN_HEADER = "x-welip-caller-token"
+CALLER_TOKEN_HEADER = "x-welip-caller-token"  # nosec B105 # a header name, not a secret
 """The request header a caller token travels in."""
 
 _ISSUER = "welip-agents"

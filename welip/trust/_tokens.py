@@ -39,10 +39,11 @@ class TokenCounter:
 
     @classmethod
     def load(cls, path: str) -> TokenCounter:
-        """The counter of the tokenizer in a model directory."""
+        """The counter of the tokenizer in a model directory (local files only, never the Hub)."""
         from transformers import AutoTokenizer
 
-        return cls(AutoTokenizer.from_pretrained(path))
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # nosec B615
+        return cls(tokenizer)
 
     def _template(self, messages: list[dict[str, Any]]) -> int:
         ids = self._tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)

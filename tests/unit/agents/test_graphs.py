@@ -8,7 +8,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from welip.agents import AgentConfig, calculate
-from welip.agents._graphs import _chat_history, action_schema, approved, parse_action
+from welip.agents._graphs import _chat_history, action_schema, approved, build_rag_graph, parse_action
 from welip.agents._tools import current_time
 
 
@@ -168,3 +168,10 @@ def test_max_steps_bounds_each_run_not_the_threads_lifetime() -> None:
     assert asyncio.run(ask()) == "4"
     # The second question on the thread gets its own tool call, not "I stopped after 2 tool calls".
     assert asyncio.run(ask()) == "4"
+
+
+def test_a_rag_graph_without_retrieval_is_refused_even_unvalidated() -> None:
+    # AgentConfig refuses it; an unvalidated config must not reach the graph (nor rely on an assert).
+    config = AgentConfig.model_construct(assistant_id="a", name="a", graph="rag", retrieval=None)
+    with pytest.raises(ValueError, match="graph rag needs `retrieval`"):
+        build_rag_graph(config, chat_model=None, retriever=None)  # type: ignore[arg-type]

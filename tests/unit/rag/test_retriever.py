@@ -115,6 +115,13 @@ def test_fts_needs_no_embeddings(store: VectorStore) -> None:
         Retriever(store=store, embeddings=FakeEmbeddings(), top_k=0)
 
 
+def test_a_mode_that_embeds_refuses_to_run_without_embeddings(store: VectorStore) -> None:
+    retriever = Retriever(store=store, embeddings=FakeEmbeddings(), mode="hybrid")
+    retriever.embeddings = None  # after __init__'s check: refused by retrieve itself, not an assert
+    with pytest.raises(ValueError, match="hybrid retrieval embeds the query"):
+        asyncio.run(retriever.retrieve("redis"))
+
+
 def test_queries_embedded_by_another_model_are_refused(store: VectorStore) -> None:
     retriever = Retriever(store=store, embeddings=FakeEmbeddings(model="text-embedding-3-small"))
     with pytest.raises(ValueError, match="embedded with 'fake-keywords'"):

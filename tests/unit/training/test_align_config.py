@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from welip.training import (
     run_verl,
     verl_config,
 )
+from welip.training._verl import _latest_verl_adapter, _make_private_dir, _new_checkpoint_dir
 
 REPO = Path(__file__).resolve().parents[3]
 SMOLLM2 = REPO / "configs" / "align" / "smollm2_arithmetic.yaml"
@@ -137,6 +139,47 @@ def test_verl_config_defaults_read_the_config_itself() -> None:
     assert out["actor_rollout_ref.actor.use_kl_loss"] is False
     assert (out["trainer.nnodes"], out["trainer.n_gpus_per_node"]) == (1, 2)
     assert out["trainer.experiment_name"] == cfg.name
+    # No shared, guessable /tmp path: VeRL's own default unless run_verl names a private one.
+    assert "trainer.default_local_dir" not in out
+
+
+def test_each_verl_run_checkpoints_into_a_fresh_private_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first, second = _new_checkpoint_dir("run-abc"), _new_checkpoint_dir("run-abc")
+    assert first != second and Path(first).parent == tmp_path
+    assert Path(first).name.startswith("welip-verl-run-abc-")
+    _make_private_dir(first)
+    assert Path(first).stat().st_mode & 0o777 == 0o700
+    _make_private_dir(first)  # this user's own, made by another Ray node of this host: kept
+    # Someone else's directory, or a link, is refused rather than trained into.
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)
+    with pytest.raises(FileExistsError):
+        _make_private_dir(str(planted))
+    (tmp_path / "link").symlink_to(first)
+    with pytest.raises(FileExistsError):
+        _make_private_dir(str(tmp_path / "link"))
+
+
+def _adapter(root: Path, step: int) -> None:
+    folder = root / f"global_step_{step}" / "actor" / "lora_adapter"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"step %d" % step)
+
+
+def test_the_adapter_is_fetched_only_from_a_directory_nobody_else_can_write(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    root.mkdir(mode=0o700)
+    _adapter(root, 3)
+    found = _latest_verl_adapter(str(root))
+    assert found is not None and found[0] == 3
+    assert _latest_verl_adapter(str(tmp_path / "missing")) is None
+    root.chmod(0o777)  # another local user could have planted a later step
+    _adapter(root, 999)
+    assert _latest_verl_adapter(str(root)) is None
 
 
 @pytest.mark.parametrize(
