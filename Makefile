@@ -92,6 +92,7 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/bandit -q -c pyproject.toml -r welip deployments jobs
 
 bench: install
