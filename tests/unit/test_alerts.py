@@ -2,26 +2,23 @@
 PrometheusRule that ships them to the Prometheus operator.
 
 promtool comes from Debian's prometheus package, unpacked into the venv by ``make install``;
-without it these tests fail (they do not skip). ``kuberay/prometheus-rule.welip.yaml`` carries
-the same groups; after changing the rules, regenerate it with::
-
-    .venv/bin/python -m tests.unit.test_alerts
+without it these tests fail (they do not skip). The Helm chart ships these groups as a
+PrometheusRule, read from this file (``kuberay/charts/welip/files/welip-alerts.yaml`` links here;
+``tests/unit/test_chart.py`` checks the rendered rule with promtool).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.unit.test_dashboards import KNOWN_METRICS, REPO_ROOT, dump_yaml, metric_names, run_promtool
+from tests.unit.test_dashboards import KNOWN_METRICS, REPO_ROOT, metric_names, run_promtool
 
 RULES_DIR = REPO_ROOT / "configs" / "prometheus"
 RULES_FILE = RULES_DIR / "welip-alerts.yaml"
 RULES_TESTS = RULES_DIR / "welip-alerts.test.yaml"
-PROMETHEUS_RULE = REPO_ROOT / "kuberay" / "prometheus-rule.welip.yaml"
 SEVERITIES = {"warning", "critical"}
 # Alerts about something other than a model (the audit spool is per gateway replica).
 NOT_PER_MODEL = {"WelipAuditSpoolGrowing", "WelipAuditRefusingRequests"}
@@ -37,34 +34,6 @@ def load_rules() -> dict[str, Any]:
 
 def alerts() -> list[dict[str, Any]]:
     return [rule for group in load_rules()["groups"] for rule in group["rules"] if "alert" in rule]
-
-
-def render_prometheus_rule() -> str:
-    """``kuberay/prometheus-rule.welip.yaml``: the rule file's groups as a PrometheusRule."""
-    resource = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": {
-            "name": "welip-alerts",
-            "labels": {
-                "app.kubernetes.io/name": "welip",
-                "app.kubernetes.io/component": "observability",
-                # kube-prometheus-stack's Prometheus selects rules by its Helm release's name.
-                "release": "prometheus",
-            },
-        },
-        "spec": {"groups": load_rules()["groups"]},
-    }
-    header = (
-        "# WeLIP's alert rules for the Prometheus operator (kube-prometheus-stack).\n"
-        "# GENERATED from configs/prometheus/welip-alerts.yaml (thresholds explained there): do not edit;\n"
-        "# after changing the rules run\n"
-        "#   .venv/bin/python -m tests.unit.test_alerts\n"
-        "# (tests/unit/test_alerts.py fails while the two differ).\n"
-        "#   kubectl apply -f kuberay/prometheus-rule.welip.yaml\n"
-        "# Set the `release` label to your Prometheus's ruleSelector.\n"
-    )
-    return header + dump_yaml(resource)
 
 
 def test_promtool_checks_the_rules() -> None:
@@ -110,26 +79,3 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
         mine = [case for case in cases if case["alertname"] == rule["alert"]]
         assert any(case["exp_alerts"] for case in mine), f"{rule['alert']}: no case where it fires"
         assert any(not case["exp_alerts"] for case in mine), f"{rule['alert']}: no case where it is quiet"
-
-
-def test_prometheus_rule_carries_the_same_groups() -> None:
-    """The PrometheusRule and the plain rule file cannot drift (regenerate: see the module docstring)."""
-    (resource,) = [d for d in yaml.safe_load_all(PROMETHEUS_RULE.read_text()) if d]
-    assert resource["apiVersion"] == "monitoring.coreos.com/v1" and resource["kind"] == "PrometheusRule"
-    assert resource["spec"]["groups"] == load_rules()["groups"], (
-        "kuberay/prometheus-rule.welip.yaml is stale: run `.venv/bin/python -m tests.unit.test_alerts`"
-    )
-    assert PROMETHEUS_RULE.read_text() == render_prometheus_rule()
-
-
-def test_promtool_checks_the_prometheus_rule_groups(tmp_path: Path) -> None:
-    (resource,) = [d for d in yaml.safe_load_all(PROMETHEUS_RULE.read_text()) if d]
-    path = tmp_path / "groups.yaml"
-    path.write_text(yaml.safe_dump({"groups": resource["spec"]["groups"]}))
-    result = run_promtool("check", "rules", str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-if __name__ == "__main__":
-    PROMETHEUS_RULE.write_text(render_prometheus_rule())
-    print(f"wrote {PROMETHEUS_RULE.relative_to(REPO_ROOT)}")

@@ -3,10 +3,9 @@
 Each dashboard is well formed (one Prometheus datasource variable every query uses, unique
 panel ids, known template variables); every query parses (promtool, offline) and names only
 series the stack exports (``KNOWN_METRICS``; ``tests/integration/test_dashboards.py`` checks
-them against a real scrape). ``kuberay/grafana-dashboards.yaml`` carries exactly the JSON
-files; after changing a dashboard, regenerate it with::
-
-    .venv/bin/python -m tests.unit.test_dashboards
+them against a real scrape). The Helm chart ships them as a ConfigMap for Grafana's sidecar,
+read from these files (``kuberay/charts/welip/files/dashboards`` links here;
+``tests/unit/test_chart.py`` checks the rendered ConfigMap).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = REPO_ROOT / "configs" / "grafana" / "dashboards"
 DASHBOARD_FILES = sorted(DASHBOARD_DIR.glob("*.json"))
-CONFIGMAP = REPO_ROOT / "kuberay" / "grafana-dashboards.yaml"
 PROMTOOL = REPO_ROOT / ".venv" / "prometheus" / "usr" / "bin" / "promtool"
 PROMETHEUS = REPO_ROOT / ".venv" / "prometheus" / "usr" / "bin" / "prometheus"
 DATASOURCE = "${datasource}"
@@ -152,56 +150,6 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-_YAML_WIDTH = 100
-
-
-class _LiteralDumper(yaml.SafeDumper):
-    """Multi-line strings as literal blocks (``|``), long lines folded (``>``), so the generated
-    YAML reads like the source."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else ">" if len(value) > _YAML_WIDTH - 20 else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_LiteralDumper.add_representer(str, _represent_str)
-
-
-def dump_yaml(document: dict[str, Any]) -> str:
-    """``document`` as YAML, keys in their order, multi-line strings as literal blocks."""
-    return yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=_YAML_WIDTH, allow_unicode=True)
-
-
-def render_configmap() -> str:
-    """``kuberay/grafana-dashboards.yaml``: a ConfigMap holding every dashboard's JSON."""
-    configmap = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": "welip-grafana-dashboards",
-            "labels": {
-                "app.kubernetes.io/name": "welip",
-                "app.kubernetes.io/component": "observability",
-                # Grafana's dashboard sidecar (kube-prometheus-stack, grafana chart) loads
-                # ConfigMaps with this label.
-                "grafana_dashboard": "1",
-            },
-        },
-        "data": {path.name: path.read_text() for path in DASHBOARD_FILES},
-    }
-    header = (
-        "# WeLIP's Grafana dashboards, loaded by Grafana's dashboard sidecar (label grafana_dashboard).\n"
-        "# GENERATED from configs/grafana/dashboards/*.json: do not edit; after changing a dashboard run\n"
-        "#   .venv/bin/python -m tests.unit.test_dashboards\n"
-        "# (tests/unit/test_dashboards.py fails while this file and the JSON files differ).\n"
-        "#   kubectl apply -f kuberay/grafana-dashboards.yaml   (in a namespace the sidecar watches)\n"
-        "# Each dashboard asks for a Prometheus datasource (variable `datasource`) that scrapes the Ray\n"
-        "# pods: kuberay/prometheus-podmonitor.yaml.\n"
-    )
-    return header + dump_yaml(configmap)
-
-
 def run_promtool(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
     """promtool (from Debian's prometheus package, unpacked by ``make install``), failing loudly if absent."""
     if not PROMTOOL.is_file():
@@ -311,21 +259,3 @@ def test_substitute() -> None:
     assert substitute(expr, {"model": "m", "key": "k1"}) == 'rate(x{model=~"m", k="k1"}[1m]) offset 1h'
     with pytest.raises(KeyError, match="unknown"):
         substitute("x{a='$unknown'}", {})
-
-
-def test_configmap_carries_the_dashboards() -> None:
-    """The provisioning ConfigMap holds exactly the JSON files (regenerate it: see the module docstring)."""
-    (configmap,) = [d for d in yaml.safe_load_all(CONFIGMAP.read_text()) if d]
-    assert configmap["apiVersion"] == "v1" and configmap["kind"] == "ConfigMap"
-    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert configmap["data"] == {path.name: path.read_text() for path in DASHBOARD_FILES}, (
-        "kuberay/grafana-dashboards.yaml is stale: run `.venv/bin/python -m tests.unit.test_dashboards`"
-    )
-    assert CONFIGMAP.read_text() == render_configmap()
-    for name, text in configmap["data"].items():
-        assert json.loads(text)["uid"], name
-
-
-if __name__ == "__main__":
-    CONFIGMAP.write_text(render_configmap())
-    print(f"wrote {CONFIGMAP.relative_to(REPO_ROOT)} ({len(DASHBOARD_FILES)} dashboards)")

@@ -151,6 +151,6 @@ def check_align_backend(cfg: AlignConfig, cluster_gpus: float) -> None:
         if importlib.util.find_spec("verl") is None:
             raise BackendUnavailable(
                 "rl_backend verl needs the verl package on the cluster (pip install 'verl[vllm]', "
-                "see kuberay/ray-job.align.yaml); rl_backend trl runs without it"
+                "in the image the Helm chart's jobs.align runs); rl_backend trl runs without it"
             )
     check_backend(cfg, cluster_gpus)

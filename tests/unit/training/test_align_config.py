@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from tests.chart import PROFILES, render_chart, serve_config_of
 from welip.config import load_config
 from welip.training import (
     AlignConfig,
@@ -277,7 +278,8 @@ def test_shipped_cpu_adapter_can_be_hot_loaded_by_the_local_stack() -> None:
 
 def test_shipped_gpu_config_targets_a_model_the_rayservice_serves() -> None:
     cfg = load_config(AlignConfig, VERL_GPU)
-    service = yaml.safe_load((REPO / "kuberay" / "ray-service.llm.yaml").read_text())
-    served = _served_models(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    # The Helm chart's GPU profile (kuberay/charts/welip/values-gpu.yaml), rendered.
+    objects = render_chart(PROFILES["gpu"])
+    served = _served_models(yaml.safe_load(serve_config_of(objects)))
     assert cfg.base_model_id in served
     assert served[cfg.base_model_id]["source"] == cfg.model
