@@ -84,9 +84,11 @@ COPY docker/node.sh /usr/local/bin/welip-node
 RUN set -eux; \
     pip install -q --no-deps --no-index --no-build-isolation . ; \
     rm -rf build ./*.egg-info; \
-    mkdir -p "${WELIP_MODEL_CACHE}"; \
+    # /var/lib/welip/spool: the audit spool's volume mount point (a new Docker volume takes its
+    # owner from the image's folder).
+    mkdir -p "${WELIP_MODEL_CACHE}" /var/lib/welip/spool; \
     if [ "${BAKE_MODEL}" = 1 ]; then welip models prepare smollm2-135m-instruct; fi; \
-    chown -R ray:ray /app "${WELIP_MODEL_CACHE}"
+    chown -R ray:ray /app "${WELIP_MODEL_CACHE}" /var/lib/welip
 
 USER 1000
 ENV HOME=/home/ray

@@ -42,7 +42,7 @@ SECRETS = {
 }
 # The platform's services (all long-running) and the one-shots that prepare them.
 PLATFORM = {"welip", "postgres", "redis", "minio", "mlflow", "prometheus", "grafana", "phoenix"}
-ONE_SHOT = {"welip-init", "minio-init"}
+ONE_SHOT = {"minio-init"}
 # (service, host address, port) published on the host; "" is every interface. Only the
 # authenticated gateway and Grafana's login face the network; the rest stay on loopback.
 PUBLISHED = {
@@ -177,16 +177,13 @@ def test_dependencies_wait_until_healthy_or_done(config: dict[str, Any]) -> None
             expected = "service_healthy" if dependency in PLATFORM else "service_completed_successfully"
             assert options.get("condition") == expected, f"{name} -> {dependency}"
     welip = config["services"]["welip"]["depends_on"]
-    assert {"postgres", "redis", "minio-init", "welip-init"} <= set(welip)
+    assert {"postgres", "redis", "minio-init"} <= set(welip)
 
 
 def test_stateful_services_keep_data_in_named_volumes(config: dict[str, Any]) -> None:
     declared = set(config.get("volumes", {}))
     for name, target in STATE.items():
         assert target in named_volumes(config["services"][name], declared), f"{name}: {target}"
-    # The one-shot that makes WeLIP's volume writable for uid 1000 mounts the same volume.
-    spool = named_volumes(config["services"]["welip"], declared)[STATE["welip"]]
-    assert named_volumes(config["services"]["welip-init"], declared) == {STATE["welip"]: spool}
 
 
 def test_only_intended_ports_are_published(config: dict[str, Any]) -> None:
@@ -208,7 +205,7 @@ def test_welip_runs_the_two_node_tests_head_command_from_the_welip_image(config:
     assert welip["command"][:2] == TWO_NODE_HEAD
     image = f"welip/welip:{package_version()}-smollm2"
     assert raw_compose()["x-welip-image"] == f"${{WELIP_IMAGE:-{image}}}"
-    for name in ("welip", "welip-init", "mlflow"):
+    for name in ("welip", "mlflow"):
         assert config["services"][name]["image"] == image, name
 
 
@@ -217,7 +214,7 @@ def test_welip_image_can_be_overridden(tmp_path: Path) -> None:
     result = compose_config({**SECRETS, "WELIP_IMAGE": image}, tmp_path)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert {services[n]["image"] for n in ("welip", "welip-init", "mlflow")} == {image}
+    assert {services[n]["image"] for n in ("welip", "mlflow")} == {image}
 
 
 def test_welip_deploys_a_shipped_serve_config_that_fits_the_stack(config: dict[str, Any]) -> None:
