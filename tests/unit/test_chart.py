@@ -755,7 +755,7 @@ def test_two_node_overlay_runs_on_loopback_with_local_paths() -> None:
     assert isinstance(evaluate, SuiteConfig)
     assert (
         evaluate.target.base_url == "http://127.0.0.1:18000/v1"
-        and evaluate.target.api_key_env == "WELIP_ADMIN_KEY"
+        and evaluate.target.api_key_env == "WELIP_API_KEY"
     )
     texts = [*strings(objects), *strings(config)]
     assert not [t for t in texts if "s3://" in t or t in ("WELIP_S3_ENDPOINT_URL", "WELIP_STORAGE_URL")]
