@@ -29,12 +29,16 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Debian packages the tests use: Docker (the image and the two-node test), debootstrap (the
-# stand-in base image), docker-compose (compose.yaml's check). Installed when missing.
-DEBS := docker.io debootstrap docker-compose
+# stand-in base image), docker-compose (compose.yaml's check). Each installed only where its
+# command is missing (a machine with Docker's own packages keeps them).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 debs:
-	@dpkg -s $(DEBS) >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
-		$(SUDO) apt-get install -y -q --no-install-recommends $(DEBS); }
+	@missing=""; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && \
+		$(SUDO) apt-get install -y -q --no-install-recommends $$missing; }
 
 install: $(BIN)/python $(PROMTOOL) debs
 	$(BIN)/pip install -q -e '.[cpu,dev]'

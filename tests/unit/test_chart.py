@@ -1059,7 +1059,8 @@ def test_ci_pipeline_tests_scans_and_ships_image_and_chart() -> None:
         return "\n".join(step.get("run", "") for step in jobs[job]["steps"])
 
     assert "make lint" in commands("test") and "make test" in commands("test")
-    assert "bandit -r" in commands("scan") and "hadolint Dockerfile" in commands("scan")
+    assert "bandit -q -c pyproject.toml -r welip deployments jobs" in commands("scan")
+    assert "hadolint Dockerfile" in commands("scan")
     assert "helm lint" in commands("chart") and "helm package" in commands("chart")
     assert "make image" in commands("image") and "docker push" in commands("image")
     assert "${VERSION}" in commands("image") and "pyproject.toml" in commands("image")
