@@ -229,17 +229,23 @@ async def _limiter_clients(
         await limiter.charge(subject, [tokens], [-192])  # settle: what the engine did not use
         return admitted
 
-    await asyncio.gather(*(request(f"warm-{pid}-{i}") for i in range(clients)))  # a connection each
+    # A connection each, as far as the pool allows (redis-py's default: 100 per client).
+    await asyncio.gather(*(request(f"warm-{pid}-{i}") for i in range(clients)), return_exceptions=True)
     ready.put(pid)
     await asyncio.to_thread(start.wait)
     latencies: list[float] = []
     cpu0, t0 = time.process_time(), time.perf_counter()
     end = t0 + seconds
 
+    errors: dict[str, int] = {}
+
     async def client(i: int) -> None:
         n = i
         while time.perf_counter() < end:
-            latencies.append(await request(f"k{n % subjects}"))
+            try:
+                latencies.append(await request(f"k{n % subjects}"))
+            except Exception as exc:  # noqa: BLE001 - counted: what the trust layer would answer 503 for
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             n += clients
 
     await asyncio.gather(*(client(i) for i in range(clients)))
@@ -247,6 +253,7 @@ async def _limiter_clients(
     await redis.aclose()
     return {
         "requests": len(latencies),
+        "errors": errors,
         "wall_s": wall_s,
         "cpu_s": cpu_s,
         "admit_p50_ms": 1000 * _percentile(latencies, 0.5),
@@ -258,6 +265,7 @@ def bench_limiter(args: argparse.Namespace) -> dict[str, Any]:
     """Admissions/s of the Redis limiter by concurrent clients and processes; Redis's CPU per call."""
     shapes = [(1, c) for c in args.clients] + [(p, args.clients_per_process) for p in args.processes]
     trials: dict[str, list[dict[str, Any]]] = {f"{p}x{c}": [] for p, c in shapes}
+    error_kinds: dict[str, list[str]] = {}
 
     def probe() -> dict[str, Any]:
         return {"redis": _redis_stats(args.redis_url), "cpu": _cpu_busy(), "t": time.perf_counter()}
@@ -273,8 +281,13 @@ def bench_limiter(args: argparse.Namespace) -> dict[str, Any]:
             wall_s = after["t"] - before["t"]
             seconds = max(o["wall_s"] for o in out)
             calls = redis.get("evalsha", 0.0)
+            errors: dict[str, int] = {}
+            for o in out:
+                for name, count in o["errors"].items():
+                    errors[name] = errors.get(name, 0) + count
             trial = {
                 "requests_per_s": requests / seconds,
+                "errors_per_s": sum(errors.values()) / seconds,
                 "script_calls_per_s": calls / wall_s,
                 "admit_p50_ms": statistics.median(o["admit_p50_ms"] for o in out),
                 "admit_p99_ms": max(o["admit_p99_ms"] for o in out),
@@ -286,8 +299,12 @@ def bench_limiter(args: argparse.Namespace) -> dict[str, Any]:
                 "box_busy": _busy_share(before["cpu"], after["cpu"]),
             }
             trials[f"{processes}x{clients}"].append(trial)
+            error_kinds[f"{processes}x{clients}"] = sorted(
+                {*error_kinds.get(f"{processes}x{clients}", []), *errors}
+            )
             print(
-                f"limiter repeat {repeat + 1} {processes}x{clients}: {trial['requests_per_s']:,.0f} req/s, "
+                f"limiter repeat {repeat + 1} {processes}x{clients}: {trial['requests_per_s']:,.0f} req/s "
+                f"({sum(errors.values())} errors {sorted(errors)}), "
                 f"redis {trial['redis_cpu_cores']:.2f} cores, clients {trial['client_cpu_cores']:.2f} cores",
                 flush=True,
             )
@@ -297,19 +314,28 @@ def bench_limiter(args: argparse.Namespace) -> dict[str, Any]:
     }
     print("\nlimiter (processes x asyncio clients; median (min-max) of repeats):")
     print(
-        "| clients | requests/s | script calls/s | admit p50 ms | admit p99 ms | client CPU ms/request "
-        "| Redis CPU ms/1k calls | Redis cores | client cores | box busy |"
+        "| clients | requests/s | errors/s | script calls/s | admit p50 ms | admit p99 ms "
+        "| client CPU ms/request | Redis CPU ms/1k calls | Redis cores | client cores | box busy |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for shape, s in summary.items():
         print(
-            f"| {shape} | {_fmt(s['requests_per_s'], 0)} | {_fmt(s['script_calls_per_s'], 0)} "
+            f"| {shape} | {_fmt(s['requests_per_s'], 0)} | {_fmt(s['errors_per_s'], 0)} "
+            f"| {_fmt(s['script_calls_per_s'], 0)} "
             f"| {_fmt(s['admit_p50_ms'], 2)} | {_fmt(s['admit_p99_ms'], 2)} "
             f"| {_fmt(s['client_cpu_ms_per_request'], 3)} | {_fmt(s['redis_cpu_ms_per_1000_calls'], 1)} "
             f"| {_fmt(s['redis_cpu_cores'], 2)} | {_fmt(s['client_cpu_cores'], 2)} "
             f"| {_fmt(s['box_busy'], 2)} |"
         )
-    return {"part": "limiter", "seconds": args.seconds, "subjects": args.subjects, "shapes": summary}
+    if any(error_kinds.values()):
+        print(f"errors: {error_kinds}")
+    return {
+        "part": "limiter",
+        "seconds": args.seconds,
+        "subjects": args.subjects,
+        "shapes": summary,
+        "errors": error_kinds,
+    }
 
 
 def _clean_redis(url: str, prefix: str) -> None:
@@ -392,6 +418,7 @@ def _audit_child(
             submitted += 1
         else:
             time.sleep(0.0005)
+    writer._wake.set()  # the last partial batch now, not after flush_interval_s
     while writer.pending():
         time.sleep(0.0005)
     wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
@@ -699,6 +726,9 @@ async def _admission(spec: dict[str, Any], ready: Any, start: Any) -> dict[str, 
     if trust is not None and trust.audit is not None:
         while trust.audit.pending():
             await asyncio.sleep(0.01)
+    if provider is not None:
+        provider.force_flush()  # the warm-up's spans are not counted
+    exporter.spans = exporter.bytes = 0
     ready.put(os.getpid())
     await asyncio.to_thread(start.wait)
     done = 0
@@ -806,7 +836,7 @@ def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, An
         f"{args.output_tokens} output tokens; median (min-max) of repeats):"
     )
     print(
-        "| mode | CPU ms/request | requests/s (one core) | Redis cmds/request | audit rows/request "
+        "| mode | CPU ms/request | requests/s (one process) | Redis cmds/request | audit rows/request "
         "| PostgreSQL CPU ms/request | access log bytes/request | spans/request | OTLP bytes/request "
         "| box busy |"
     )
