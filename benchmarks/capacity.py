@@ -773,11 +773,12 @@ async def _admission(spec: dict[str, Any], ready: Any, start: Any) -> dict[str, 
 
 def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
     """The gateway's CPU per request (engine excluded) by mode; Redis calls and audit rows per request."""
-    from welip.store import Database, KeyStore
+    from welip.store import Database, KeyStore, hash_key
 
     dsn = _psycopg_dsn(database_url)
     store = KeyStore(Database(database_url))
     _, api_key = store.create_key(name="capacity", role="user", rpm=10**9, tpm=10**12)
+    lookups = [_key_lookups(store, hash_key(api_key), args.seconds) for _ in range(args.repeats)]
     scratch = tempfile.mkdtemp(prefix="welip-capacity-admission-")
     trials: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.admission_modes}
 
@@ -849,12 +850,36 @@ def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, An
             f"| {_fmt(s['spans_per_request'], 2)} | {_fmt(s['otlp_bytes_per_request'], 0)} "
             f"| {_fmt(s['box_busy'], 2)} |"
         )
+    lookup = {key: _spread([t[key] for t in lookups]) for key in lookups[0]}
+    print(
+        f"API key look-ups (KeyStore.key_by_hash, one connection, a cache miss each): "
+        f"{_fmt(lookup['lookups_per_s'], 0)}/s, PostgreSQL CPU {_fmt(lookup['pg_cpu_ms_per_1000'], 1)} ms "
+        f"per 1,000, client CPU {_fmt(lookup['client_cpu_ms_per_1000'], 1)} ms per 1,000"
+    )
     return {
         "part": "admission",
+        "key_lookups": lookup,
         "concurrency": args.concurrency,
         "output_tokens": args.output_tokens,
         "seconds": args.seconds,
         "modes": summary,
+    }
+
+
+def _key_lookups(store: Any, digest: str, seconds: float) -> dict[str, float]:
+    """What one replica's key-cache miss costs: ``KeyStore.key_by_hash`` in a loop (as auth runs it)."""
+    store.key_by_hash(digest)
+    pg0, cpu0, t0 = _pg_cpu_s(), time.process_time(), time.perf_counter()
+    count = 0
+    while time.perf_counter() < t0 + seconds:
+        if store.key_by_hash(digest) is None:
+            raise RuntimeError("the benchmark's key is gone")
+        count += 1
+    wall_s = time.perf_counter() - t0
+    return {
+        "lookups_per_s": count / wall_s,
+        "pg_cpu_ms_per_1000": 1000 * 1000 * (_pg_cpu_s() - pg0) / count,
+        "client_cpu_ms_per_1000": 1000 * 1000 * (time.process_time() - cpu0) / count,
     }
 
 
