@@ -166,13 +166,14 @@ def _run_children(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Start one process per ``args_list`` entry, let them warm up, start them together.
 
-    Each child gets ``(*args, ready, start, results)``: it puts anything on ``ready`` once
-    warm, waits for ``start``, measures, and puts its result dict on ``results``.
+    Each child gets ``(*args, ready, start, results, release)``: it puts anything on ``ready``
+    once warm, waits for ``start``, measures, puts its result dict on ``results`` and waits
+    for ``release`` before it closes its connections.
     ``probe`` is read just before the start and after the last result.
     """
     ctx = mp.get_context("spawn")  # a fresh interpreter: no inherited loop, threads or connections
-    ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=target, args=(*args, ready, start, results)) for args in args_list]
+    ready, results, start, release = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
+    procs = [ctx.Process(target=target, args=(*args, ready, start, results, release)) for args in args_list]
     for proc in procs:
         proc.start()
     try:
@@ -181,8 +182,9 @@ def _run_children(
         before = probe()
         start.set()
         out = [results.get(timeout=CHILD_TIMEOUT_S) for _ in procs]
-        after = probe()
+        after = probe()  # before the children disconnect: a backend's CPU time leaves with it
     finally:
+        release.set()
         for proc in procs:
             proc.join(timeout=30)
             if proc.is_alive():
@@ -202,13 +204,24 @@ def _limiter_child(
     ready: Any,
     start: Any,
     results: Any,
+    release: Any,
 ) -> None:
-    results.put(asyncio.run(_limiter_clients(redis_url, prefix, clients, subjects, seconds, ready, start)))
+    asyncio.run(
+        _limiter_clients(redis_url, prefix, clients, subjects, seconds, ready, start, results, release)
+    )
 
 
 async def _limiter_clients(
-    redis_url: str, prefix: str, clients: int, subjects: int, seconds: float, ready: Any, start: Any
-) -> dict[str, Any]:
+    redis_url: str,
+    prefix: str,
+    clients: int,
+    subjects: int,
+    seconds: float,
+    ready: Any,
+    start: Any,
+    results: Any,
+    release: Any,
+) -> None:
     from redis.asyncio import Redis
 
     from welip.trust import Bucket, RedisRateLimiter
@@ -250,15 +263,18 @@ async def _limiter_clients(
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    results.put(
+        {
+            "requests": len(latencies),
+            "errors": errors,
+            "wall_s": wall_s,
+            "cpu_s": cpu_s,
+            "admit_p50_ms": 1000 * _percentile(latencies, 0.5),
+            "admit_p99_ms": 1000 * _percentile(latencies, 0.99),
+        }
+    )
+    await asyncio.to_thread(release.wait)
     await redis.aclose()
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "wall_s": wall_s,
-        "cpu_s": cpu_s,
-        "admit_p50_ms": 1000 * _percentile(latencies, 0.5),
-        "admit_p99_ms": 1000 * _percentile(latencies, 0.99),
-    }
 
 
 def bench_limiter(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,6 +406,7 @@ def _audit_child(
     ready: Any,
     start: Any,
     results: Any,
+    release: Any,
 ) -> None:
     from welip.store import AuditStore, Database
     from welip.trust import AuditConfig
@@ -422,10 +439,10 @@ def _audit_child(
     while writer.pending():
         time.sleep(0.0005)
     wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
-    spooled = writer.spooled()
+    results.put({"rows": submitted, "wall_s": wall_s, "cpu_s": cpu_s, "spooled": writer.spooled()})
+    release.wait()
     writer.close()
     database.dispose()
-    results.put({"rows": submitted, "wall_s": wall_s, "cpu_s": cpu_s, "spooled": spooled})
 
 
 def _pg_sizes(admin_dsn: str) -> dict[str, float]:
@@ -592,11 +609,11 @@ def _secure_config(prefix: str, spool_dir: str, concurrency: int) -> dict[str, A
     }
 
 
-def _admission_child(spec: dict[str, Any], ready: Any, start: Any, results: Any) -> None:
-    results.put(asyncio.run(_admission(spec, ready, start)))
+def _admission_child(spec: dict[str, Any], ready: Any, start: Any, results: Any, release: Any) -> None:
+    asyncio.run(_admission(spec, ready, start, results, release))
 
 
-async def _admission(spec: dict[str, Any], ready: Any, start: Any) -> dict[str, Any]:
+async def _admission(spec: dict[str, Any], ready: Any, start: Any, results: Any, release: Any) -> None:
     """One mode's trial (``spec``: the mode and ``bench_admission``'s settings), in its own process."""
     from redis.asyncio import Redis
 
@@ -755,20 +772,23 @@ async def _admission(spec: dict[str, Any], ready: Any, start: Any) -> dict[str, 
         provider.force_flush()
     cpu_s = time.process_time() - cpu0  # after the audit writer and span export caught up
     log_bytes = (log_path.stat().st_size if log_path.exists() else 0) - log_before
+    results.put(
+        {
+            "requests": done,
+            "wall_s": wall_s,
+            "cpu_s": cpu_s,
+            "log_bytes": log_bytes,
+            "spans": exporter.spans,
+            "span_bytes": exporter.bytes,
+        }
+    )
+    await asyncio.to_thread(release.wait)
     if trust is not None:
         trust.close()
     if redis is not None:
         await redis.aclose()
     if database is not None:
         database.dispose()
-    return {
-        "requests": done,
-        "wall_s": wall_s,
-        "cpu_s": cpu_s,
-        "log_bytes": log_bytes,
-        "spans": exporter.spans,
-        "span_bytes": exporter.bytes,
-    }
 
 
 def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
@@ -814,6 +834,7 @@ def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, An
                 "cpu_ms_per_request": 1000 * out["cpu_s"] / requests,
                 "cpu_cores": out["cpu_s"] / out["wall_s"],
                 "redis_commands_per_request": commands / requests,
+                "redis_command_counts": {k: v for k, v in redis.items() if k not in ("cpu_s", "info")},
                 "evalsha_per_request": redis.get("evalsha", 0.0) / requests,
                 "audit_rows_per_request": (after["sizes"]["rows"] - before["sizes"]["rows"]) / requests,
                 "pg_cpu_ms_per_request": 1000 * (after["pg_cpu_s"] - before["pg_cpu_s"]) / requests,
@@ -829,6 +850,7 @@ def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, An
                 flush=True,
             )
     _clean_redis(args.redis_url, args.prefix)
+    commands = {mode: [t.pop("redis_command_counts") for t in runs] for mode, runs in trials.items()}
     summary = {
         mode: {key: _spread([t[key] for t in runs], 4) for key in runs[0]} for mode, runs in trials.items()
     }
@@ -859,6 +881,7 @@ def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, An
     return {
         "part": "admission",
         "key_lookups": lookup,
+        "redis_command_counts": commands,
         "concurrency": args.concurrency,
         "output_tokens": args.output_tokens,
         "seconds": args.seconds,
