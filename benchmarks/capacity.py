@@ -472,7 +472,6 @@ def bench_audit(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
     dsn = _psycopg_dsn(database_url)
     shapes = [(p, b) for p in args.audit_processes for b in args.batch_sizes]
     trials: dict[str, list[dict[str, Any]]] = {f"{p}x{b}": [] for p, b in shapes}
-    spool = tempfile.mkdtemp(prefix="welip-capacity-spool-")
 
     def probe() -> dict[str, Any]:
         return {
@@ -487,6 +486,7 @@ def bench_audit(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("TRUNCATE audit_log, usage_daily")
                 conn.execute("VACUUM audit_log")
+            spool = tempfile.mkdtemp(prefix="welip-capacity-spool-")  # per trial: no replay of another's
             child_args = [
                 (database_url, batch, args.seconds, args.principals, spool) for _ in range(processes)
             ]
