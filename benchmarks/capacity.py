@@ -860,7 +860,7 @@ def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, An
                 flush=True,
             )
     _clean_redis(args.redis_url, args.prefix)
-    commands = {mode: [t.pop("redis_command_counts") for t in runs] for mode, runs in trials.items()}
+    command_counts = {mode: [t.pop("redis_command_counts") for t in runs] for mode, runs in trials.items()}
     summary = {
         mode: {key: _spread([t[key] for t in runs], 4) for key in runs[0]} for mode, runs in trials.items()
     }
@@ -891,7 +891,7 @@ def bench_admission(args: argparse.Namespace, database_url: str) -> dict[str, An
     return {
         "part": "admission",
         "key_lookups": lookup,
-        "redis_command_counts": commands,
+        "redis_command_counts": command_counts,
         "concurrency": args.concurrency,
         "output_tokens": args.output_tokens,
         "seconds": args.seconds,
