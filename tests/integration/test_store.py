@@ -91,6 +91,59 @@ def test_postgresql_keys_and_idempotent_audit(pg: Database) -> None:
     assert audit.query_audit(request_id="r2")[0]["guardrails"][0]["kind"] == "kr_rrn"
 
 
+def test_concurrent_audit_writers_do_not_deadlock_on_usage_totals(pg: Database) -> None:
+    """Two gateway replicas write audit batches at once, the same principals in opposite orders.
+
+    Each transaction upserts one ``usage_daily`` row per (day, principal, model): in the order
+    the records came, two writers locked those rows in opposite orders and PostgreSQL aborted
+    one of them as a deadlock (seen in benchmarks/capacity.py with two writers).
+    """
+    pg.upgrade()
+    audit = AuditStore(pg)
+    principals = [f"k{i:02d}" for i in range(40)]
+    batches, barrier = 15, threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def writer(name: str, order: list[str]) -> None:
+        try:
+            for batch in range(batches):
+                now = datetime.now(UTC)
+                rows = [
+                    {
+                        "id": f"{name}-{batch}-{principal}",
+                        "ts": now.isoformat(),
+                        "request_id": f"{name}-{batch}-{principal}",
+                        "principal": principal,
+                        "principal_kind": "api_key",
+                        "method": "POST",
+                        "route": "/v1/chat/completions",
+                        "model": "m",
+                        "status": 200,
+                        "latency_ms": 1.0,
+                        "prompt_tokens": 1,
+                        "completion_tokens": 1,
+                    }
+                    for principal in order
+                ]
+                barrier.wait(timeout=30)
+                audit.write_audit(rows)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [
+        threading.Thread(target=writer, args=("a", principals)),
+        threading.Thread(target=writer, args=("b", principals[::-1])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, repr(errors[0])
+    assert audit.count_audit() == 2 * batches * len(principals)
+    assert sum(row["requests"] for row in audit.usage()) == 2 * batches * len(principals)
+
+
 def test_redis_buckets_admit_exactly_the_limit_under_concurrent_clients() -> None:
     prefix = f"welip-it-store-{secrets.token_hex(4)}"
 

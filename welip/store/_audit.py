@@ -133,7 +133,9 @@ def _usage_totals(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["errors"] += int(row["status"] >= 400)
         entry["prompt_tokens"] += row["prompt_tokens"] or 0
         entry["completion_tokens"] += row["completion_tokens"] or 0
-    return list(totals.values())
+    # One order for every writer: concurrent transactions then lock the usage_daily rows they
+    # share in the same order, and two gateway replicas cannot deadlock on them.
+    return [totals[key] for key in sorted(totals)]
 
 
 def _audit_row(record: dict[str, Any]) -> dict[str, Any]:
