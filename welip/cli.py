@@ -30,7 +30,16 @@ from welip.serving import (
     set_alias_ungated,
     wait_until_routed,
 )
-from welip.store import AuditStore, CatalogStore, Database, EvalRunStore, KeyStore
+from welip.store import (
+    AuditStore,
+    BackupError,
+    CatalogStore,
+    Database,
+    EvalRunStore,
+    KeyStore,
+    backup_database,
+    restore_database,
+)
 
 app = typer.Typer(help="WeLIP: Ray-native LLM infrastructure.", no_args_is_help=True)
 models_app = typer.Typer(help="Packaged models and the local model cache.", no_args_is_help=True)
@@ -95,6 +104,49 @@ def db_upgrade() -> None:
     """Create or migrate the schema to the newest version."""
     db = _database()
     typer.echo(f"database at {db.engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@db_app.command("backup")
+def db_backup(
+    location: str = typer.Argument(
+        ..., help="Backup file: a local path or s3://bucket/key (replaced if present)."
+    ),
+    timeout_s: float = typer.Option(3600, min=1, help="Longest pg_dump may run."),
+) -> None:
+    """Back up the database: SQLite's online backup, or pg_dump of the whole PostgreSQL database.
+
+    The PostgreSQL dump includes LangGraph's checkpoint tables (agent state). s3:// goes
+    through WELIP_S3_ENDPOINT_URL and WELIP_S3_CA_BUNDLE as artifacts do.
+    """
+    try:
+        info = backup_database(location, timeout_s=timeout_s)
+    except BackupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    size = f"{info.size_bytes} bytes, {info.duration_s:.1f}s"
+    typer.echo(f"backed up {info.dialect} database to {info.location} ({size})")
+
+
+@db_app.command("restore")
+def db_restore(
+    location: str = typer.Argument(
+        ..., help="A file `welip db backup` wrote: local path or s3://bucket/key."
+    ),
+    force: bool = typer.Option(
+        False, help="Restore into a database that already holds tables (the backup's tables are replaced)."
+    ),
+    timeout_s: float = typer.Option(3600, min=1, help="Longest pg_restore may run."),
+) -> None:
+    """Restore a backup into an empty database (WELIP_DATABASE_URL), then migrate it to the newest schema.
+
+    A PostgreSQL database must exist first (createdb); a SQLite file is created.
+    """
+    try:
+        info = restore_database(location, force=force, timeout_s=timeout_s)
+    except BackupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"restored {info.dialect} database from {info.location} and migrated it to head")
 
 
 @keys_app.command("create")

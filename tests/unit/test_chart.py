@@ -627,6 +627,9 @@ def test_pod_disruption_budgets_select_the_serving_pods() -> None:
     (service,) = objects_of(objects, "RayService")
     head_labels = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]
     budgets = {b["metadata"]["name"]: b["spec"] for b in objects_of(objects, "PodDisruptionBudget")}
+    # The HA stores' own budgets: one pod at a time keeps Sentinel's quorum and MinIO's erasure set.
+    for store in ("welip-redis", "welip-minio"):
+        assert budgets.pop(store)["maxUnavailable"] == 1
     assert budgets["welip-head"]["minAvailable"] == 1
     assert budgets["welip-gpu"]["minAvailable"] == 1
     for spec in budgets.values():
@@ -1018,6 +1021,8 @@ def test_every_ray_container_takes_the_tracing_configmap(profile: str) -> None:
     (otel,) = [o for o in objects_of(objects, "ConfigMap") if o["metadata"]["name"].endswith("-otel")]
     assert otel["data"] and all(key.startswith("OTEL_") for key in otel["data"])
     for where, template in pod_templates(objects):
+        if where.endswith("/submitter"):  # runs `ray job submit` only
+            continue
         container = template["spec"]["containers"][0]
         if container["name"].startswith("ray-") and not where.endswith("/submitter"):
             refs = [e["configMapRef"] for e in container["envFrom"] if "configMapRef" in e]
@@ -1067,3 +1072,108 @@ def test_ci_pipeline_tests_scans_and_ships_image_and_chart() -> None:
     assert set(jobs["image"]["needs"]) == {"test", "scan", "chart"}
     # Secrets reach commands through the environment, never spliced into the script.
     assert "secrets." not in commands("image")
+
+
+# -- the chart's own HA stores -------------------------------------------------------------------
+
+
+def test_gpu_profile_runs_ha_stores_and_points_welip_at_them() -> None:
+    """PostgreSQL 3 instances with nightly backups to the object store, Redis with 3 sentinels,
+    MinIO on 4 nodes; every Ray container's environment names them, and their CAs are mounted."""
+    objects = rendered("gpu", jobs=True)
+    (cluster,) = objects_of(objects, "Cluster")
+    assert cluster["spec"]["instances"] == 3
+    assert cluster["spec"]["postgresql"]["parameters"]["ssl_min_protocol_version"] == "TLSv1.3"
+    store = cluster["spec"]["backup"]["barmanObjectStore"]
+    assert store["destinationPath"].startswith("s3://")
+    assert store["endpointURL"] == "http://welip-minio.welip.svc.cluster.local:9000"
+    assert store["s3Credentials"]["secretAccessKey"]["name"] == "welip-backup-s3"
+    (scheduled,) = objects_of(objects, "ScheduledBackup")
+    assert scheduled["spec"]["cluster"]["name"] == cluster["metadata"]["name"]
+    assert len(scheduled["spec"]["schedule"].split()) == 6  # CloudNativePG's cron has seconds
+    sets = {s["metadata"]["name"]: s for s in objects_of(objects, "StatefulSet")}
+    assert (sets["welip-redis"]["spec"]["replicas"], sets["welip-minio"]["spec"]["replicas"]) == (3, 4)
+    redis_containers = {c["name"] for c in sets["welip-redis"]["spec"]["template"]["spec"]["containers"]}
+    assert redis_containers == {"redis", "sentinel"}
+    minio_args = sets["welip-minio"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "http://welip-minio-{0...3}.welip-minio-headless.welip.svc.cluster.local/data" in minio_args
+    sentinels = ",".join(
+        f"welip-redis-{i}.welip-redis-headless.welip.svc.cluster.local:26379" for i in range(3)
+    )
+    ray_pods = [(w, t) for w, t in pod_templates(objects) if not w.endswith("/submitter")]
+    assert len(ray_pods) > 2
+    for where, template in ray_pods:
+        env = container_env(template["spec"]["containers"][0])
+        assert env["WELIP_DATABASE_URL"] == {"secretKeyRef": {"name": "welip-postgres-app", "key": "uri"}}, (
+            where
+        )
+        assert env["WELIP_REDIS_URL"] == f"redis+sentinel://:$(WELIP_REDIS_PASSWORD)@{sentinels}/welip", where
+        assert env["WELIP_S3_ENDPOINT_URL"] == "http://welip-minio.welip.svc.cluster.local:9000", where
+        ca_file = env["WELIP_DATABASE_CA_FILE"]
+        mounts = {m["mountPath"]: m["name"] for m in template["spec"]["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert volumes[mounts[str(Path(ca_file).parent)]]["secret"]["secretName"] == "welip-postgres-ca"
+        names = [e["name"] for e in template["spec"]["containers"][0]["env"]]
+        assert len(names) == len(set(names)), f"{where}: an env variable twice"
+
+
+def test_stores_are_off_by_default_and_their_knobs_are_validated() -> None:
+    assert not {"Cluster", "ScheduledBackup", "StatefulSet"} & {o["kind"] for o in rendered("default")}
+    with pytest.raises(helm.HelmValuesError):
+        render_chart([], {"stores": {"postgres": {"backup": {"encryption": "rot13"}}}})
+    with pytest.raises(helm.HelmValuesError):
+        render_chart([], {"stores": {"redis": {"replicas": 5}}})
+    # The chart sets the URL of a store it runs: the same variable in `env` would be ambiguous.
+    with pytest.raises(helm.HelmRenderError, match="WELIP_S3_ENDPOINT_URL"):
+        render_chart(
+            [], {"stores": {"minio": {"enabled": True}}, "env": {"WELIP_S3_ENDPOINT_URL": "http://x:9000"}}
+        )
+
+
+def test_tls_cas_and_encryption_keys_reach_every_ray_pod() -> None:
+    values = {
+        "tls": {
+            "caSecret": "welip-cas",
+            "databaseCAKey": "pg.crt",
+            "redisCAKey": "redis.crt",
+            "s3CAKey": "s3.crt",
+        },
+        "encryption": {"existingSecret": "welip-encryption"},
+        "stores": {"minio": {"enabled": True, "tls": {"existingSecret": "welip-minio-tls"}}},
+    }
+    objects = render_chart([], values)
+    problems = {f"{o['kind']}/{o['metadata']['name']}": check_resource(o) for o in objects}
+    assert {name: found for name, found in problems.items() if found} == {}
+    for where, template in pod_templates(objects):
+        if where.endswith("/submitter"):  # runs `ray job submit` only
+            continue
+        container = template["spec"]["containers"][0]
+        env = container_env(container)
+        assert env["WELIP_DATABASE_CA_FILE"] == "/etc/welip/tls/pg.crt", where
+        assert env["WELIP_REDIS_CA_FILE"] == "/etc/welip/tls/redis.crt", where
+        assert env["WELIP_S3_CA_BUNDLE"] == "/etc/welip/tls/s3.crt", where
+        assert env["WELIP_S3_ENDPOINT_URL"].startswith("https://"), where
+        assert env["WELIP_ENCRYPTION_KEYS"] == {"secretKeyRef": {"name": "welip-encryption", "key": "keys"}}
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/welip/tls"]
+        (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "welip-cas" and mount["readOnly"]
+    (minio,) = [s for s in objects_of(objects, "StatefulSet") if s["metadata"]["name"] == "welip-minio"]
+    pod = minio["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][1].startswith("https://")
+    (certs,) = [v for v in pod["volumes"] if v["name"] == "certs"]
+    assert {i["path"] for i in certs["secret"]["items"]} == {"public.crt", "private.key"}
+
+
+def test_store_policies_admit_welip_and_the_backups() -> None:
+    """Redis's sentinel port is open to WeLIP's pods; MinIO takes PostgreSQL's backups."""
+    stores = {
+        p["metadata"]["name"]: p["spec"]
+        for p in objects_of(rendered("gpu"), "NetworkPolicy")
+        if p["metadata"]["labels"].get("app.kubernetes.io/component") == "data"
+    }
+    assert {p["port"] for p in stores["welip-redis"]["ingress"][0]["ports"]} == {6379, 26379}
+    minio_from = [peer for rule in stores["welip-minio"]["ingress"] for peer in rule["from"]]
+    assert {"podSelector": {"matchLabels": {"cnpg.io/cluster": "welip-postgres"}}} in minio_from
+    # The store pods are not the release's own (its default-deny does not shut them).
+    for name, spec in stores.items():
+        assert spec["podSelector"]["matchLabels"].get("app.kubernetes.io/name") != "welip", name

@@ -6,7 +6,7 @@ Three kinds of source:
   package, converted once to safetensors in the cache;
 * a local directory in HF format (has ``config.json``): used as it is;
 * an ``s3://bucket/prefix`` URI: copied once into the cache (MinIO in production,
-  endpoint from ``WELIP_S3_ENDPOINT_URL``).
+  endpoint from ``WELIP_S3_ENDPOINT_URL``, its CA from ``WELIP_S3_CA_BUNDLE``).
 
 Every write goes to a temporary directory beside the target and is renamed into
 place, under an exclusive file lock, so two processes that race (two replicas
@@ -158,8 +158,9 @@ def _copy_from_s3(uri: str, cache_dir: Path) -> Path:
     target = cache_dir / "s3" / f"{uri.removeprefix('s3://').strip('/').replace('/', '--')}-{digest}"
     if _is_complete(target):
         return target
-    endpoint = os.environ.get("WELIP_S3_ENDPOINT_URL")
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else None)
+    from welip.store import s3_client_kwargs
+
+    fs = s3fs.S3FileSystem(client_kwargs=s3_client_kwargs() or None)
     prefix = uri.removeprefix("s3://").rstrip("/")
     if not fs.exists(f"{prefix}/config.json"):
         raise ValueError(f"{uri} has no config.json: not an HF-format model")

@@ -1,6 +1,7 @@
 """The data layer: the metadata database (PostgreSQL or SQLite), a store per aggregate, Redis, artifacts."""
 
 from welip.store._audit import AuditStore
+from welip.store._backup import BackupError, BackupInfo, backup_database, find_tool, restore_database
 from welip.store._catalog import AdapterRecord, AliasRecord, CatalogStore
 from welip.store._database import (
     DEFAULT_DATABASE_URL,
@@ -14,7 +15,14 @@ from welip.store._eval_runs import EvalRunRecord, EvalRunStore
 from welip.store._keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
 from welip.store._redis import redis_from_env
 from welip.store._schema import agent_runs, agent_threads
-from welip.store._storage import filesystem, join_url, read_bytes, storage_url_from_env, write_bytes
+from welip.store._storage import (
+    filesystem,
+    join_url,
+    read_bytes,
+    s3_client_kwargs,
+    storage_url_from_env,
+    write_bytes,
+)
 from welip.store._tracking import DEFAULT_MLFLOW_URI, mlflow_uri, use_mlflow
 
 __all__ = [
@@ -24,6 +32,8 @@ __all__ = [
     "AdapterRecord",
     "AliasRecord",
     "AuditStore",
+    "BackupError",
+    "BackupInfo",
     "CatalogStore",
     "Database",
     "EvalRunRecord",
@@ -33,13 +43,17 @@ __all__ = [
     "agent_runs",
     "agent_threads",
     "as_utc",
+    "backup_database",
     "database_url_from_env",
     "filesystem",
+    "find_tool",
     "hash_key",
     "join_url",
     "mlflow_uri",
     "read_bytes",
     "redis_from_env",
+    "restore_database",
+    "s3_client_kwargs",
     "statement_timeout_ms_from_env",
     "storage_url_from_env",
     "use_mlflow",

@@ -115,6 +115,7 @@ Args: dict "root" $ "extra" (map, may be empty). */}}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
 {{- end }}
+{{- include "welip.storeEnv" .root }}
 {{- end -}}
 
 {{/* Requests equal to limits (Guaranteed QoS), GPUs added. Args: the resources map, gpus. */}}
@@ -192,6 +193,7 @@ spec:
         - name: audit-spool
           mountPath: {{ $root.Values.cluster.auditSpool.mountPath }}
         {{- end }}
+        {{- include "welip.caVolumes" (dict "root" $root "part" "mounts") | nindent 8 }}
   volumes:
     - name: dshm
       emptyDir:
@@ -206,6 +208,7 @@ spec:
     - name: audit-spool
       {{- toYaml $root.Values.cluster.auditSpool.volume | nindent 6 }}
     {{- end }}
+    {{- include "welip.caVolumes" (dict "root" $root "part" "volumes") | nindent 4 }}
   {{- with $group.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
@@ -267,4 +270,122 @@ GCS, dashboard agent (Serve health). */}}
     - protocol: TCP
       port: 8080
 {{- end -}}
+{{- end -}}
+
+{{/* The chart's own data stores (stores.*): names, and the URLs WeLIP is given. */}}
+{{- define "welip.postgresCluster" -}}
+{{- printf "%s-postgres" (include "welip.fullname" .) -}}
+{{- end -}}
+
+{{- define "welip.redisName" -}}
+{{- printf "%s-redis" (include "welip.fullname" .) -}}
+{{- end -}}
+
+{{- define "welip.minioName" -}}
+{{- printf "%s-minio" (include "welip.fullname" .) -}}
+{{- end -}}
+
+{{/* redis+sentinel://<sentinel 0>:26379,<1>,<2>/<master name>: every sentinel by its pod's DNS name. */}}
+{{- define "welip.redisSentinelUrl" -}}
+{{- $name := include "welip.redisName" . -}}
+{{- $hosts := list -}}
+{{- range $i := until 3 -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s-headless.%s.svc.cluster.local:26379" $name $i $name $.Release.Namespace) -}}
+{{- end -}}
+{{- printf "redis+sentinel://:$(WELIP_REDIS_PASSWORD)@%s/%s" (join "," $hosts) .Values.stores.redis.masterName -}}
+{{- end -}}
+
+{{- define "welip.minioEndpoint" -}}
+{{- $scheme := ternary "https" "http" (not (empty .Values.stores.minio.tls.existingSecret)) -}}
+{{- printf "%s://%s.%s.svc.cluster.local:9000" $scheme (include "welip.minioName" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* Where CA certificates are mounted in Ray pods. */}}
+{{- define "welip.caDir" -}}/etc/welip/tls{{- end -}}
+{{- define "welip.postgresCADir" -}}/etc/welip/postgres-ca{{- end -}}
+
+{{/* env entries pointing WeLIP at its stores, CAs and encryption keys (stores.*, tls, encryption).
+Variables named here win over the same names in the Secrets loaded with envFrom. */}}
+{{- define "welip.storeEnv" -}}
+{{- $v := .Values -}}
+{{- range $var, $on := dict "WELIP_DATABASE_URL" $v.stores.postgres.enabled "WELIP_REDIS_URL" $v.stores.redis.enabled "WELIP_S3_ENDPOINT_URL" $v.stores.minio.enabled }}
+{{- if and $on (hasKey $v.env $var) }}
+{{- fail (printf "env.%s: the chart sets it to its own store (stores.*); remove it from env" $var) }}
+{{- end }}
+{{- end }}
+{{- if $v.stores.postgres.enabled }}
+# CloudNativePG's app Secret: postgresql://<owner>:<password>@<cluster>-rw.<namespace>:5432/<db>
+- name: WELIP_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "welip.postgresCluster" . }}-app
+      key: uri
+{{- end }}
+{{- if $v.tls.databaseCAKey }}
+- name: WELIP_DATABASE_CA_FILE
+  value: {{ printf "%s/%s" (include "welip.caDir" .) $v.tls.databaseCAKey | quote }}
+{{- else if $v.stores.postgres.enabled }}
+# The CA CloudNativePG signs its server certificates with (Secret <cluster>-ca).
+- name: WELIP_DATABASE_CA_FILE
+  value: {{ printf "%s/ca.crt" (include "welip.postgresCADir" .) | quote }}
+{{- end }}
+{{- if $v.stores.redis.enabled }}
+- name: WELIP_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.stores.redis.existingSecret }}
+      key: redis-password
+- name: WELIP_REDIS_URL
+  value: {{ include "welip.redisSentinelUrl" . | quote }}
+{{- end }}
+{{- if $v.tls.redisCAKey }}
+- name: WELIP_REDIS_CA_FILE
+  value: {{ printf "%s/%s" (include "welip.caDir" .) $v.tls.redisCAKey | quote }}
+{{- end }}
+{{- if $v.stores.minio.enabled }}
+- name: WELIP_S3_ENDPOINT_URL
+  value: {{ include "welip.minioEndpoint" . | quote }}
+{{- end }}
+{{- if $v.tls.s3CAKey }}
+- name: WELIP_S3_CA_BUNDLE
+  value: {{ printf "%s/%s" (include "welip.caDir" .) $v.tls.s3CAKey | quote }}
+{{- end }}
+{{- if $v.encryption.existingSecret }}
+- name: WELIP_ENCRYPTION_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.encryption.existingSecret }}
+      key: {{ $v.encryption.key }}
+{{- end }}
+{{- end -}}
+
+{{/* volumeMounts and volumes for the CA Secrets of welip.storeEnv. Arg: dict "root" $ "part" ("mounts" or "volumes"). */}}
+{{- define "welip.caVolumes" -}}
+{{- $v := .root.Values -}}
+{{- if eq .part "mounts" }}
+{{- if $v.tls.caSecret }}
+- name: welip-ca
+  mountPath: {{ include "welip.caDir" .root }}
+  readOnly: true
+{{- end }}
+{{- if and $v.stores.postgres.enabled (not $v.tls.databaseCAKey) }}
+- name: postgres-ca
+  mountPath: {{ include "welip.postgresCADir" .root }}
+  readOnly: true
+{{- end }}
+{{- else }}
+{{- if $v.tls.caSecret }}
+- name: welip-ca
+  secret:
+    secretName: {{ $v.tls.caSecret }}
+{{- end }}
+{{- if and $v.stores.postgres.enabled (not $v.tls.databaseCAKey) }}
+- name: postgres-ca
+  secret:
+    secretName: {{ include "welip.postgresCluster" .root }}-ca
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}
 {{- end -}}
