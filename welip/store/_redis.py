@@ -88,7 +88,10 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     scheme, sep, rest = url.partition("://")
     if scheme.lower() not in SENTINEL_SCHEMES or not sep:
         raise ValueError(f"WELIP_REDIS_URL {_redacted(url)}: a sentinel URL starts with redis+sentinel://")
-    parts = urlsplit("x://" + rest)  # urlsplit cannot take a host list's ports: split it here
+    try:
+        parts = urlsplit("x://" + rest)  # urlsplit cannot take a host list's ports: split it here
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise ValueError(f"WELIP_REDIS_URL {_redacted(url)}: {exc}") from None
     if parts.fragment:
         raise ValueError(f"WELIP_REDIS_URL {_redacted(url)}: a fragment (#...) has no meaning here")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
