@@ -26,7 +26,8 @@ import redis
 HOST = "127.0.0.1"
 MASTER_PORT = 56379
 REPLICA_PORT = 56380
-SENTINEL_PORTS = (26379, 26380, 26381)
+# Not 26379: Debian's redis-sentinel package starts its own sentinel there where systemd runs.
+SENTINEL_PORTS = (56381, 56382, 56383)
 TLS_PORT = 56390
 SERVICE = "welip"
 START_TIMEOUT_S = 10.0
@@ -65,6 +66,10 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(5)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its connections open and never answers (a partition, a hung host)."""
+        self.process.send_signal(signal.SIGSTOP)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -265,9 +270,9 @@ def tls_server(
     workdir: Path, certs: Certificates, port: int = TLS_PORT, protocols: str = "TLSv1.2 TLSv1.3"
 ) -> Iterator[Server]:
     """A redis-server that speaks TLS only (``--port 0``), clients not asked for certificates."""
+    workdir.mkdir(parents=True, exist_ok=True)
     args = [
-        *_redis_args(port, workdir, f"tls-{port}"),
-        "--port", "0",
+        *_redis_args(0, workdir, f"tls-{port}"),  # port 0: no plain TCP at all
         "--tls-port", str(port),
         "--tls-cert-file", str(certs.server_cert),
         "--tls-key-file", str(certs.server_key),
