@@ -53,6 +53,16 @@ def _check_free(port: int) -> None:
             raise RuntimeError(f"port {HOST}:{port} is taken: stop what listens there before these tests")
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """A CA, a server certificate it signed for 127.0.0.1, and a second, unrelated CA."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    other_ca: Path
+
+
 @dataclass
 class Server:
     """One redis-server or redis-sentinel process of a test's."""
@@ -104,11 +114,32 @@ def _start(args: list[str], port: int, log: Path, *, ping: redis.Redis | None = 
     return server
 
 
-def _redis_args(port: int, workdir: Path, name: str) -> list[str]:
+def _client(port: int, ca: Path | None) -> redis.Redis:
+    """A synchronous client of the fixtures' own, over TLS when ``ca`` is given."""
+    if ca is None:
+        return redis.Redis(host=HOST, port=port, socket_timeout=1, socket_connect_timeout=1)
+    return redis.Redis(
+        host=HOST, port=port, socket_timeout=1, socket_connect_timeout=1, ssl=True, ssl_ca_certs=str(ca)
+    )
+
+
+def _tls_args(port: int, certs: Certificates) -> list[str]:
+    return [
+        "--port", "0",  # no plain TCP at all
+        "--tls-port", str(port),
+        "--tls-cert-file", str(certs.server_cert),
+        "--tls-key-file", str(certs.server_key),
+        "--tls-ca-cert-file", str(certs.ca),
+        "--tls-auth-clients", "no",
+        "--tls-replication", "yes",
+    ]  # fmt: skip
+
+
+def _redis_args(port: int, workdir: Path, name: str, certs: Certificates | None = None) -> list[str]:
+    tls = _tls_args(port, certs) if certs is not None else []
     return [
         shutil.which("redis-server") or "redis-server",
-        "--port",
-        str(port),
+        *([] if certs is not None else ["--port", str(port)]),
         "--bind",
         HOST,
         "--save",
@@ -126,6 +157,7 @@ def _redis_args(port: int, workdir: Path, name: str) -> list[str]:
         # Redis waits 5 s by default for more replicas before a full sync: no one else comes.
         "--repl-diskless-sync-delay",
         "0",
+        *tls,
     ]
 
 
@@ -135,18 +167,20 @@ class SentinelGroup:
 
     master: Server
     replica: Server
+    ca: Path | None = None  # every server and sentinel speaks TLS only, under this CA
     sentinels: list[Server] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         """``WELIP_REDIS_URL`` for this group."""
         hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        scheme = "rediss+sentinel" if self.ca else "redis+sentinel"
+        return f"{scheme}://{hosts}/{SERVICE}/0"
 
     def master_port(self) -> int | None:
         """The master's port as the first sentinel that answers names it now."""
         for sentinel in self.sentinels:
-            client = redis.Redis(host=HOST, port=sentinel.port, socket_timeout=1, decode_responses=True)
+            client = _client(sentinel.port, self.ca)
             try:
                 _, port = client.sentinel_get_master_addr_by_name(SERVICE)
                 return int(port)
@@ -166,24 +200,32 @@ def _wait(predicate_name: str, predicate: object, timeout_s: float) -> None:
 
 
 @contextmanager
-def sentinel_group(workdir: Path) -> Iterator[SentinelGroup]:
-    """Start the group, wait until every sentinel knows the replica and the two other sentinels."""
+def sentinel_group(workdir: Path, certs: Certificates | None = None) -> Iterator[SentinelGroup]:
+    """Start the group (TLS only with ``certs``), wait until every sentinel knows the replica and
+    the two other sentinels."""
     sentinel_bin = require("redis-sentinel")
     workdir.mkdir(parents=True, exist_ok=True)
+    ca = certs.ca if certs is not None else None
     with ExitStack() as stack:
-        master = _start(_redis_args(MASTER_PORT, workdir, "master"), MASTER_PORT, workdir / "master.log")
+        master_args = _redis_args(MASTER_PORT, workdir, "master", certs)
+        master = _start(master_args, MASTER_PORT, workdir / "master.log", ping=_client(MASTER_PORT, ca))
         stack.callback(master.stop)
-        replica_args = [*_redis_args(REPLICA_PORT, workdir, "replica"), "--replicaof", HOST, str(MASTER_PORT)]
-        replica = _start(replica_args, REPLICA_PORT, workdir / "replica.log")
+        replica_args = [
+            *_redis_args(REPLICA_PORT, workdir, "replica", certs),
+            "--replicaof",
+            HOST,
+            str(MASTER_PORT),
+        ]
+        replica = _start(replica_args, REPLICA_PORT, workdir / "replica.log", ping=_client(REPLICA_PORT, ca))
         stack.callback(replica.stop)
-        replica_client = redis.Redis(host=HOST, port=REPLICA_PORT, socket_timeout=1)
+        replica_client = _client(REPLICA_PORT, ca)
         _wait(
             "the replica's link to its master",
             lambda: replica_client.info("replication").get("master_link_status") == "up",
             START_TIMEOUT_S,
         )
         replica_client.close()
-        group = SentinelGroup(master, replica)
+        group = SentinelGroup(master, replica, ca)
         # Each sentinel told the others' ids and the replica up front: otherwise they find
         # each other through hello messages (every 2 s) and the setup takes seconds longer.
         ids = {port: secrets.token_hex(20) for port in SENTINEL_PORTS}
@@ -193,9 +235,16 @@ def sentinel_group(workdir: Path) -> Iterator[SentinelGroup]:
                 for other in SENTINEL_PORTS
                 if other != port
             )
+            listen = f"port {port}\n"
+            if certs is not None:
+                listen = (
+                    f"port 0\ntls-port {port}\ntls-cert-file {certs.server_cert}\n"
+                    f"tls-key-file {certs.server_key}\ntls-ca-cert-file {certs.ca}\n"
+                    "tls-auth-clients no\ntls-replication yes\n"
+                )
             conf = workdir / f"sentinel-{port}.conf"
             conf.write_text(
-                f"port {port}\nbind {HOST}\ndir {workdir}\nlogfile {workdir}/sentinel-{port}.log\n"
+                f"{listen}bind {HOST}\ndir {workdir}\nlogfile {workdir}/sentinel-{port}.log\n"
                 f"sentinel announce-ip {HOST}\nsentinel resolve-hostnames no\n"
                 f"sentinel monitor {SERVICE} {HOST} {MASTER_PORT} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
@@ -204,13 +253,15 @@ def sentinel_group(workdir: Path) -> Iterator[SentinelGroup]:
                 f"sentinel myid {ids[port]}\n{known}"
                 f"sentinel known-replica {SERVICE} {HOST} {REPLICA_PORT}\n"
             )
-            sentinel = _start([sentinel_bin, str(conf)], port, workdir / f"sentinel-{port}.log")
+            sentinel = _start(
+                [sentinel_bin, str(conf)], port, workdir / f"sentinel-{port}.log", ping=_client(port, ca)
+            )
             stack.callback(sentinel.stop)
             group.sentinels.append(sentinel)
 
         def agreed() -> bool:
             for s in group.sentinels:
-                client = redis.Redis(host=HOST, port=s.port, socket_timeout=1)
+                client = _client(s.port, ca)
                 try:
                     if len(client.sentinel_slaves(SERVICE)) != 1:
                         return False
@@ -223,16 +274,6 @@ def sentinel_group(workdir: Path) -> Iterator[SentinelGroup]:
         # Sentinels find each other through hello messages every 2 s: a failover needs a quorum.
         _wait("the sentinels to know the replica and each other", agreed, 20.0)
         yield group
-
-
-@dataclass(frozen=True)
-class Certificates:
-    """A CA, a server certificate it signed for 127.0.0.1, and a second, unrelated CA."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    other_ca: Path
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -271,17 +312,8 @@ def tls_server(
 ) -> Iterator[Server]:
     """A redis-server that speaks TLS only (``--port 0``), clients not asked for certificates."""
     workdir.mkdir(parents=True, exist_ok=True)
-    args = [
-        *_redis_args(0, workdir, f"tls-{port}"),  # port 0: no plain TCP at all
-        "--tls-port", str(port),
-        "--tls-cert-file", str(certs.server_cert),
-        "--tls-key-file", str(certs.server_key),
-        "--tls-ca-cert-file", str(certs.ca),
-        "--tls-auth-clients", "no",
-        "--tls-protocols", protocols,
-    ]  # fmt: skip
-    ping = redis.Redis(host=HOST, port=port, ssl=True, ssl_ca_certs=str(certs.ca), socket_timeout=1)
-    server = _start(args, port, workdir / f"tls-{port}.log", ping=ping)
+    args = [*_redis_args(port, workdir, f"tls-{port}", certs), "--tls-protocols", protocols]
+    server = _start(args, port, workdir / f"tls-{port}.log", ping=_client(port, certs.ca))
     try:
         yield server
     finally:
