@@ -29,14 +29,16 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Debian packages the tests use: Docker (the image and the two-node test), debootstrap (the
-# stand-in base image), docker-compose (compose.yaml's check). Each installed only where its
-# command is missing (a machine with Docker's own packages keeps them).
+# stand-in base image), docker-compose (compose.yaml's check), redis-sentinel (the Redis
+# failover test's sentinels). Each installed only where its command is missing (a machine
+# with Docker's own packages keeps them).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 debs:
 	@missing=""; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v redis-sentinel >/dev/null || missing="$$missing redis-sentinel"; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && \
 		$(SUDO) apt-get install -y -q --no-install-recommends $$missing; }
 

@@ -4,16 +4,23 @@ Only non-streamed requests that ask for ``temperature: 0`` (and one choice) are
 cached, keyed on the model, the caller (its principal and role by default; its role
 only with ``cache.scope: role``: output guardrails differ per role) and the request
 body with volatile fields removed. In Redis when ``WELIP_REDIS_URL`` is
-set (shared by every replica), else in a bounded in-process LRU.
+set (shared by every replica), else in a bounded in-process LRU. Redis unreachable (an
+outage, a Sentinel failover) makes every look-up a miss and every store a no-op: the
+cache is an optimisation, never a reason to fail a request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
 
 _VOLATILE = frozenset({"stream", "stream_options", "user", "request_id", "metadata"})
 
@@ -44,11 +51,18 @@ class RedisResponseCache:
         self._ttl_s = ttl_s
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._redis.get(f"{self._prefix}:cache:{key}")
+        try:
+            value = await self._redis.get(f"{self._prefix}:cache:{key}")
+        except (RedisError, OSError) as exc:
+            logger.warning("response cache unavailable, answering as a miss: %s", exc)
+            return None
         return bytes(value) if value is not None else None
 
     async def put(self, key: str, value: bytes) -> None:
-        await self._redis.set(f"{self._prefix}:cache:{key}", value, ex=self._ttl_s)
+        try:
+            await self._redis.set(f"{self._prefix}:cache:{key}", value, ex=self._ttl_s)
+        except (RedisError, OSError) as exc:
+            logger.warning("response cache unavailable, answer not stored: %s", exc)
 
 
 class MemoryResponseCache:

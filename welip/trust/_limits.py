@@ -7,6 +7,14 @@ from none (one Lua script in Redis, so replicas never race); after the answer th
 token buckets are charged the difference to the real usage, which may leave them in
 debt until they refill. Without Redis the same buckets live in the replica's memory:
 limits then hold per replica, not per cluster.
+
+Redis unreachable (an outage, or a Sentinel failover until the sentinels have promoted a
+replica and the client has asked them again), :meth:`RedisRateLimiter.admit` raises and
+the gateway answers 503 ``rate_limiter_unavailable`` with ``Retry-After``: nothing is
+admitted unmetered. The promoted replica holds the counts as replicated when the master
+failed: admissions the old master had not yet passed on (its replication lag,
+milliseconds on a healthy link) are forgotten, so a key may be admitted that many extra
+requests; never more than it was admitted in that last moment.
 """
 
 from __future__ import annotations
