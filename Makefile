@@ -77,8 +77,17 @@ services:
 		for i in $$(seq 1 30); do $(DOCKER) info >/dev/null 2>&1 && break; sleep 1; done; }
 	@pg_isready -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 -p 6379 ping && $(DOCKER) info --format 'docker {{.ServerVersion}}'
 
-test: install lint services test-image
-	$(BIN)/pytest tests
+# The test image (tests/cluster) builds while lint and the tests that need no cluster run:
+# the build is mostly pip and Docker's I/O, so the two share the cores well. Then the
+# two-node cluster's tests, then the integration session.
+test: install services
+	@mkdir -p build; \
+	$(MAKE) --no-print-directory test-image >build/test-image.log 2>&1 & image=$$!; \
+	$(MAKE) --no-print-directory lint && $(BIN)/pytest tests --ignore=tests/cluster --ignore=tests/integration; \
+	first=$$?; \
+	wait $$image || { tail -n 60 build/test-image.log; echo "make test-image failed (build/test-image.log)"; exit 1; }; \
+	[ $$first = 0 ] || exit $$first; \
+	$(BIN)/pytest tests/cluster tests/integration
 
 unit:
 	$(BIN)/pytest tests/unit
