@@ -2,6 +2,7 @@
 
 from welip.store._audit import AuditStore
 from welip.store._catalog import AdapterRecord, AliasRecord, CatalogStore
+from welip.store._crypto import DecryptionError, Keyring, keyring_from_env
 from welip.store._database import (
     DEFAULT_DATABASE_URL,
     Database,
@@ -26,10 +27,12 @@ __all__ = [
     "AuditStore",
     "CatalogStore",
     "Database",
+    "DecryptionError",
     "EvalRunRecord",
     "EvalRunStore",
     "KeyRecord",
     "KeyStore",
+    "Keyring",
     "agent_runs",
     "agent_threads",
     "as_utc",
@@ -37,6 +40,7 @@ __all__ = [
     "filesystem",
     "hash_key",
     "join_url",
+    "keyring_from_env",
     "mlflow_uri",
     "read_bytes",
     "redis_from_env",
