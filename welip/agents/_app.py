@@ -19,6 +19,7 @@ from welip.agents._caller import send_caller_token
 from welip.agents._config import AgentConfig, ChatModelConfig, RetrievalConfig
 from welip.agents._graphs import GRAPHS
 from welip.agents._runtime import AgentRuntime
+from welip.agents._store import checkpoint_serde
 from welip.api import OnError, add_error_handlers
 from welip.observability import inject_traceparent
 
@@ -45,7 +46,7 @@ async def open_checkpointer(database_url: str) -> AsyncIterator[Any]:
             bounded = kwargs  # the URL sets its own
         async with AsyncConnectionPool(conninfo, kwargs=bounded, min_size=1, max_size=8, open=False) as pool:
             await pool.open(wait=True, timeout=30)
-            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+            saver = AsyncPostgresSaver(pool, serde=checkpoint_serde())  # type: ignore[arg-type]
             # Replicas start together: one runs LangGraph's migrations at a time. The others
             # poll with pg_try_advisory_lock instead of blocking in pg_advisory_lock: a
             # session blocked in a query holds a snapshot, and the migrations' CREATE INDEX
@@ -71,7 +72,7 @@ async def open_checkpointer(database_url: str) -> AsyncIterator[Any]:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     async with aiosqlite.connect(path, timeout=30) as conn:
-        sqlite_saver = AsyncSqliteSaver(conn)
+        sqlite_saver = AsyncSqliteSaver(conn, serde=checkpoint_serde())
         await sqlite_saver.setup()
         yield sqlite_saver
 

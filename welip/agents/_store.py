@@ -6,11 +6,18 @@ thread at once, and queued runs (``enqueue``) take it in creation order. Runs
 heartbeat while they execute; a run whose replica died stops heartbeating, and the
 next claim fails it and frees the thread. The graph state itself is in LangGraph's
 checkpoint tables, not here.
+
+With encryption keys configured (``WELIP_ENCRYPTION_KEYS``, see :mod:`welip.store._crypto`)
+a run's ``kwargs`` (its input: the conversation's new messages) are stored as one
+AES-256-GCM ciphertext bound to the run id, and :func:`checkpoint_serde` gives LangGraph's
+checkpointer a serializer that encrypts every checkpoint blob and pending write under the
+same keys, carrying the key id so keys rotate without rewriting old checkpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +25,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from welip.store import Database, agent_runs, agent_threads, as_utc, utcnow
+from welip.store import (
+    Database,
+    DecryptionError,
+    Keyring,
+    agent_runs,
+    agent_threads,
+    as_utc,
+    keyring_from_env,
+    utcnow,
+)
 
 ACTIVE_RUN_STATUSES = ("pending", "running")
 
@@ -104,8 +120,11 @@ def _thread(row: Any) -> ThreadRow:
     )
 
 
-def _run(row: Any) -> RunRow:
+def _run(row: Any, keyring: Keyring) -> RunRow:
     m = row._mapping
+    kwargs = m["kwargs"]
+    if isinstance(kwargs, str):  # sealed by AgentStore.create_run (a plaintext one is an object)
+        kwargs = json.loads(keyring.decrypt(kwargs, _kwargs_context(m["run_id"])))
     return RunRow(
         run_id=m["run_id"],
         thread_id=m["thread_id"],
@@ -114,7 +133,7 @@ def _run(row: Any) -> RunRow:
         owner=m["owner"],
         status=m["status"],
         multitask_strategy=m["multitask_strategy"],
-        kwargs=m["kwargs"] or {},
+        kwargs=kwargs or {},
         metadata=m["run_metadata"] or {},
         error=m["error"],
         replica=m["replica"],
@@ -135,9 +154,21 @@ class AgentStore:
     One of the database's aggregate stores, as :class:`welip.store.KeyStore` and the others are.
     """
 
-    def __init__(self, database: Database, *, stale_run_s: float = 30) -> None:
+    def __init__(
+        self, database: Database, *, stale_run_s: float = 30, keyring: Keyring | None = None
+    ) -> None:
+        """Args:
+        database: The metadata database.
+        stale_run_s: A running run without a heartbeat for this long is failed.
+        keyring: Seals runs' ``kwargs`` (``WELIP_ENCRYPTION_KEYS`` or ``WELIP_ENCRYPTION_KEYS_FILE``
+            by default; none set: stored as they are).
+
+        Raises:
+            ValueError: The configured keys are malformed.
+        """
         self._engine = database.engine
         self.stale_run_s = stale_run_s
+        self._keyring = keyring if keyring is not None else keyring_from_env()
 
     # -- threads ------------------------------------------------------------------
 
@@ -269,8 +300,12 @@ class AgentStore:
                 ).scalar_one()
                 if pending >= max_pending:
                     raise ThreadBusy(f"the thread already has {pending} queued runs")
-            conn.execute(agent_runs.insert().values(**row))
-        return _run(_Row(row))
+            stored = row
+            if self._keyring.enabled:
+                sealed = self._keyring.encrypt(json.dumps(row["kwargs"]), _kwargs_context(row["run_id"]))
+                stored = {**row, "kwargs": sealed}
+            conn.execute(agent_runs.insert().values(**stored))
+        return _run(_Row(row), self._keyring)
 
     @staticmethod
     def _take(conn: sa.Connection, key: str, run_id: str, assistant_id: str, now: datetime) -> bool:
@@ -393,7 +428,7 @@ class AgentStore:
                 .values(cancel_requested_at=now)
             )
             row = conn.execute(agent_runs.select().where(agent_runs.c.run_id == run_id)).first()
-        return _run(row) if row else None
+        return _run(row, self._keyring) if row else None
 
     def get_run(self, run_id: str, owner: str, thread_id: str | None = None) -> RunRow | None:
         query = agent_runs.select().where(agent_runs.c.run_id == run_id, agent_runs.c.owner == owner)
@@ -401,7 +436,7 @@ class AgentStore:
             query = query.where(agent_runs.c.thread_id == thread_id)
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
-        return _run(row) if row else None
+        return _run(row, self._keyring) if row else None
 
     def list_runs(self, thread_id: str, owner: str, limit: int, offset: int) -> list[RunRow]:
         with self._engine.connect() as conn:
@@ -412,7 +447,61 @@ class AgentStore:
                 .limit(limit)
                 .offset(offset)
             )
-            return [_run(r) for r in rows]
+            return [_run(r, self._keyring) for r in rows]
+
+
+class KeyringCipher:
+    """LangGraph's ``CipherProtocol`` over a :class:`~welip.store.Keyring`: AES-256-GCM, and the
+    key id in the cipher name (``wlpenc:v1:<key id>``) the checkpointer stores beside each blob."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    def encrypt(self, plaintext: bytes) -> tuple[str, bytes]:
+        """``(cipher name with the key id, nonce | ciphertext | tag)`` under the current key."""
+        kid, blob = self.keyring.encrypt_bytes(plaintext, _CHECKPOINT_CONTEXT)
+        return f"{_CIPHER_PREFIX}{kid}", blob
+
+    def decrypt(self, ciphername: str, ciphertext: bytes) -> bytes:
+        """The plaintext of a blob :meth:`encrypt` sealed, under the key its cipher name names.
+
+        Raises:
+            DecryptionError: An unknown cipher, a key id not configured, or an altered blob.
+        """
+        if not ciphername.startswith(_CIPHER_PREFIX):
+            raise DecryptionError(f"checkpoint blob sealed with an unknown cipher {ciphername!r}")
+        return self.keyring.decrypt_bytes(
+            ciphername.removeprefix(_CIPHER_PREFIX), ciphertext, _CHECKPOINT_CONTEXT
+        )
+
+
+def checkpoint_serde(keyring: Keyring | None = None) -> Any:
+    """The ``serde=`` for LangGraph's checkpointers: LangGraph's ``EncryptedSerializer`` over
+    :class:`KeyringCipher` when a key is configured, else None (LangGraph's default).
+
+    Checkpoints written before encryption was turned on still load. Without keys, a checkpoint
+    written encrypted fails to load with LangGraph's error naming its type
+    (``msgpack+wlpenc:v1:<key id>``).
+
+    Args:
+        keyring: The keys (``WELIP_ENCRYPTION_KEYS`` or ``WELIP_ENCRYPTION_KEYS_FILE`` by default).
+    """
+    keyring = keyring if keyring is not None else keyring_from_env()
+    if not keyring.enabled:
+        return None
+    from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
+
+    return EncryptedSerializer(KeyringCipher(keyring))
+
+
+# The cipher name LangGraph appends to a blob's type (``msgpack+wlpenc:v1:k2``): one "+" at most.
+_CIPHER_PREFIX = "wlpenc:v1:"
+_CHECKPOINT_CONTEXT = "langgraph.checkpoint"
+
+
+def _kwargs_context(run_id: str) -> str:
+    # Bound to the run: kwargs copied onto another run fail authentication.
+    return f"agent_runs.kwargs:{run_id}"
 
 
 class _Row:

@@ -3,6 +3,7 @@
 from welip.store._audit import AuditStore
 from welip.store._backup import BackupError, BackupInfo, backup_database, find_tool, restore_database
 from welip.store._catalog import AdapterRecord, AliasRecord, CatalogStore
+from welip.store._crypto import DecryptionError, Keyring, keyring_from_env
 from welip.store._database import (
     DEFAULT_DATABASE_URL,
     Database,
@@ -36,10 +37,12 @@ __all__ = [
     "BackupInfo",
     "CatalogStore",
     "Database",
+    "DecryptionError",
     "EvalRunRecord",
     "EvalRunStore",
     "KeyRecord",
     "KeyStore",
+    "Keyring",
     "agent_runs",
     "agent_threads",
     "as_utc",
@@ -49,6 +52,7 @@ __all__ = [
     "find_tool",
     "hash_key",
     "join_url",
+    "keyring_from_env",
     "mlflow_uri",
     "read_bytes",
     "redis_from_env",

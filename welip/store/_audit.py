@@ -1,4 +1,9 @@
-"""The audit log and the per-day usage totals kept beside it, in the metadata database."""
+"""The audit log and the per-day usage totals kept beside it, in the metadata database.
+
+A record's ``body`` (the request, kept only with ``audit.record_prompts``) is encrypted
+with the configured keyring (:mod:`welip.store._crypto`) before it is written and
+decrypted when it is read; the other columns are metadata, stored as they are.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from welip.store._crypto import Keyring, keyring_from_env
 from welip.store._database import Database, as_utc
 from welip.store._schema import audit_log, usage_daily
 
@@ -16,8 +22,17 @@ from welip.store._schema import audit_log, usage_daily
 class AuditStore:
     """The ``audit_log`` and ``usage_daily`` tables; usage grows in the transaction that writes audit."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, keyring: Keyring | None = None) -> None:
+        """Args:
+        database: The metadata database.
+        keyring: Seals bodies written and opens bodies read (``WELIP_ENCRYPTION_KEYS`` or
+            ``WELIP_ENCRYPTION_KEYS_FILE`` by default; none set: bodies stay plaintext).
+
+        Raises:
+            ValueError: The configured keys are malformed.
+        """
         self._engine = database.engine
+        self._keyring = keyring if keyring is not None else keyring_from_env()
 
     def write_audit(self, records: Iterable[dict[str, Any]]) -> None:
         """Insert audit records and add them to ``usage_daily``, in one transaction.
@@ -28,6 +43,10 @@ class AuditStore:
         rows = [_audit_row(r) for r in records]
         if not rows:
             return
+        if self._keyring.enabled:
+            for row in rows:
+                if row["body"] is not None:
+                    row["body"] = self._keyring.encrypt(row["body"], _body_context(row["id"]))
         dialect = self._engine.dialect.name
         if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - only the two supported dialects
             raise RuntimeError(f"unsupported database dialect {dialect}")
@@ -59,7 +78,11 @@ class AuditStore:
         until: datetime | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Audit records matching every given filter, newest first."""
+        """Audit records matching every given filter, newest first, bodies decrypted.
+
+        Raises:
+            DecryptionError: A body is encrypted under a key id not configured, or was altered.
+        """
         query = audit_log.select().order_by(audit_log.c.ts.desc()).limit(limit)
         for column, value in (
             (audit_log.c.principal, principal),
@@ -78,6 +101,8 @@ class AuditStore:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         for row in rows:
             row["ts"] = as_utc(row["ts"]).isoformat()  # type: ignore[union-attr]
+            if row["body"] is not None:
+                row["body"] = self._keyring.decrypt(row["body"], _body_context(row["id"]))
         return rows
 
     def usage(self, *, since: date | None = None, until: date | None = None) -> list[dict[str, Any]]:
@@ -136,6 +161,11 @@ def _usage_totals(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     # One order for every writer: concurrent transactions then lock the usage_daily rows they
     # share in the same order, and two gateway replicas cannot deadlock on them.
     return [totals[key] for key in sorted(totals)]
+
+
+def _body_context(record_id: str) -> str:
+    # Bound to the row: a body copied onto another record fails authentication.
+    return f"audit_log.body:{record_id}"
 
 
 def _audit_row(record: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,11 @@ admitted only with such a promise, so every admitted request gets its record, an
 request that finds no room is refused (503) instead of being served unaudited. A record
 nobody was promised room for (a request refused on arrival) is dropped when there is
 none, and counted.
+
+With encryption keys configured (``WELIP_ENCRYPTION_KEYS``, see :mod:`welip.store._crypto`)
+every spooled line is one AES-256-GCM ciphertext of the record's JSON, so a spool on disk
+holds no prompt (nor principal) in the clear; replay decrypts it, under whichever configured
+key sealed it. Lines spooled before encryption was turned on replay as they are.
 """
 
 from __future__ import annotations
@@ -33,12 +38,15 @@ from typing import Any
 
 from ray.util import metrics
 
+from welip.store import Keyring, keyring_from_env
 from welip.trust._config import AuditConfig
 from welip.trust._guardrails import Verdict
 
 logger = logging.getLogger("welip.gateway")
 
 SPOOL_GLOB = "audit-*.jsonl"
+# The associated data of a spooled line: a line cannot pass for another kind of ciphertext.
+SPOOL_CONTEXT = "audit.spool"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,9 +85,30 @@ class AuditRecord:
 class AuditWriter:
     """Queue audit records and write them to ``write`` (normally ``AuditStore.write_audit``)."""
 
-    def __init__(self, write: Callable[[list[dict[str, Any]]], None], config: AuditConfig) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[dict[str, Any]]], None],
+        config: AuditConfig,
+        *,
+        keyring: Keyring | None = None,
+    ) -> None:
+        """Args:
+        write: Writes a batch of records in one transaction.
+        config: The audit section of the trust config.
+        keyring: Seals spooled lines (``WELIP_ENCRYPTION_KEYS`` or ``WELIP_ENCRYPTION_KEYS_FILE``
+            by default; none set: lines stay plaintext JSON).
+
+        Raises:
+            ValueError: The configured keys are malformed (at start-up, not on a request).
+        """
         self._write = write
         self._config = config
+        self._keyring = keyring if keyring is not None else keyring_from_env()
+        if config.record_prompts and not self._keyring.enabled:
+            logger.warning(
+                "audit.record_prompts is on and no encryption key is configured (WELIP_ENCRYPTION_KEYS "
+                "or WELIP_ENCRYPTION_KEYS_FILE): request bodies are stored and spooled in plaintext"
+            )
         self._queue: deque[AuditRecord] = deque()
         self._lock = threading.Lock()
         self._held = 0  # records in memory: queued, or taken by a flush that has not finished
@@ -232,7 +261,8 @@ class AuditWriter:
 
     def _spool(self, batch: list[dict[str, Any]]) -> bool:
         """Append ``batch`` to this writer's spool file; False when the spool has no room for it."""
-        data = "".join(json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in batch).encode()
+        lines = (json.dumps(r, default=str, separators=(",", ":")) for r in batch)
+        data = "".join(self._keyring.encrypt(line, SPOOL_CONTEXT) + "\n" for line in lines).encode()
         # Other replicas on this node share the directory: measured each time, never cached.
         self._spool_bytes = self._measure_spool()
         if self._spool_bytes + len(data) > self._config.max_spool_bytes:
@@ -283,7 +313,7 @@ class AuditWriter:
             # Batch by batch, so replaying a spool of max_spool_bytes never holds it all in memory;
             # a failure part-way keeps the file, and its next replay skips what was written.
             batch: list[dict[str, Any]] = []
-            for record in _parse(f, path):
+            for record in _parse(f, path, self._keyring):
                 batch.append(record)
                 if len(batch) >= self._config.batch_size:
                     self._write(batch)
@@ -329,10 +359,17 @@ def _replayable(path: Path) -> bool:
     return False
 
 
-def _parse(f: Any, path: Path) -> Iterator[dict[str, Any]]:
+def _parse(f: Any, path: Path, keyring: Keyring) -> Iterator[dict[str, Any]]:
     for n, line in enumerate(f, start=1):
         if not line.strip():
             continue
+        if Keyring.is_encrypted(line):
+            if not line.endswith("\n"):
+                logger.warning("skipping a torn line %d in %s", n, path)
+                continue
+            # A whole line that does not decrypt (its key is gone, or it was altered) raises:
+            # the file is kept for a replay once the key is configured again, never dropped.
+            line = keyring.decrypt(line.rstrip("\n"), SPOOL_CONTEXT)
         try:
             yield json.loads(line)
         except json.JSONDecodeError:

@@ -263,7 +263,11 @@ class AuditConfig(StrictModel):
     enabled: bool = Field(False, description="Record every request, allowed or refused.")
     record_prompts: bool = Field(
         False,
-        description="Also store the request body, after input redaction (off by default).",
+        description=(
+            "Also store the request body, after input redaction (off by default). Encrypted "
+            "(AES-256-GCM) in the table and the spool when WELIP_ENCRYPTION_KEYS or "
+            "WELIP_ENCRYPTION_KEYS_FILE holds a key; answers are not recorded."
+        ),
     )
     flush_interval_s: float = Field(0.5, gt=0, le=60, description="Longest a record waits in memory.")
     batch_size: int = Field(256, ge=1, le=100_000, description="Records written per database round trip.")
