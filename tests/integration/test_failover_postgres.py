@@ -241,19 +241,22 @@ def test_the_gateway_rides_out_a_postgres_failover_with_one_audit_row_per_reques
     )
     trust = Trust(config, database=database, redis=None)
     trust.token_counters[SHORT_MODEL] = TokenCounter.load(resolve_model_path(MODEL))
-    handle = serve.get_deployment_handle(f"{ENGINE_DEPLOYMENT[SHORT_MODEL]}:{SHORT_MODEL}", app_name=APP_NAME)
     card = ModelCard(id=SHORT_MODEL, created=0, root=MODEL, source=MODEL, max_model_len=SHORT_CONTEXT)
 
     async def loop_of_handles() -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
 
     loop = _on_handle_loop(loop_of_handles())
-    app = build_gateway_app(GatewayCore({SHORT_MODEL: HandleEngine(handle)}, [card], config, trust))
     sent: list[dict[str, Any]] = []
     marker = secrets.token_hex(4)
     failover: dict[str, float] = {}
 
     async def load() -> None:
+        # Handles route on the loop they are made on (throughput mode): made here, on it.
+        handle = serve.get_deployment_handle(
+            f"{ENGINE_DEPLOYMENT[SHORT_MODEL]}:{SHORT_MODEL}", app_name=APP_NAME
+        )
+        app = build_gateway_app(GatewayCore({SHORT_MODEL: HandleEngine(handle)}, [card], config, trust))
         fresh_keys = iter(fresh)
         stop_at: list[float] = []
         transport = httpx.ASGITransport(app=app)
@@ -263,8 +266,8 @@ def test_the_gateway_rides_out_a_postgres_failover_with_one_audit_row_per_reques
                 i = 0
                 while not stop_at or time.monotonic() < stop_at[0]:
                     i += 1
-                    kind = "steady" if i % 2 else "fresh"
-                    key = steady_key if kind == "steady" else next(fresh_keys)
+                    key = steady_key if i % 2 else next(fresh_keys, steady_key)
+                    kind = "steady" if key == steady_key else "fresh"
                     request_id = f"{marker}-{n}-{i}"
                     body = {
                         "model": SHORT_MODEL,
