@@ -25,26 +25,55 @@ from welip.observability import inject_traceparent
 
 logger = logging.getLogger("welip.agents")
 _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('welip.langgraph.setup'))"
+_CONNECT_TIMEOUT_S = 5
 
 
 @contextlib.asynccontextmanager
 async def open_checkpointer(database_url: str) -> AsyncIterator[Any]:
-    """LangGraph's checkpointer on WeLIP's database: PostgreSQL, or the SQLite file."""
-    if database_url.startswith(("postgresql", "postgres")):
+    """LangGraph's checkpointer on WeLIP's database: PostgreSQL, or the SQLite file.
+
+    PostgreSQL is named in either of libpq's forms, several hosts and
+    ``target_session_attrs=read-write`` included (see :func:`welip.store.postgres_conninfo`).
+    After a failover the pool checks each connection before lending it and reconnects to the
+    host that is read-write now; a call that meets the dying server raises psycopg's
+    ``OperationalError`` (the run fails with it) instead of waiting.
+
+    Raises:
+        ValueError: ``database_url`` names neither PostgreSQL nor SQLite, or is a
+            PostgreSQL URL libpq would not take.
+    """
+    from welip.store import postgres_conninfo
+
+    conninfo = postgres_conninfo(database_url)
+    if conninfo is not None:
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
         from psycopg import AsyncConnection
+        from psycopg.conninfo import conninfo_to_dict
         from psycopg.rows import dict_row
         from psycopg_pool import AsyncConnectionPool
 
         from welip.store import statement_timeout_ms_from_env
 
-        conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        # A host that does not answer is given up on (libpq then tries the next one).
+        timeout: dict[str, Any] = {}
+        if "connect_timeout" not in conninfo_to_dict(conninfo):
+            timeout["connect_timeout"] = _CONNECT_TIMEOUT_S
         kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        kwargs.update(timeout)
         # The pool's statements are bound like every WeLIP connection's; the setup's are not.
         bounded = {**kwargs, "options": f"-c statement_timeout={statement_timeout_ms_from_env()}"}
         if "statement_timeout" in conninfo:
             bounded = kwargs  # the URL sets its own
-        async with AsyncConnectionPool(conninfo, kwargs=bounded, min_size=1, max_size=8, open=False) as pool:
+        pool = AsyncConnectionPool(
+            conninfo,
+            kwargs=bounded,
+            min_size=1,
+            max_size=8,
+            open=False,
+            # Pooled connections to a primary that has gone are found before a run gets one.
+            check=AsyncConnectionPool.check_connection,
+        )
+        async with pool:
             await pool.open(wait=True, timeout=30)
             saver = AsyncPostgresSaver(pool, serde=checkpoint_serde())  # type: ignore[arg-type]
             # Replicas start together: one runs LangGraph's migrations at a time. The others
@@ -52,7 +81,7 @@ async def open_checkpointer(database_url: str) -> AsyncIterator[Any]:
             # session blocked in a query holds a snapshot, and the migrations' CREATE INDEX
             # CONCURRENTLY would wait for it forever (or past a statement timeout: they run
             # on a connection of their own, without one).
-            async with await AsyncConnection.connect(conninfo, autocommit=True) as lock:
+            async with await AsyncConnection.connect(conninfo, autocommit=True, **timeout) as lock:
                 while not (await (await lock.execute(_TRY_LOCK)).fetchone())[0]:  # type: ignore[index]
                     await asyncio.sleep(0.2)
                 try:

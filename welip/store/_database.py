@@ -1,8 +1,18 @@
 """The metadata database (PostgreSQL or SQLite): its engine, URL and migrations.
 
-``WELIP_DATABASE_URL`` names it (``postgresql://...`` through psycopg 3); without it
-WeLIP uses a SQLite file so a laptop runs with no server. Calls are synchronous
-(SQLAlchemy Core); the gateway runs them in a worker thread, off its event loop.
+``WELIP_DATABASE_URL`` names it; without it WeLIP uses a SQLite file so a laptop runs
+with no server. PostgreSQL is reached through psycopg 3 with any connection string libpq
+takes, the URI form (``postgresql://user@h1:5432,h2:5433/db?target_session_attrs=read-write``)
+or the key-value form (``host=h1,h2 port=5432,5433 dbname=db user=u``): several hosts
+and ``target_session_attrs=read-write`` let a client find the primary after a failover,
+and ``sslmode=verify-full`` with ``sslrootcert=`` (or ``WELIP_DATABASE_CA_FILE``) checks
+the server's certificate. Calls are synchronous (SQLAlchemy Core); the gateway runs them
+in a worker thread, off its event loop.
+
+After a failover, pooled connections to the old primary are found dead before use (pre-ping)
+or on their first error, and the pool reconnects to whichever host is now read-write; a
+statement that fails meanwhile raises, and callers treat that as an unreachable database
+(the audit writer spools, a key look-up answers 503).
 
 Every PostgreSQL connection runs with a statement timeout
 (``WELIP_DATABASE_STATEMENT_TIMEOUT_MS``, 5000 by default), so a slow database (locks,
@@ -25,11 +35,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 DEFAULT_DATABASE_URL = "sqlite:///~/.welip/welip.db"
+CA_FILE_ENV = "WELIP_DATABASE_CA_FILE"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+# Errors after which a pooled connection points at the wrong server or a dying one: the
+# server became (or is) a standby, or it is shutting down. Dropped, not reused.
+_STALE_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03"})
 STATEMENT_TIMEOUT_ENV = "WELIP_DATABASE_STATEMENT_TIMEOUT_MS"
 DEFAULT_STATEMENT_TIMEOUT_MS = 5000
 _MAX_STATEMENT_TIMEOUT_MS = 3_600_000
@@ -69,9 +86,107 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value
 
 
+def postgres_conninfo(url: str) -> str | None:
+    """The libpq connection string for a PostgreSQL ``url``; None for any other database.
+
+    Args:
+        url: A libpq URI (``postgresql://``, ``postgres://``, or SQLAlchemy's
+            ``postgresql+psycopg://``), with one host or several
+            (``h1:5432,h2:5433``), or a libpq key-value string (``host=h1,h2 port=5432,5433
+            dbname=db``). ``WELIP_DATABASE_CA_FILE``, when set, becomes ``sslrootcert`` (and
+            ``sslmode=verify-full``) unless the URL names its own.
+
+    Returns:
+        A key-value connection string psycopg and libpq take as they are.
+
+    Raises:
+        ValueError: ``url`` is a PostgreSQL URL libpq would not take, or its hosts and
+            ports do not pair up.
+    """
+    if url.startswith(_POSTGRES_SCHEMES):
+        uri = "postgresql://" + url.split("://", 1)[1]
+    elif "://" not in url and "=" in url:
+        uri = url  # libpq's key-value form
+    else:
+        return None
+    try:
+        params = conninfo_to_dict(uri)
+    except psycopg.ProgrammingError as exc:
+        # libpq's message names the bad part; the URL itself may hold a password.
+        raise ValueError(f"not a PostgreSQL connection string libpq accepts: {exc}") from None
+    _host_ports(params)
+    ca_file = os.environ.get(CA_FILE_ENV, "").strip()
+    if ca_file:
+        params.setdefault("sslrootcert", ca_file)
+        params.setdefault("sslmode", "verify-full")
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def _host_ports(params: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """The (host, port) pairs libpq will try, in order; ValueError where they do not pair up."""
+    hosts = str(params.get("host") or params.get("hostaddr") or "").split(",")
+    ports = str(params.get("port") or "").split(",")
+    if len(ports) not in (1, len(hosts)):
+        raise ValueError(
+            f"a PostgreSQL URL lists {len(hosts)} hosts and {len(ports)} ports; give one port for "
+            "all of them or one per host"
+        )
+    for port in ports:
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"a PostgreSQL URL's port must be a number from 1 to 65535, not {port!r}")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    return [(host, int(port) if port else None) for host, port in zip(hosts, ports, strict=True)]
+
+
+def _dialect_url(params: dict[str, Any]) -> sa.URL:
+    """SQLAlchemy's spelling of a libpq connection (several hosts go in ``host=`` query items)."""
+    pairs = _host_ports(params)
+    query = {k: str(v) for k, v in params.items() if k not in ("user", "password", "dbname", "host", "port")}
+    host, port = pairs[0]
+    if len(pairs) > 1:
+        hosts = [h if p is None else f"{h}:{p}" for h, p in pairs]
+        return sa.URL.create(
+            "postgresql+psycopg",
+            username=params.get("user"),
+            password=params.get("password"),
+            database=params.get("dbname"),
+            query={**query, "host": hosts},
+        )
+    return sa.URL.create(
+        "postgresql+psycopg",
+        username=params.get("user"),
+        password=params.get("password"),
+        host=host or None,
+        port=port,
+        database=params.get("dbname"),
+        query=query,
+    )
+
+
+def sqlalchemy_database_url(url: str) -> str:
+    """``url`` as SQLAlchemy's ``postgresql+psycopg`` dialect takes it (other URLs as given).
+
+    For tools that take only SQLAlchemy URLs (MLflow's backend store): libpq's multi-host
+    URI and key-value forms become SQLAlchemy's ``?host=h1:5432&host=h2:5433`` spelling,
+    every other parameter kept. Raises ValueError as :func:`postgres_conninfo` does.
+    """
+    conninfo = postgres_conninfo(url)
+    if conninfo is None:
+        return url
+    return _dialect_url(conninfo_to_dict(conninfo)).render_as_string(hide_password=False)
+
+
+def _drop_stale_connection(context: sa.engine.ExceptionContext) -> None:
+    # A connection to a server that turned standby (25006) or is shutting down (57P0x) fails
+    # every write from now on, yet answers pre-ping's SELECT: treat it as disconnected so the
+    # pool drops it, and every connection opened before it, and reconnects to the primary.
+    sqlstate = getattr(context.original_exception, "sqlstate", None)
+    if sqlstate in _STALE_SQLSTATES:
+        context.is_disconnect = True
+
+
 def _engine_url(url: str) -> str:
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///")).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,27 +230,41 @@ class Database:
         self, url: str | None = None, *, connect_timeout_s: float = 5, statement_timeout_ms: int | None = None
     ) -> None:
         """Args:
-        url: The database URL (``WELIP_DATABASE_URL`` by default).
+        url: The database URL (``WELIP_DATABASE_URL`` by default): ``sqlite:///path``, or
+            a PostgreSQL connection string in either of libpq's forms (see
+            :func:`postgres_conninfo`).
         connect_timeout_s: Longest a PostgreSQL connection attempt waits.
         statement_timeout_ms: Longest a PostgreSQL statement runs, 0 for no bound
             (``WELIP_DATABASE_STATEMENT_TIMEOUT_MS`` by default, else 5000). A URL whose
             ``options`` set ``statement_timeout`` keeps its own.
+
+        Raises:
+            ValueError: ``url`` is a PostgreSQL URL libpq would not take.
         """
         self.url = url or database_url_from_env()
-        engine_url = _engine_url(self.url)
-        connect_args: dict[str, Any] = {}
-        if engine_url.startswith("postgresql"):
-            connect_args["connect_timeout"] = max(1, int(connect_timeout_s))
-            if statement_timeout_ms is None:
-                statement_timeout_ms = statement_timeout_ms_from_env()
-            options = str(sa.engine.make_url(engine_url).query.get("options") or "")
-            if "statement_timeout" not in options:
-                connect_args["options"] = f"{options} -c statement_timeout={statement_timeout_ms}".strip()
+        conninfo = postgres_conninfo(self.url)
+        if conninfo is None:
+            self.engine = sa.create_engine(_engine_url(self.url), pool_pre_ping=True, pool_recycle=300)
+            if self.engine.dialect.name == "sqlite":
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            return
+        params = conninfo_to_dict(conninfo)
+        overrides: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout_s))}
+        if statement_timeout_ms is None:
+            statement_timeout_ms = statement_timeout_ms_from_env()
+        options = str(params.get("options") or "")
+        if "statement_timeout" not in options:
+            overrides["options"] = f"{options} -c statement_timeout={statement_timeout_ms}".strip()
+
+        def connect() -> psycopg.Connection[Any]:
+            # psycopg gets libpq's own string: every host, target_session_attrs, sslrootcert
+            # and the rest, which SQLAlchemy's URL cannot carry in every form.
+            return psycopg.connect(conninfo, **overrides)
+
         self.engine = sa.create_engine(
-            engine_url, connect_args=connect_args, pool_pre_ping=True, pool_recycle=300
+            _dialect_url(params), creator=connect, pool_pre_ping=True, pool_recycle=300
         )
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        sa.event.listen(self.engine, "handle_error", _drop_stale_connection)
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""

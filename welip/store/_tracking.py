@@ -2,7 +2,10 @@
 
 ``MLFLOW_TRACKING_URI`` names the server or store; without it a SQLite file under
 ``~/.welip`` is used, with artifacts beside it (not in ``./mlruns`` of whatever
-directory a job happens to run in).
+directory a job happens to run in). A PostgreSQL backend store may be named as WeLIP's
+own database is, in either of libpq's forms with several hosts
+(``postgresql://u@h1:5432,h2:5433/mlflow?target_session_attrs=read-write``): MLflow's
+SQLAlchemy gets it in the spelling it takes.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from welip.store._database import sqlalchemy_database_url
+
 DEFAULT_MLFLOW_URI = f"sqlite:///{Path.home() / '.welip' / 'mlflow.db'}"
 
 
 def mlflow_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` or the local SQLite default."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
+    """``$MLFLOW_TRACKING_URI`` or the local SQLite default (a PostgreSQL one in SQLAlchemy's spelling)."""
+    return sqlalchemy_database_url(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI)
 
 
 def use_mlflow(experiment: str | None = None) -> str:
