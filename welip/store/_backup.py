@@ -207,22 +207,24 @@ def _postgres_conninfo(url: str) -> tuple[str, dict[str, str]]:
     The password goes through ``PGPASSWORD`` rather than the command line (which other
     users of the host can read in the process list).
     """
-    import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    url = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    from welip.store._database import postgres_conninfo
+
     try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:  # a malformed URL
-        raise BackupError(f"not a valid PostgreSQL URL: {exc}") from None
+        # Either of libpq's forms, several hosts, and WELIP_DATABASE_CA_FILE (verify-full)
+        # as every other WeLIP connection takes them.
+        conninfo = postgres_conninfo(url)
+    except ValueError as exc:
+        raise BackupError(str(exc)) from None
+    if conninfo is None:
+        raise BackupError("not a PostgreSQL URL")
+    params = conninfo_to_dict(conninfo)
     env = dict(os.environ)
     password = params.pop("password", None)
     if password is not None:
         env["PGPASSWORD"] = str(password)
     params.setdefault("connect_timeout", str(_CONNECT_TIMEOUT_S))
-    ca_file = os.environ.get("WELIP_DATABASE_CA_FILE")
-    if ca_file and "sslrootcert" not in params:
-        params["sslrootcert"] = ca_file
     return make_conninfo(**{k: str(v) for k, v in params.items()}), env
 
 
