@@ -228,8 +228,9 @@ def make_certificates(root: Path, ca_name: str, servers: dict[str, str]) -> Cert
 
 
 @contextlib.contextmanager
-def tls_server(certificate: Path, key: Path) -> Iterator[PgServer]:
-    """A PostgreSQL server that takes only TLS connections over TCP, with ``certificate``."""
+def tls_server(certificate: Path, key: Path, *, tls_version: str = "TLSv1.3") -> Iterator[PgServer]:
+    """A PostgreSQL server that takes only TLS connections over TCP, with ``certificate``,
+    offering ``tls_version`` and newer (``TLSv1.2``: a server stuck at 1.2, for refusals)."""
     server = init_primary()
     try:
         for source, name in ((certificate, "server.crt"), (key, "server.key")):
@@ -238,7 +239,10 @@ def tls_server(certificate: Path, key: Path) -> Iterator[PgServer]:
             target.chmod(0o600)
             _own(target)
         server.configure(ssl="on", ssl_cert_file="server.crt", ssl_key_file="server.key")
-        server.configure(ssl_min_protocol_version="TLSv1.3")
+        if tls_version == "TLSv1.2":
+            server.configure(ssl_min_protocol_version="TLSv1.2", ssl_max_protocol_version="TLSv1.2")
+        else:
+            server.configure(ssl_min_protocol_version=tls_version)
         with open(server.data / "pg_hba.conf", "w") as hba:
             # Sockets for pg_ctl; TCP only over TLS.
             hba.write("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")

@@ -212,6 +212,12 @@ def test_tls_verify_full_connects_with_the_ca_and_refuses_a_certificate_that_doe
             match=r'certificate for "db\.elsewhere\.test".* does not match host name "127\.0\.0\.1"',
         ):
             connect(url)
+    with tls_server(ours.cert("db"), ours.key("db"), tls_version="TLSv1.2") as server:
+        # Our CA and name, but no TLS 1.3: where WeLIP verifies, it also asks for 1.3.
+        url = f"postgresql://postgres@127.0.0.1:{server.port}/postgres?sslmode=verify-full&sslrootcert={ours.ca}"
+        with pytest.raises(sa.exc.OperationalError, match=r"(?i)protocol version|tlsv1 alert"):
+            connect(url)
+        assert connect(url + "&ssl_min_protocol_version=TLSv1.2") == (True, "TLSv1.2")  # the URL's own choice
 
 
 def test_the_gateway_rides_out_a_postgres_failover_with_one_audit_row_per_request(

@@ -94,7 +94,8 @@ def postgres_conninfo(url: str) -> str | None:
             ``postgresql+psycopg://``), with one host or several
             (``h1:5432,h2:5433``), or a libpq key-value string (``host=h1,h2 port=5432,5433
             dbname=db``). ``WELIP_DATABASE_CA_FILE``, when set, becomes ``sslrootcert`` (and
-            ``sslmode=verify-full``) unless the URL names its own.
+            ``sslmode=verify-full``) unless the URL names its own; a verifying ``sslmode``
+            gets ``ssl_min_protocol_version=TLSv1.3`` unless the URL names its own.
 
     Returns:
         A key-value connection string psycopg and libpq take as they are.
@@ -119,6 +120,9 @@ def postgres_conninfo(url: str) -> str | None:
     if ca_file:
         params.setdefault("sslrootcert", ca_file)
         params.setdefault("sslmode", "verify-full")
+    if params.get("sslmode") in ("verify-ca", "verify-full"):
+        # Where WeLIP verifies the server it also asks for TLS 1.3 (libpq's default floor is 1.2).
+        params.setdefault("ssl_min_protocol_version", "TLSv1.3")
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 

@@ -170,6 +170,10 @@ def test_ca_file_from_the_environment_turns_on_verify_full(monkeypatch: pytest.M
     # The URL's own choices stand.
     own = conninfo_to_dict(postgres_conninfo(MULTI_HOST_URI + "&sslmode=verify-ca&sslrootcert=/ca.pem") or "")
     assert (own["sslmode"], own["sslrootcert"]) == ("verify-ca", "/ca.pem")
+    # Verifying, WeLIP asks for TLS 1.3 unless the URL names its own floor.
+    assert params["ssl_min_protocol_version"] == own["ssl_min_protocol_version"] == "TLSv1.3"
+    floor = conninfo_to_dict(postgres_conninfo(MULTI_HOST_URI + "&ssl_min_protocol_version=TLSv1.2") or "")
+    assert floor["ssl_min_protocol_version"] == "TLSv1.2"
 
 
 @pytest.mark.parametrize(("sqlstate", "dropped"), [("25006", True), ("57P01", True), ("23505", False)])
