@@ -300,7 +300,7 @@ def _query(request: Request, served: tuple[str, ...], unsupported: dict[str, tup
             continue
         if key in unsupported:
             if value.lower() not in unsupported[key]:
-                raise _not_implemented(f"Query parameter `{key}={value}`", key)
+                raise _not_implemented(f"Query parameter `{key}` (given `{value}`)", key)
             continue
         raise _invalid(f"Unknown query parameter `{key}`.", key)
 
