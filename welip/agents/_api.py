@@ -2,7 +2,13 @@
 
 Threads belong to the principal that created them: every lookup is by thread id
 *and* owner, so another principal gets 404, never 403 (it does not learn the id
-exists). Errors use WeLIP's OpenAI error body.
+exists). Errors use WeLIP's OpenAI error body (``langgraph-sdk`` reads its
+``error.message`` as it reads LangGraph's ``detail``).
+
+Nothing a client sends is silently ignored: a field or query parameter of LangGraph's API
+that WeLIP does not implement is refused with 501 naming it (unless it carries its neutral
+value, such as ``stream_subgraphs: false``), an unknown one with 422, and every route
+``langgraph-sdk`` calls that WeLIP does not serve answers 501 naming the route.
 
 What the API returns from a graph (a thread's values, state and history, a run's
 result, each streamed event) passes the caller's output guardrail (:class:`OutputGuard`)
@@ -15,10 +21,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from langgraph.errors import InvalidUpdateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from welip.agents._config import CallerJsonLimits
@@ -44,6 +51,8 @@ class OutputGuard(Protocol):
 
 
 STREAM_MODES = ("values", "updates", "messages", "messages-tuple")
+# LangGraph's stream modes WeLIP does not stream (yet): 501, where an unknown mode is 422.
+UNSUPPORTED_STREAM_MODES = ("events", "debug", "custom", "tasks", "checkpoints")
 MAX_PAGE = 1000
 MAX_OFFSET = 1_000_000
 # Keys of LangGraph's `configurable` that the runtime or LangGraph itself sets: never a caller.
@@ -51,23 +60,61 @@ RESERVED_CONFIGURABLE = ("thread_id", "checkpoint_ns", "checkpoint_map")
 
 
 class _Body(BaseModel):
-    # Clients (langgraph-sdk) send more keys than WeLIP uses: ignored, not refused.
-    model_config = ConfigDict(extra="ignore")
+    """A request body: unknown keys are refused (422), never ignored.
+
+    ``UNSUPPORTED`` names the fields of LangGraph's API that WeLIP does not implement, each
+    with the values that ask for nothing (what ``langgraph-sdk`` sends by default); any
+    other value is refused with 501 naming the field (:func:`_parse`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
 
 class ThreadCreate(_Body):
+    UNSUPPORTED = {"supersteps": (None, []), "ttl": (None,)}
     thread_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
 
 
 class ThreadPatch(_Body):
+    UNSUPPORTED = {"ttl": (None,)}
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class ThreadSearch(_Body):
+class ThreadCount(_Body):
+    UNSUPPORTED = {"values": (None, {})}
     metadata: dict[str, Any] = Field(default_factory=dict)
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
+
+
+class ThreadSearch(ThreadCount):
+    UNSUPPORTED = {
+        **ThreadCount.UNSUPPORTED,
+        "ids": (None, []),
+        "sort_by": (None,),
+        "sort_order": (None,),
+        "select": (None, []),
+        "extract": (None, {}),
+    }
+    limit: int = Field(10, gt=0, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+
+class StateUpdate(_Body):
+    UNSUPPORTED = {"checkpoint": (None,), "checkpoint_id": (None,), "as_node": (None,)}
+    values: dict[str, Any] | None = None
+
+
+class AssistantCount(_Body):
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    graph_id: str | None = Field(None, max_length=64)
+    name: str | None = Field(None, max_length=256)
+
+
+class AssistantSearch(AssistantCount):
+    UNSUPPORTED = {"sort_by": (None,), "sort_order": (None,), "select": (None, [])}
     limit: int = Field(10, gt=0, le=MAX_PAGE)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
@@ -79,7 +126,14 @@ class ResumeCommand(_Body):
 
 
 class RunConfig(_Body):
-    """The parts of LangGraph's ``RunnableConfig`` a caller may set; other keys are ignored."""
+    """The parts of LangGraph's ``RunnableConfig`` a caller may set; other keys are refused."""
+
+    UNSUPPORTED = {
+        "run_name": (None,),
+        "max_concurrency": (None,),
+        "callbacks": (None, []),
+        "run_id": (None,),
+    }
 
     tags: list[str] = Field(default_factory=list, max_length=32)
     recursion_limit: int = Field(50, ge=1, le=200)
@@ -97,6 +151,24 @@ class RunConfig(_Body):
 
 
 class RunCreate(_Body):
+    UNSUPPORTED = {
+        "interrupt_before": (None, []),
+        "interrupt_after": (None, []),
+        "checkpoint": (None,),
+        "checkpoint_id": (None,),
+        "checkpoint_during": (None,),
+        "durability": (None,),
+        "webhook": (None,),
+        "on_completion": (None,),
+        "after_seconds": (None, 0),
+        "feedback_keys": (None, []),
+        "stream_subgraphs": (None, False),
+        "stream_resumable": (None, False),
+        "context": (None, {}),
+        "langsmith_tracer": (None,),
+        # WeLIP always refuses a resume of a thread that waits for nothing (409).
+        "strict_resume": (None, True),
+    }
     assistant_id: str = Field(min_length=1, max_length=64)
     input: dict[str, Any] | None = None
     command: ResumeCommand | None = None
@@ -109,10 +181,56 @@ class RunCreate(_Body):
 
 
 class HistoryQuery(_Body):
+    UNSUPPORTED = {"before": (None,), "metadata": (None, {}), "checkpoint": (None,), "select": (None, [])}
     limit: int = Field(10, gt=0, le=MAX_PAGE)
 
 
-_BODIES: tuple[type[_Body], ...] = (ThreadCreate, ThreadPatch, ThreadSearch, HistoryQuery, RunCreate)
+_BODIES: tuple[type[_Body], ...] = (
+    ThreadCreate,
+    ThreadPatch,
+    ThreadCount,
+    ThreadSearch,
+    StateUpdate,
+    AssistantCount,
+    AssistantSearch,
+    HistoryQuery,
+    RunCreate,
+)
+
+# Routes `langgraph-sdk` calls that WeLIP does not serve: 501 naming the route, not 404/405.
+# Each is more specific than (or of another method than) the served routes, so none shadows one.
+NOT_IMPLEMENTED_ROUTES: tuple[tuple[str, str], ...] = (
+    ("POST", "/assistants"),
+    ("PATCH", "/assistants/{assistant_id}"),
+    ("DELETE", "/assistants/{assistant_id}"),
+    ("GET", "/assistants/{assistant_id}/graph"),
+    ("GET", "/assistants/{assistant_id}/subgraphs"),
+    ("GET", "/assistants/{assistant_id}/subgraphs/{namespace}"),
+    ("POST", "/assistants/{assistant_id}/versions"),
+    ("POST", "/assistants/{assistant_id}/latest"),
+    ("POST", "/threads/prune"),
+    ("POST", "/threads/{thread_id}/state/checkpoint"),
+    ("GET", "/threads/{thread_id}/state/{checkpoint_id}"),
+    ("GET", "/threads/{thread_id}/stream"),
+    ("GET", "/threads/{thread_id}/runs/{run_id}/stream"),
+    ("DELETE", "/threads/{thread_id}/runs/{run_id}"),
+    ("POST", "/runs"),
+    ("POST", "/runs/stream"),
+    ("POST", "/runs/wait"),
+    ("POST", "/runs/batch"),
+    ("POST", "/runs/cancel"),
+    ("POST", "/threads/{thread_id}/runs/crons"),
+    ("POST", "/runs/crons"),
+    ("PATCH", "/runs/crons/{cron_id}"),
+    ("DELETE", "/runs/crons/{cron_id}"),
+    ("POST", "/runs/crons/search"),
+    ("POST", "/runs/crons/count"),
+    ("PUT", "/store/items"),
+    ("GET", "/store/items"),
+    ("DELETE", "/store/items"),
+    ("POST", "/store/items/search"),
+    ("POST", "/store/namespaces"),
+)
 
 
 def body_schemas(ref_template: str) -> dict[str, dict[str, Any]]:
@@ -145,12 +263,46 @@ def _invalid(message: str, param: str | None, status: int = 422, code: str = "in
     return OpenAIError(status, message, param=param, code=code)
 
 
+def _not_implemented(what: str, param: str | None) -> OpenAIError:
+    return OpenAIError(
+        501, f"{what} is not implemented by WeLIP's agents API.", param=param, code="not_implemented"
+    )
+
+
+def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
+    # By type too: 0 == False, and `after_seconds: false` is not `0`.
+    return any(type(value) is type(n) and value == n for n in neutral)
+
+
+def _refuse_unsupported(model: type[_Body], data: Any, prefix: str = "") -> Any:
+    """``data`` without the unsupported fields that ask for nothing; 501 naming one that asks."""
+    if not isinstance(data, dict) or not model.UNSUPPORTED:
+        return data
+    for key, neutral in model.UNSUPPORTED.items():
+        if key in data and not _is_neutral(data[key], neutral):
+            raise _not_implemented(f"`{prefix}{key}`", f"{prefix}{key}")
+    return {k: v for k, v in data.items() if k not in model.UNSUPPORTED}
+
+
 def _parse(model: type[_Body], raw: bytes) -> Any:
-    data = load_json(raw) if raw.strip() else {}
+    data = _refuse_unsupported(model, load_json(raw) if raw.strip() else {})
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+
+
+def _query(request: Request, served: tuple[str, ...], unsupported: dict[str, tuple[str, ...]]) -> None:
+    """Refuse query parameters: 501 for LangGraph's that WeLIP does not implement (unless given
+    a neutral value, as ``langgraph-sdk`` sends ``subgraphs=false``), 422 for unknown ones."""
+    for key, value in request.query_params.multi_items():
+        if key in served:
+            continue
+        if key in unsupported:
+            if value.lower() not in unsupported[key]:
+                raise _not_implemented(f"Query parameter `{key}` (given `{value}`)", key)
+            continue
+        raise _invalid(f"Unknown query parameter `{key}`.", key)
 
 
 def _check_page(limit: int, offset: int = 0) -> None:
@@ -247,13 +399,39 @@ def build_agents_router(
 
     # -- assistants -----------------------------------------------------------------
 
+    def matching_assistants(body: AssistantCount) -> list[dict[str, Any]]:
+        # Equality on top-level metadata keys, as thread search filters.
+        return [
+            a
+            for a in (assistant_json(i) for i in runtime.agents)
+            if (body.graph_id is None or a["graph_id"] == body.graph_id)
+            and (body.name is None or a["name"] == body.name)
+            and all(a["metadata"].get(k) == v for k, v in body.metadata.items())
+        ]
+
     @router.get("/assistants", summary="The assistants (graphs) this app serves")
     async def list_assistants() -> list[dict[str, Any]]:
         return [assistant_json(a) for a in runtime.agents]
 
-    @router.post("/assistants/search", summary="Search assistants (all of them; LangGraph SDK route)")
-    async def search_assistants() -> list[dict[str, Any]]:
-        return [assistant_json(a) for a in runtime.agents]
+    @router.post(
+        "/assistants/search",
+        summary="Assistants by metadata, graph and name (LangGraph SDK route)",
+        openapi_extra=_body(AssistantSearch),
+    )
+    async def search_assistants(request: Request) -> list[dict[str, Any]]:
+        body = _parse(AssistantSearch, await request.body())
+        _check_json(body.metadata, limits, "metadata")
+        return matching_assistants(body)[body.offset : body.offset + body.limit]
+
+    @router.post(
+        "/assistants/count",
+        summary="How many assistants match (LangGraph SDK route)",
+        openapi_extra=_body(AssistantCount),
+    )
+    async def count_assistants(request: Request) -> int:
+        body = _parse(AssistantCount, await request.body())
+        _check_json(body.metadata, limits, "metadata")
+        return len(matching_assistants(body))
 
     @router.get("/assistants/{assistant_id}", summary="One assistant")
     async def get_assistant(assistant_id: str) -> dict[str, Any]:
@@ -311,9 +489,48 @@ def build_agents_router(
         )
         return [r.public() for r in rows]
 
+    @router.post("/threads/count", summary="How many of your threads match", openapi_extra=_body(ThreadCount))
+    async def count_threads(request: Request) -> int:
+        body = _parse(ThreadCount, await request.body())
+        _check_json(body.metadata, limits, "metadata")
+        rows = await runtime.db(
+            runtime.store.search_threads,
+            owner_of(request),
+            metadata=body.metadata,
+            status=body.status,
+            limit=MAX_OFFSET + MAX_PAGE,
+            offset=0,
+        )
+        return len(rows)
+
     @router.get("/threads/{thread_id}", summary="A thread, its values and pending interrupts")
     async def get_thread(thread_id: str, request: Request) -> dict[str, Any]:
+        _query(request, (), {"include": ("",)})
         return await out(request, await runtime.thread_json(await thread_or_404(request, thread_id)))
+
+    @router.post("/threads/{thread_id}/copy", summary="Copy a thread, its state and history, to a new id")
+    async def copy_thread(thread_id: str, request: Request) -> dict[str, Any]:
+        source = await thread_or_404(request, thread_id)
+        if source.active_run_id is not None:
+            raise OpenAIError(
+                409, "The thread has a run in progress; copy it when it ends.", code="thread_busy"
+            )
+        owner = owner_of(request)
+        status = "idle" if source.status == "busy" else source.status
+        copy = await runtime.db(
+            runtime.store.create_thread,
+            new_id(),
+            owner,
+            source.metadata,
+            assistant_id=source.assistant_id,
+            status=status,
+        )
+        try:
+            await runtime.copy_checkpoints(source.thread_key, copy.thread_key)
+        except BaseException:
+            await runtime.delete_thread(copy.thread_key)  # no half copy left behind
+            raise
+        return await out(request, await runtime.thread_json(copy))
 
     @router.patch(
         "/threads/{thread_id}", summary="Merge metadata into a thread", openapi_extra=_body(ThreadPatch)
@@ -344,10 +561,43 @@ def build_agents_router(
 
     @router.get("/threads/{thread_id}/state", summary="The thread's current state")
     async def get_state(thread_id: str, request: Request) -> dict[str, Any]:
+        _query(request, (), {"subgraphs": ("false", "0"), "select": ()})
         return await out(request, await runtime.state(await thread_or_404(request, thread_id)))
+
+    @router.post(
+        "/threads/{thread_id}/state",
+        summary="Write values into the thread's state (checked against the graph's update model)",
+        openapi_extra=_body(StateUpdate, required=True),
+    )
+    async def update_state(thread_id: str, request: Request) -> dict[str, Any]:
+        body = _parse(StateUpdate, await request.body())
+        thread = await thread_or_404(request, thread_id)
+        values = body.values or {}
+        _check_json(values, limits, "values")
+        agent = runtime.agents.get(thread.assistant_id or "")
+        if agent is None:
+            raise OpenAIError(
+                409, f"Thread `{thread_id}` has no state to update yet: run it first.", code="thread_empty"
+            )
+        try:
+            # The same model as a run's `command.update`: what the graph lets a caller write.
+            checked = caller_command(agent, {"update": values}).get("update", {})
+        except ValidationError as exc:
+            raise _validation_error(exc, "values") from None
+        if thread.active_run_id is not None:
+            raise OpenAIError(
+                409, "The thread has a run in progress; update it when it ends.", code="thread_busy"
+            )
+        try:
+            return await runtime.update_state(thread, checked)
+        except InvalidUpdateError as exc:
+            raise OpenAIError(
+                409, f"The thread's state cannot be updated: {exc}", code="thread_empty"
+            ) from None
 
     @router.get("/threads/{thread_id}/history", summary="The thread's past states, newest first")
     async def get_history(thread_id: str, request: Request, limit: int = 10) -> list[dict[str, Any]]:
+        _query(request, ("limit",), {"before": (), "checkpoint": (), "select": ()})
         _check_page(limit)
         return await out(request, await runtime.history(await thread_or_404(request, thread_id), limit))
 
@@ -370,14 +620,17 @@ def build_agents_router(
         if admit is not None:
             await admit(request, body.assistant_id)
         if body.multitask_strategy not in ("reject", "enqueue"):
-            raise _invalid(
-                f"multitask_strategy `{body.multitask_strategy}` is not supported; use reject or enqueue.",
+            raise _not_implemented(
+                f"multitask_strategy `{body.multitask_strategy}` (use reject or enqueue)",
                 "multitask_strategy",
             )
         modes = [body.stream_mode] if isinstance(body.stream_mode, str) else list(body.stream_mode)
-        unknown = [m for m in modes if m not in STREAM_MODES]
+        unknown = [m for m in modes if m not in STREAM_MODES + UNSUPPORTED_STREAM_MODES]
         if unknown:
-            raise _invalid(f"stream_mode {unknown} not supported; use {list(STREAM_MODES)}.", "stream_mode")
+            raise _invalid(f"stream_mode {unknown} is not a LangGraph stream mode.", "stream_mode")
+        later = [m for m in modes if m in UNSUPPORTED_STREAM_MODES]
+        if later:
+            raise _not_implemented(f"stream_mode {later} (use {list(STREAM_MODES)})", "stream_mode")
         tokens = streams and any(m.startswith("messages") for m in modes)
         if tokens and output_guard is not None and output_guard.active(request):
             raise OpenAIError(
@@ -400,7 +653,8 @@ def build_agents_router(
         if body.config is not None:
             _check_json(body.config, limits, "config")
             try:
-                run_config = RunConfig.model_validate(body.config).model_dump(exclude_unset=True)
+                config = _refuse_unsupported(RunConfig, body.config, "config.")
+                run_config = RunConfig.model_validate(config).model_dump(exclude_unset=True)
             except ValidationError as exc:
                 raise _validation_error(exc, "config") from None
         command = None
@@ -508,6 +762,7 @@ def build_agents_router(
         limit: int = 10,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
+        _query(request, ("limit", "offset"), {"status": (), "select": ()})
         _check_page(limit, offset)  # 422 naming the parameter, as on every list route
         await thread_or_404(request, thread_id)
         rows = await runtime.db(runtime.store.list_runs, thread_id, owner_of(request), limit, offset)
@@ -525,10 +780,13 @@ def build_agents_router(
 
     @router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values")
     async def join_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
+        _query(request, (), {"cancel_on_disconnect": ("false", "0")})
         return await out(request, await runtime.join(await run_or_404(request, run_id, thread_id)))
 
     @router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
     async def cancel_thread_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
+        # The cancel waits for the run to stop either way; `rollback` (delete it) is not done.
+        _query(request, ("wait",), {"action": ("interrupt",)})
         return await run_json(request, await runtime.cancel(await run_or_404(request, run_id, thread_id)))
 
     @router.get("/runs/{run_id}", summary="One run")
@@ -537,9 +795,22 @@ def build_agents_router(
 
     @router.post("/runs/{run_id}/cancel", summary="Cancel a run")
     async def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
+        _query(request, ("wait",), {"action": ("interrupt",)})
         return await run_json(request, await runtime.cancel(await run_or_404(request, run_id)))
 
+    # Out of the OpenAPI spec: it lists what WeLIP serves (and its fuzzing wants no 5xx).
+    for method, path in NOT_IMPLEMENTED_ROUTES:
+        router.add_api_route(
+            path, _not_implemented_route(method, path), methods=[method], include_in_schema=False
+        )
     return router
+
+
+def _not_implemented_route(method: str, path: str) -> Callable[[], Awaitable[None]]:
+    async def not_implemented() -> None:
+        raise _not_implemented(f"`{method} {path}`", None)
+
+    return not_implemented
 
 
 async def _sse(events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[bytes]:

@@ -170,6 +170,46 @@ class AgentRuntime:
         interrupts = {t["id"]: t["interrupts"] for t in state["tasks"] if t["interrupts"]}
         return {**thread.public(), "values": state["values"], "interrupts": interrupts}
 
+    async def update_state(self, thread: ThreadRow, values: dict[str, Any]) -> dict[str, Any]:
+        """Write ``values`` (already checked against the graph's update model) as a new checkpoint.
+
+        Raises:
+            langgraph.errors.InvalidUpdateError: the thread has no state yet to update.
+        """
+        graph = self._graph_for(thread)
+        config = await graph.aupdate_state({"configurable": {"thread_id": thread.thread_key}}, values)
+        return {"checkpoint": _checkpoint(config, thread.thread_id)}
+
+    async def copy_checkpoints(self, source_key: str, target_key: str) -> None:
+        """Copy every checkpoint and pending write of a thread (by internal key) to another.
+
+        LangGraph's savers leave ``acopy_thread`` unimplemented, so the chain is replayed
+        through ``aput``/``aput_writes``: oldest first, so each parent exists before its
+        child, every channel version written (PostgreSQL keeps values by version).
+        """
+        saver = self.checkpointer
+        chain = [t async for t in saver.alist({"configurable": {"thread_id": source_key}})]
+        for item in reversed(chain):
+            source = item.config["configurable"]
+            parent = ((item.parent_config or {}).get("configurable") or {}).get("checkpoint_id")
+            target: dict[str, Any] = {
+                "thread_id": target_key,
+                "checkpoint_ns": source.get("checkpoint_ns", ""),
+            }
+            if parent:
+                target["checkpoint_id"] = parent
+            saved = await saver.aput(
+                {"configurable": target},
+                item.checkpoint,
+                item.metadata,
+                dict(item.checkpoint.get("channel_versions", {})),
+            )
+            writes: dict[str, list[tuple[str, Any]]] = {}
+            for task_id, channel, value in item.pending_writes or ():
+                writes.setdefault(task_id, []).append((channel, value))
+            for task_id, task_writes in writes.items():
+                await saver.aput_writes(saved, task_writes, task_id)
+
     async def delete_thread(self, thread_key: str) -> None:
         """Delete a thread (by its internal ``thread_key``), its runs and its checkpoints."""
         await self.checkpointer.adelete_thread(thread_key)

@@ -172,15 +172,29 @@ class AgentStore:
 
     # -- threads ------------------------------------------------------------------
 
-    def create_thread(self, thread_id: str, owner: str, metadata: dict[str, Any]) -> ThreadRow | None:
-        """A new idle thread; None if ``owner`` has one with this id already."""
+    def create_thread(
+        self,
+        thread_id: str,
+        owner: str,
+        metadata: dict[str, Any],
+        *,
+        assistant_id: str | None = None,
+        status: str = "idle",
+    ) -> ThreadRow | None:
+        """A new thread; None if ``owner`` has one with this id already.
+
+        ``assistant_id`` and ``status`` are a copied thread's (its checkpoints come with it);
+        a new thread takes its assistant from ``metadata["graph_id"]`` and is idle.
+        """
         now = utcnow()
+        if assistant_id is None and isinstance(metadata.get("graph_id"), str):
+            assistant_id = metadata["graph_id"]
         row = {
             "thread_key": thread_key(owner, thread_id),
             "thread_id": thread_id,
             "owner": owner,
-            "assistant_id": metadata.get("graph_id") if isinstance(metadata.get("graph_id"), str) else None,
-            "status": "idle",
+            "assistant_id": assistant_id,
+            "status": status,
             "thread_metadata": metadata,
             "active_run_id": None,
             "created_at": now,

@@ -283,7 +283,7 @@ def test_bad_input_unknown_ids_and_other_owners(tmp_path: Path) -> None:
                 json={
                     "assistant_id": "docs",
                     "input": {"messages": [{"content": "x"}]},
-                    "stream_mode": "debug",
+                    "stream_mode": "telepathy",
                 },
             )
             assert mode.status_code == 422 and mode.json()["error"]["param"] == "stream_mode"
