@@ -1,4 +1,4 @@
-"""/v1/files through the unchanged OpenAI SDK: the gateway app with API keys, audit, SQLite and a tmp storage."""
+"""/v1/files through the unchanged OpenAI SDK: the gateway app with keys, audit, SQLite and a tmp storage."""
 
 from __future__ import annotations
 
@@ -162,7 +162,8 @@ BAD_FILES = [
      "Line 1, field `body.model`"),
     ("fine-tune", json.dumps(CHAT_ROW).encode() + b'\n{"messages": [{"role": "user", "content": "hi"}]}\n',
      "Line 2, field `messages`: the conversation has no assistant message"),
-    ("fine-tune", b'{"messages": [{"role": "robot", "content": "x"}]}\n', "Line 1, field `messages`: message 0"),
+    ("fine-tune", b'{"messages": [{"role": "robot", "content": "x"}]}\n',
+     "Line 1, field `messages`: message 0"),
     ("evals", b'{"item": {}}\n{"item": \n', "Line 2 is not JSON"),
     ("evals", b'{"item": {}}\n[1, 2]\n', "Line 2 must be a JSON object"),
     ("evals", b'{"item": "\xff"}\n', "Line 1 is not UTF-8"),
