@@ -49,7 +49,8 @@ class FilesConfig(StrictModel):
         le=3650,
         description=(
             "Days a file is kept (its `expires_at`); an expired file is 404 at once, and its row "
-            "and content are deleted the next time its owner calls /v1/files. null: kept until deleted."
+            "and content are deleted the next time its owner uploads or lists files. null: kept until "
+            "deleted."
         ),
     )
 
