@@ -119,7 +119,18 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
                 "key_cache_s": 1,
                 "caller_token_secret_env": "WELIP_IT_CALLER_TOKEN_SECRET",
                 "roles": {
-                    "admin": {"permissions": ["inference", "embeddings", "admin", "agents"]},
+                    "admin": {
+                        "permissions": [
+                            "inference",
+                            "embeddings",
+                            "admin",
+                            "agents",
+                            "batch",
+                            "eval_submit",
+                            "finetune_submit",
+                        ]
+                    },
+                    "batch-user": {"permissions": ["batch"]},  # files of its own, nothing else
                     "user": {"permissions": ["inference", "embeddings"]},
                     "short-only": {"permissions": ["inference"], "models": [SHORT_MODEL]},
                     "agent-user": {"permissions": ["agents"]},

@@ -6,13 +6,14 @@ The trust layer itself (auth, limits, guardrails, cache, audit, telemetry) is
 
 from welip.gateway._app import build_gateway_app
 from welip.gateway._cards import ModelCard
-from welip.gateway._config import GatewayConfig, ServingConfig
+from welip.gateway._config import FilesConfig, GatewayConfig, ServingConfig
 from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
 from welip.gateway._deployments import EngineGateway, Gateway
 
 __all__ = [
     "EngineClient",
     "EngineGateway",
+    "FilesConfig",
     "Gateway",
     "GatewayConfig",
     "GatewayCore",

@@ -24,6 +24,7 @@ from welip.api import (
 )
 from welip.gateway._admin import build_admin_router
 from welip.gateway._core import GatewayCore
+from welip.gateway._files import build_files_router, upload_body_limit
 from welip.trust import TrustMiddleware, record_error
 
 logger = logging.getLogger("welip.gateway")
@@ -37,8 +38,11 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
         description="OpenAI-compatible API in front of WeLIP's vLLM engines.",
     )
     add_error_handlers(app, service="gateway", logger=logger, on_error=record_error)
-    app.add_middleware(TrustMiddleware, trust=core.trust)
+    # Uploads have their own bound (files.max_file_bytes), not the JSON bodies' smaller one.
+    upload_limit = {("POST", "/v1/files"): upload_body_limit(core.config.files)}
+    app.add_middleware(TrustMiddleware, trust=core.trust, body_limits=upload_limit)
     app.include_router(build_admin_router(core.trust))
+    app.include_router(build_files_router(core.files, core.config.files))
     if not core.trust.auth_enabled:
         logger.warning("gateway auth is off: every route is open; keep it on loopback")
 

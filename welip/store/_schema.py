@@ -170,3 +170,18 @@ agent_runs = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     comment="Agent runs: queued, executing or finished, on whichever replica took them.",
 )
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True, comment="OpenAI-style id: file-<hex>."),
+    sa.Column("owner", sa.String(256), nullable=False, index=True, comment="Principal that uploaded it."),
+    sa.Column("purpose", sa.String(16), nullable=False, comment="batch | fine-tune | evals"),
+    sa.Column("filename", sa.String(255), nullable=False, comment="Name the client gave it."),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False, comment="Digest of the content."),
+    sa.Column("content_url", sa.Text, nullable=False, comment="Where the content lives: path or s3:// URL."),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True, index=True),
+    comment="Files uploaded through /v1/files; their content lives in the artifact storage.",
+)

@@ -7,7 +7,7 @@ byte) and call :class:`Trust` around inference: :meth:`Trust.admit` before the e
 calls the gateway on a caller's behalf with a caller token (:class:`CallerTokens`).
 """
 
-from welip.trust._auth import Principal, oidc_principal_id
+from welip.trust._auth import Principal, oidc_principal_id, permission_denied
 from welip.trust._config import (
     AuditConfig,
     AuthConfig,
@@ -25,7 +25,7 @@ from welip.trust._context import RequestContext, context_of, principal_of, recor
 from welip.trust._delegation import CALLER_TOKEN_HEADER, CallerTokens
 from welip.trust._guardrails import find_pii
 from welip.trust._limits import Bucket, MemoryRateLimiter, RedisRateLimiter
-from welip.trust._middleware import TrustMiddleware
+from welip.trust._middleware import TrustMiddleware, body_too_large
 from welip.trust._stream import StreamFilter
 from welip.trust._tokens import TokenCounter
 from welip.trust._trust import Admission, Trust, build_trust
@@ -54,10 +54,12 @@ __all__ = [
     "Trust",
     "TrustConfig",
     "TrustMiddleware",
+    "body_too_large",
     "build_trust",
     "context_of",
     "find_pii",
     "oidc_principal_id",
+    "permission_denied",
     "principal_of",
     "record_error",
 ]

@@ -40,9 +40,12 @@ from welip.trust._delegation import CallerTokens, invalid_caller_token
 logger = logging.getLogger("welip.gateway")
 
 # Route families, by path prefix; the first match decides. Paths that match none
-# (the OpenAPI spec, docs, unknown paths answered 404) need only a valid caller.
-ROUTE_PERMISSIONS: tuple[tuple[str, str], ...] = (
+# (the OpenAPI spec, docs, unknown paths answered 404) need only a valid caller. A tuple
+# admits a caller holding any of its permissions (the handler checks the one it needs).
+RoutePermission = str | tuple[str, ...]
+ROUTE_PERMISSIONS: tuple[tuple[str, RoutePermission], ...] = (
     ("/v1/chat/completions", "inference"),
+    ("/v1/files", ("batch", "finetune_submit", "eval_submit")),  # by purpose: batch, fine-tune, evals
     ("/v1/completions", "inference"),
     ("/v1/models", "inference"),
     ("/v1/embeddings", "embeddings"),
@@ -418,20 +421,23 @@ class _OIDCVerifier:
         )
 
 
-def authorize(principal: Principal, permission: str | None, model: str | None = None) -> None:
+def authorize(principal: Principal, permission: RoutePermission | None, model: str | None = None) -> None:
     """Raise unless the principal may call this route on this model.
 
-    A route family it may not call is 403 ``permission_denied``; a model it may not use
-    is 404 ``model_not_found``, word for word what a model that does not exist gets, so
-    that the answer tells nobody which models exist.
+    A route family it may not call (holding none of a tuple's permissions) is 403
+    ``permission_denied``; a model it may not use is 404 ``model_not_found``, word for
+    word what a model that does not exist gets, so that the answer tells nobody which
+    models exist.
     """
-    if permission is not None and permission not in principal.permissions:
-        raise permission_denied(f"Your role `{principal.role}` may not use {permission} routes.")
+    if permission is not None:
+        needed = (permission,) if isinstance(permission, str) else permission
+        if principal.permissions.isdisjoint(needed):
+            raise permission_denied(f"Your role `{principal.role}` may not use {' or '.join(needed)} routes.")
     if model is not None and not principal.may_use(model):
         raise model_not_found(model)
 
 
-def route_permission(path: str) -> str | None:
+def route_permission(path: str) -> RoutePermission | None:
     """The permission a path needs, or None for any authenticated caller."""
     for prefix, permission in ROUTE_PERMISSIONS:
         if path == prefix or path.startswith(prefix + "/"):

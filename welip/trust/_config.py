@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from welip.config import StrictModel
 
 Permission = Literal[
-    "inference", "embeddings", "agents", "eval_submit", "finetune_submit", "admin", "delegate"
+    "inference", "embeddings", "agents", "batch", "eval_submit", "finetune_submit", "admin", "delegate"
 ]
 # Every route family. `delegate` is none: it lets a service (the agents app) present caller
 # tokens, and only a role that names it holds it (the default `agents-service` role).
@@ -25,6 +25,7 @@ ALL_PERMISSIONS: tuple[Permission, ...] = (
     "inference",
     "embeddings",
     "agents",
+    "batch",
     "eval_submit",
     "finetune_submit",
     "admin",
@@ -35,7 +36,12 @@ class RoleConfig(StrictModel):
     """What a role may do: route families and models."""
 
     permissions: list[Permission] = Field(
-        default_factory=list, description="Route families this role may call."
+        default_factory=list,
+        description=(
+            "Route families this role may call: inference, embeddings, agents, batch (batch "
+            "files and batches), eval_submit (evals files), finetune_submit (fine-tune files), "
+            "admin, and delegate (present caller tokens)."
+        ),
     )
     models: list[str] = Field(
         default_factory=lambda: ["*"], description="Model ids this role may use; `*` means all."
@@ -57,7 +63,7 @@ def _default_roles() -> dict[str, RoleConfig]:
     return {
         "admin": RoleConfig(permissions=list(ALL_PERMISSIONS)),
         "developer": RoleConfig(
-            permissions=["inference", "embeddings", "agents", "eval_submit", "finetune_submit"]
+            permissions=["inference", "embeddings", "agents", "batch", "eval_submit", "finetune_submit"]
         ),
         "user": RoleConfig(permissions=["inference", "embeddings", "agents"]),
         "agents-service": RoleConfig(permissions=["inference", "embeddings", "delegate"]),

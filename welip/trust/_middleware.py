@@ -33,15 +33,19 @@ class TrustMiddleware:
     Every HTTP request gets a :class:`RequestContext` (in the scope, see
     :func:`~welip.trust.context_of`) and the ``welip.gateway.request`` span. The caller
     is authenticated and the route family checked before the app runs, and a body over
-    ``limits.max_body_bytes`` is refused (413) before it is read whole: by its
+    ``limits.max_body_bytes`` (or the bound ``body_limits`` sets for its method and
+    path, such as file uploads') is refused (413) before it is read whole: by its
     Content-Length, or as soon as a chunked body passes the bound. When the response
     has been sent, or the client has left, :meth:`Trust.settle` closes the request's
     books.
     """
 
-    def __init__(self, app: ASGIApp, trust: Trust) -> None:
+    def __init__(
+        self, app: ASGIApp, trust: Trust, body_limits: dict[tuple[str, str], int] | None = None
+    ) -> None:
         self.app = app
         self.trust = trust
+        self.body_limits = body_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +65,9 @@ class TrustMiddleware:
         token = otel_context.attach(trace.set_span_in_context(ctx.span))
         scope.setdefault("state", {})["welip"] = ctx
 
-        limit = self.trust.config.limits.max_body_bytes
+        limit = self.body_limits.get(
+            (scope["method"], scope["path"]), self.trust.config.limits.max_body_bytes
+        )
         received = 0
         cut = False  # the body passed the bound while the app read it
         started = False  # the client has the start of a response

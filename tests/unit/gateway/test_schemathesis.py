@@ -28,7 +28,7 @@ from tests.unit.gateway.test_embeddings import FakeEmbedder
 from welip.gateway import GatewayConfig, GatewayCore, ModelCard, build_gateway_app
 from welip.models import resolve_model_path
 from welip.serving import resolve_embedding_path
-from welip.store import Database, KeyStore
+from welip.store import Database, FileStore, KeyStore
 from welip.trust import TokenCounter, Trust
 
 ADMIN_KEY = "wlp_admin-secret-for-schemathesis"
@@ -40,7 +40,7 @@ CONFIG = {
         "enabled": True,
         "admin_key_env": "TEST_SCHEMATHESIS_ADMIN_KEY",
         "roles": {
-            "admin": {"permissions": ["inference", "embeddings", "admin"]},
+            "admin": {"permissions": ["inference", "embeddings", "admin", "batch", "eval_submit"]},
             # Limited: one model, no admin routes, guardrails on what it sends and receives.
             "limited": {"permissions": ["inference", "embeddings"], "models": [MODEL]},
         },
@@ -122,7 +122,9 @@ def _answer(method: str, body: Any) -> list[Any]:
     return [events, [f"data: {json.dumps(usage)}\n\n", "data: [DONE]\n\n"]]
 
 
-def _app(trust: Trust | None = None, config: GatewayConfig | None = None) -> Any:
+def _app(
+    trust: Trust | None = None, config: GatewayConfig | None = None, files: FileStore | None = None
+) -> Any:
     config = config or GatewayConfig()
     cards = [ModelCard(id=m, created=0, root=m, max_model_len=CONTEXT) for m in (MODEL, OTHER)]
     embedding_cards = [ModelCard(id=EMBED, created=0, root=EMBED, max_inputs_per_request=64)]
@@ -133,6 +135,7 @@ def _app(trust: Trust | None = None, config: GatewayConfig | None = None) -> Any
         trust,
         embedders={EMBED: FakeEmbedder()},  # type: ignore[dict-item]
         embedding_cards=embedding_cards,
+        files=files,
     )
     return build_gateway_app(core)
 
@@ -159,7 +162,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Blocking
         }
         trust = Trust(config, database=database, redis=None, replica="r1", token_counters=counters)
         _, limited = KeyStore(database).create_key(name="limited", role="limited", rpm=600, tpm=20_000)
-        app = _app(trust, config)
+        app = _app(trust, config, FileStore(database, str(tmp_path / "artifacts")))
         with start_blocking_portal() as portal:
             yield portal, app, {"admin": ADMIN_KEY, "limited": limited}
             portal.call(asyncio.sleep, 0.2)  # the last settlements
