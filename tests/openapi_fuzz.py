@@ -3,8 +3,9 @@
 Shared by the gateway's and the agents' fuzz tests (and the integration test against the
 live app). Each operation's requests are generated from the spec, in Schemathesis's
 positive mode (what the spec allows) and negative mode (what it forbids), sent as one
-caller, and each answer is checked: no 5xx (``not_a_server_error``), and every 4xx body
-in the OpenAI error shape (:func:`openai_error_shape`).
+caller, and each answer is checked: no 5xx (``not_a_server_error``) but a deliberate 501
+``not_implemented`` (:func:`no_server_error`), and every 4xx and 501 body in the OpenAI
+error shape (:func:`openai_error_shape`).
 
 Examples are derandomized (the same on every run) and Hypothesis keeps no database in
 the work tree.
@@ -31,8 +32,8 @@ Send = Callable[[Case], httpx.Response]
 
 
 def openai_error_shape(ctx: Any, response: schemathesis.Response, case: Case) -> bool | None:
-    """Every 4xx answer is an OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    if not 400 <= response.status_code < 500:
+    """Every 4xx and 501 answer is an OpenAI error body: ``{"error": {message, type, param, code}}``."""
+    if not (400 <= response.status_code < 500 or response.status_code == 501):
         return None
     try:
         body = response.json()
@@ -47,7 +48,21 @@ def openai_error_shape(ctx: Any, response: schemathesis.Response, case: Case) ->
     return None
 
 
-CHECKS = [not_a_server_error, openai_error_shape]
+def no_server_error(ctx: Any, response: schemathesis.Response, case: Case) -> bool | None:
+    """No 5xx, except a 501 whose error code is ``not_implemented``: a feature the request
+    names that the app refuses on purpose rather than ignores (the agents API's LangGraph
+    fields and routes WeLIP does not implement). Its body is checked like a 4xx's."""
+    if response.status_code == 501:
+        try:
+            code = response.json()["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = None
+        assert code == "not_implemented", f"501 without code not_implemented: {response.text[:200]!r}"
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
+CHECKS = [no_server_error, openai_error_shape]
 
 
 def operations(schema: schemathesis.BaseSchema) -> dict[str, Any]:
