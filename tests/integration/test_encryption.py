@@ -10,9 +10,7 @@ import json
 import os
 import secrets
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,14 @@ from langgraph.graph import START, MessagesState, StateGraph
 from typer.testing import CliRunner
 
 from tests.integration.conftest import PG_ADMIN_URL
+from tests.unit.trust.test_audit_encryption import SECRET, _record
 from welip.agents._app import open_checkpointer
 from welip.cli import app
 from welip.store import AuditStore, Database, Keyring
 from welip.trust import AuditConfig
-from welip.trust._audit import AuditRecord, AuditWriter
+from welip.trust._audit import AuditWriter
 
 pytestmark = pytest.mark.integration
-
-SECRET = "my RRN is 900101-1234567"
 
 
 @pytest.fixture
@@ -45,21 +42,6 @@ def pg_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield url
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _record(i: int) -> AuditRecord:
-    return AuditRecord(
-        id=uuid.uuid4().hex,
-        ts=datetime.now(UTC).isoformat(),
-        request_id=f"req-{i}",
-        principal="key_alice",
-        principal_kind="api_key",
-        method="POST",
-        route="/v1/chat/completions",
-        status=200,
-        latency_ms=1.0,
-        body=json.dumps({"model": "m", "messages": [{"role": "user", "content": f"{SECRET} #{i}"}]}),
-    )
 
 
 def _until(predicate: Any, timeout_s: float = 10) -> None:

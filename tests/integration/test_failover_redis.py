@@ -232,6 +232,15 @@ def _connect(monkeypatch: pytest.MonkeyPatch, url: str, ca: Path) -> str:
     return asyncio.run(asyncio.wait_for(ping(), CALL_BOUND_S))
 
 
+async def _admits_one_of_a_limit_of_one(client: Any) -> bool:
+    """The gateway's limiter over ``client``: a limit of 1 admits the first request only."""
+    trust = Trust(TrustConfig(limits={"redis_prefix": PREFIX}), database=None, redis=client)
+    decision = await trust.limiter.admit("tls", [Bucket("requests", 1)], [1])
+    again = await trust.limiter.admit("tls", [Bucket("requests", 1)], [1])
+    await client.aclose()
+    return decision.allowed and not again.allowed
+
+
 def test_redis_over_tls_verifies_the_servers_certificate(
     certs: Certificates, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -241,15 +250,7 @@ def test_redis_over_tls_verifies_the_servers_certificate(
         # The limiter works over it as over plain Redis.
         client = redis_from_env()
         assert client is not None
-
-        async def admit() -> bool:
-            trust = Trust(TrustConfig(limits={"redis_prefix": PREFIX}), database=None, redis=client)
-            decision = await trust.limiter.admit("tls", [Bucket("requests", 1)], [1])
-            again = await trust.limiter.admit("tls", [Bucket("requests", 1)], [1])
-            await client.aclose()
-            return decision.allowed and not again.allowed
-
-        assert asyncio.run(admit())
+        assert asyncio.run(_admits_one_of_a_limit_of_one(client))
         # A server whose certificate another CA signed, and a name the certificate does not hold.
         assert "certificate verify failed" in _connect(monkeypatch, url, certs.other_ca)
         wrong_name = _connect(monkeypatch, f"rediss://localhost:{TLS_PORT}/0", certs.ca)
@@ -273,14 +274,6 @@ def test_sentinels_and_master_over_tls(
         assert _connect(monkeypatch, tls_group.url, certs.ca) == "PONG"
         client = redis_from_env()
         assert client is not None
-
-        async def admit() -> bool:
-            trust = Trust(TrustConfig(limits={"redis_prefix": PREFIX}), database=None, redis=client)
-            decision = await trust.limiter.admit("tls", [Bucket("requests", 1)], [1])
-            again = await trust.limiter.admit("tls", [Bucket("requests", 1)], [1])
-            await client.aclose()
-            return decision.allowed and not again.allowed
-
-        assert asyncio.run(admit())
+        assert asyncio.run(_admits_one_of_a_limit_of_one(client))
         refused = _connect(monkeypatch, tls_group.url, certs.other_ca)
         assert "No master found" in refused and "certificate verify failed" in refused

@@ -146,17 +146,14 @@ def _host_ports(params: dict[str, Any]) -> list[tuple[str, int | None]]:
 def _dialect_url(params: dict[str, Any]) -> sa.URL:
     """SQLAlchemy's spelling of a libpq connection (several hosts go in ``host=`` query items)."""
     pairs = _host_ports(params)
-    query = {k: str(v) for k, v in params.items() if k not in ("user", "password", "dbname", "host", "port")}
+    query: dict[str, Any] = {
+        k: str(v) for k, v in params.items() if k not in ("user", "password", "dbname", "host", "port")
+    }
+    host: str | None
     host, port = pairs[0]
     if len(pairs) > 1:
-        hosts = [h if p is None else f"{h}:{p}" for h, p in pairs]
-        return sa.URL.create(
-            "postgresql+psycopg",
-            username=params.get("user"),
-            password=params.get("password"),
-            database=params.get("dbname"),
-            query={**query, "host": hosts},
-        )
+        query["host"] = [h if p is None else f"{h}:{p}" for h, p in pairs]
+        host, port = None, None
     return sa.URL.create(
         "postgresql+psycopg",
         username=params.get("user"),
