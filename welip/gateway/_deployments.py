@@ -13,6 +13,7 @@ Both reach embedding models (``EmbeddingServer`` deployments) through handles.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -75,7 +76,7 @@ class Gateway:
                 self._no_prompt_logprobs,
                 embedders=self._embedders,
                 embedding_cards=self._embedding_cards,
-                files=await _file_store(trust),
+                files=_file_store(trust),
             )
         )
 
@@ -120,7 +121,7 @@ class EngineGateway(PreparedLLMServer):
             set(no_prompt_logprobs or []),
             embedders=_embedding_clients(embedders),
             embedding_cards=embedding_cards,
-            files=await _file_store(trust),
+            files=_file_store(trust),
         )
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
@@ -134,13 +135,19 @@ class EngineGateway(PreparedLLMServer):
         await super().__del__()
 
 
-async def _file_store(trust: Trust) -> FileStore:
-    """/v1/files' store: the trust layer's database, or (auth and audit off) the one the environment names."""
-    database = trust.database
-    if database is None:
+def _file_store(trust: Trust) -> FileStore | Callable[[], FileStore]:
+    """/v1/files' store on the trust layer's database; with auth and audit off, what opens the
+    one the environment names on the first /v1/files request (serving alone needs no database)."""
+    storage_url = storage_url_from_env()
+    if trust.database is not None:
+        return FileStore(trust.database, storage_url)
+
+    def open_store() -> FileStore:
         database = Database()
-        await asyncio.to_thread(database.upgrade)
-    return FileStore(database, storage_url_from_env())
+        database.upgrade()
+        return FileStore(database, storage_url)
+
+    return open_store
 
 
 def _sources(cards: list[ModelCard]) -> dict[str, str]:

@@ -10,7 +10,7 @@ limit, and checked line by line before they are stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Literal
 
@@ -45,24 +45,36 @@ def file_not_found(file_id: str) -> OpenAIError:
     return OpenAIError(404, f"No such File object: {file_id}", param="file_id", code="file_not_found")
 
 
-def build_files_router(files: FileStore | None, config: FilesConfig) -> APIRouter:
-    """Routes under ``/v1/files``; the trust middleware has already admitted the route family."""
-    router = APIRouter(prefix="/v1/files", tags=["files"])
+def build_files_router(files: FileStore | Callable[[], FileStore] | None, config: FilesConfig) -> APIRouter:
+    """Routes under ``/v1/files``; the trust middleware has already admitted the route family.
 
-    def store() -> FileStore:
-        if files is None:
+    ``files`` is the store, or a function that opens it (its database and migrations),
+    called once, off the event loop, on the first ``/v1/files`` request: a gateway whose
+    trust layer needs no database then starts without one.
+    """
+    router = APIRouter(prefix="/v1/files", tags=["files"])
+    opened: list[FileStore] = [files] if isinstance(files, FileStore) else []
+    open_store = None if isinstance(files, FileStore) else files
+    opening = asyncio.Lock()
+
+    async def store() -> FileStore:
+        if open_store is not None and not opened:
+            async with opening:
+                if not opened:
+                    opened.append(await _call(open_store))  # an unreachable database is a 503
+        if not opened:
             raise OpenAIError(
                 501,
                 "This gateway has no file store (no database).",
                 type="server_error",
                 code="not_configured",
             )
-        return files
+        return opened[0]
 
     @router.post("", summary="Upload a JSON Lines file (batch, fine-tune or evals)", openapi_extra=_UPLOAD)
     async def upload(request: Request) -> dict[str, Any]:
         principal = principal_of(request)
-        file_store = store()
+        file_store = await store()
         try:
             form = await request.form(max_files=1, max_fields=4, max_part_size=_MULTIPART_FIELDS_BYTES)
         except Exception as exc:  # starlette's 400 for a malformed body, in OpenAI's shape
@@ -118,7 +130,7 @@ def build_files_router(files: FileStore | None, config: FilesConfig) -> APIRoute
         order: Literal["asc", "desc"] = Query("desc", description="By creation time."),
     ) -> dict[str, Any]:
         owner = principal_of(request).id
-        file_store = store()
+        file_store = await store()
         await _call(file_store.purge_expired, owner)
         records, has_more = await _call(
             file_store.list_files, owner, purpose=purpose, limit=limit, after=after, order=order
@@ -132,7 +144,7 @@ def build_files_router(files: FileStore | None, config: FilesConfig) -> APIRoute
         }
 
     async def owned(file_id: str, request: Request) -> FileRecord:
-        record = await _call(store().get_file, file_id, principal_of(request).id)
+        record = await _call((await store()).get_file, file_id, principal_of(request).id)
         if record is None:
             raise file_not_found(file_id)
         return record
@@ -145,7 +157,7 @@ def build_files_router(files: FileStore | None, config: FilesConfig) -> APIRoute
     async def content(file_id: str, request: Request) -> StreamingResponse:
         record = await owned(file_id, request)
         try:
-            source = await asyncio.to_thread(store().open_content, record)
+            source = await asyncio.to_thread((await store()).open_content, record)
         except FileNotFoundError:
             raise OpenAIError(
                 500,
@@ -157,7 +169,7 @@ def build_files_router(files: FileStore | None, config: FilesConfig) -> APIRoute
 
     @router.delete("/{file_id}", summary="Delete one of your files (row and content)")
     async def delete(file_id: str, request: Request) -> dict[str, Any]:
-        if not await _call(store().delete_file, file_id, principal_of(request).id):
+        if not await _call((await store()).delete_file, file_id, principal_of(request).id):
             raise file_not_found(file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 

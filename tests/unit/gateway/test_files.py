@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import httpx
 import openai
 import pytest
+from sqlalchemy import exc as sa_exc
 
 from tests.unit.gateway.test_app import FakeEngine, served_card
 from welip.gateway import GatewayConfig, GatewayCore, build_gateway_app
@@ -270,3 +271,39 @@ def test_every_files_call_is_audited(gateway: Gateway) -> None:
         ("POST", "/v1/files", 200),
         ("POST", "/v1/files", 403),
     ]
+
+
+def test_without_auth_or_audit_the_store_opens_on_the_first_files_request(tmp_path: Path) -> None:
+    """A gateway whose trust layer needs no database starts without one: serving never waits
+    for (or fails on) the database; /v1/files opens it once, and answers 503 while it is down."""
+    config = GatewayConfig.model_validate({})
+    opened: list[int] = []
+    database_up = [False]
+
+    def open_store() -> FileStore:
+        if not database_up[0]:
+            raise sa_exc.OperationalError("connect", {}, Exception("connection refused"))
+        opened.append(1)
+        database = Database(f"sqlite:///{tmp_path}/welip.db")
+        database.upgrade()
+        return FileStore(database, str(tmp_path / "artifacts"))
+
+    core = GatewayCore({"m": FakeEngine([])}, [served_card("m")], config, files=open_store)  # type: ignore[dict-item]
+    app = build_gateway_app(core)
+
+    async def scenario() -> None:
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+        client = openai.AsyncOpenAI(
+            base_url="http://gateway/v1", api_key="none", http_client=http, max_retries=0
+        )
+        assert (await client.models.list()).data[0].id == "m"  # serving needs no database
+        with pytest.raises(openai.APIStatusError) as down:
+            await client.files.list()
+        assert (down.value.status_code, down.value.code) == (503, "database_unavailable")
+        assert down.value.response.headers["retry-after"] == "5"
+        database_up[0] = True
+        created = await client.files.create(file=("batch.jsonl", BATCH), purpose="batch")
+        assert [f.id for f in (await client.files.list()).data] == [created.id]
+        assert opened == [1]  # opened once, then kept
+
+    run(scenario)
