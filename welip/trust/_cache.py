@@ -7,10 +7,16 @@ body with volatile fields removed. In Redis when ``WELIP_REDIS_URL`` is
 set (shared by every replica), else in a bounded in-process LRU. Redis unreachable (an
 outage, a Sentinel failover) makes every look-up a miss and every store a no-op: the
 cache is an optimisation, never a reason to fail a request.
+
+Concurrent identical requests in one replica share one generation (:class:`InFlight`):
+the first that misses generates, the others wait for its answer and are answered as
+``coalesced``. A leader that fails, is refused by a guardrail or whose client leaves
+hands the key on: its followers generate (one of them leading the rest).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -86,3 +92,29 @@ class MemoryResponseCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+
+class InFlight:
+    """Leaders of the cacheable generations running in this replica, by cache key."""
+
+    def __init__(self) -> None:
+        self._leaders: dict[str, asyncio.Future[bytes | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._leaders)
+
+    def lead_or_follow(self, key: str) -> tuple[asyncio.Future[bytes | None], bool]:
+        """The generation of ``key`` to wait for and False, or a new one this request leads and True."""
+        running = self._leaders.get(key)
+        if running is not None:
+            return running, False
+        lead: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._leaders[key] = lead
+        return lead, True
+
+    def finish(self, key: str, lead: asyncio.Future[bytes | None], answer: bytes | None) -> None:
+        """End ``lead``: its followers get ``answer`` (None: generate for yourselves)."""
+        if self._leaders.get(key) is lead:
+            del self._leaders[key]
+        if not lead.done():
+            lead.set_result(answer)

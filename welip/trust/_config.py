@@ -252,6 +252,13 @@ class CacheConfig(StrictModel):
     max_entries: int = Field(
         1024, ge=1, le=1_000_000, description="In-process cache size when no Redis is configured."
     )
+    coalesce: bool = Field(
+        True,
+        description=(
+            "Concurrent identical cacheable requests in one replica share one generation: the "
+            "others wait for the first one's answer (x-welip-cache: coalesced)."
+        ),
+    )
     scope: Literal["principal", "role"] = Field(
         "principal",
         description=(

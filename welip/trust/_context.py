@@ -6,6 +6,7 @@ and keeps it in the ASGI scope; route code reaches it with :func:`context_of`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Mapping
@@ -44,8 +45,9 @@ class RequestContext:
     streamed_tokens: int = 0
     charged_tokens: int = 0
     buckets: list[Bucket] = field(default_factory=list)
-    cache: str | None = None  # hit | miss, when the request was cacheable
+    cache: str | None = None  # hit | miss | coalesced, when the request was cacheable
     cache_key: str | None = None
+    cache_lead: asyncio.Future[bytes | None] | None = None  # the generation this request leads
     strip_usage: bool = False  # usage was asked of the engine for accounting, not by the client
     verdicts: Verdicts = field(default_factory=Verdicts)
     in_flight_model: str | None = None

@@ -57,7 +57,9 @@ class Telemetry:
         )
         self.cache_lookups = metrics.Counter(
             "welip_gateway_cache_lookups",
-            description="Response cache lookups, by result (hit, miss).",
+            description=(
+                "Response cache lookups, by result (hit; coalesced: joined a running generation; miss)."
+            ),
             tag_keys=("model", "result"),
         )
 

@@ -43,7 +43,7 @@ from welip.trust._auth import (
     authorize,
     route_permission,
 )
-from welip.trust._cache import MemoryResponseCache, RedisResponseCache, ResponseCache, cache_key
+from welip.trust._cache import InFlight, MemoryResponseCache, RedisResponseCache, ResponseCache, cache_key
 from welip.trust._config import TrustConfig
 from welip.trust._context import RequestContext
 from welip.trust._delegation import CALLER_TOKEN_HEADER
@@ -67,6 +67,7 @@ from welip.trust._tokens import TokenCounter
 logger = logging.getLogger("welip.gateway")
 
 CACHE_HEADER = "x-welip-cache"
+_MAX_HAND_OVERS = 3  # leaders of one cache key that may end without an answer before a request goes alone
 
 
 def audit_unavailable() -> OpenAIError:
@@ -127,6 +128,7 @@ class Trust:
                 if redis
                 else MemoryResponseCache(config.cache.max_entries, config.cache.ttl_s)
             )
+        self.in_flight_answers = InFlight() if config.cache.enabled and config.cache.coalesce else None
         self.audit = (
             AuditWriter(AuditStore(database).write_audit, config.audit)
             if config.audit.enabled and database is not None
@@ -508,10 +510,31 @@ class Trust:
             return None
         cached = await cache.get(ctx.cache_key)
         ctx.cache = "hit" if cached is not None else "miss"
+        if cached is None and self.in_flight_answers is not None:
+            cached = await self._join(self.in_flight_answers, ctx)
         headers[CACHE_HEADER] = ctx.cache
         if cached is not None:
             ctx.count_usage(json.loads(cached).get("usage"))
         return cached
+
+    async def _join(self, in_flight: InFlight, ctx: RequestContext) -> bytes | None:
+        """The answer of the identical generation running in this replica, or None: this request leads one.
+
+        A leader that ends without an answer hands the key on: a follower then leads (after
+        a few hand-overs, the request generates on its own).
+        """
+        assert ctx.cache_key is not None  # nosec B101 # the caller has made it
+        for _ in range(_MAX_HAND_OVERS):
+            generation, leads = in_flight.lead_or_follow(ctx.cache_key)
+            if leads:
+                ctx.cache_lead = generation
+                return None
+            # Shielded: a follower whose client leaves must not end the leader's generation.
+            answer = await asyncio.shield(generation)
+            if answer is not None:
+                ctx.cache = "coalesced"
+                return answer
+        return None
 
     # -- on the answer -------------------------------------------------------------
 
@@ -533,7 +556,14 @@ class Trust:
         data: bytes = answer.model_dump_json().encode()
         if ctx is not None and ctx.cache_key is not None and self.cache is not None:
             await self.cache.put(ctx.cache_key, data)
+            self._end_lead(ctx, data)
         return data
+
+    def _end_lead(self, ctx: RequestContext, answer: bytes | None) -> None:
+        """Give the generation this request leads to its followers (None: they generate)."""
+        if ctx.cache_lead is not None and ctx.cache_key is not None and self.in_flight_answers is not None:
+            self.in_flight_answers.finish(ctx.cache_key, ctx.cache_lead, answer)
+            ctx.cache_lead = None
 
     def stream_filter(self, ctx: RequestContext | None) -> StreamFilter:
         """The filter a streamed answer's SSE events pass through on their way to the client.
@@ -578,6 +608,7 @@ class Trust:
 
     def settle(self, ctx: RequestContext) -> None:
         """Close the books of a request whose response has been sent (or abandoned)."""
+        self._end_lead(ctx, None)  # ended with no answer to share (refused, failed, abandoned)
         if ctx.in_flight_model is not None:
             self._in_flight[ctx.in_flight_model] -= 1
         if ctx.completion_tokens is None and ctx.streamed_tokens:
