@@ -20,16 +20,7 @@ from urllib.parse import urlparse
 import typer
 
 from welip.config import load_config
-from welip.evaluation import SuiteConfig, compare_samples, comparison_table, read_samples
 from welip.models import PACKAGED_MODELS, default_cache_dir, prepare_model
-from welip.serving import (
-    PromotionFailed,
-    PromotionRefused,
-    PromotionRequest,
-    promote_candidate,
-    set_alias_ungated,
-    wait_until_routed,
-)
 from welip.store import (
     AuditStore,
     BackupError,
@@ -253,6 +244,8 @@ def eval_job_spec(config: Path, overrides: list[str], python: str = "python") ->
     The suite is validated here first, so a bad config fails before any job starts; the
     API key variables the suite names go into the job's runtime env.
     """
+    from welip.evaluation import SuiteConfig
+
     suite = load_config(SuiteConfig, config, overrides)
     keys = tuple(t.api_key_env for t in suite.endpoints if t.api_key_env)
     return job_spec("evaluate.py", config, overrides, python, keys)
@@ -366,6 +359,8 @@ def align_run(
 
 def _run_samples(run: str, eval_runs: EvalRunStore | None) -> tuple[str, list[dict[str, Any]]]:
     """A run's label and samples: an eval run id from the database, or a results folder/URL."""
+    from welip.evaluation import read_samples
+
     if "/" not in run and not Path(run).is_dir() and eval_runs is not None:
         row = eval_runs.get_eval_run(run)
         if row is None:
@@ -384,6 +379,8 @@ def eval_compare(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Per-metric difference (B - A) with a paired bootstrap interval, and per-sample wins/losses."""
+    from welip.evaluation import compare_samples, comparison_table
+
     by_path = all("/" in r or Path(r).is_dir() for r in (run_a, run_b))
     eval_runs = None if by_path else EvalRunStore(_database())
     try:
@@ -436,6 +433,8 @@ def alias_set(
     target: str = typer.Argument(..., help="A served model id or an adapter id (<name>-v<N>)."),
 ) -> None:
     """Point an alias at a model without a gate (first setup, rollback); audited."""
+    from welip.serving import PromotionRefused, set_alias_ungated
+
     db = _database()
     try:
         row = set_alias_ungated(db, alias, target)
@@ -466,6 +465,14 @@ def promote(
     the decision and both eval run ids go to the audit log and MLflow either way. Exit
     status: 0 promoted, 1 gate failed, 2 bad input.
     """
+    from welip.serving import (
+        PromotionFailed,
+        PromotionRefused,
+        PromotionRequest,
+        promote_candidate,
+        wait_until_routed,
+    )
+
     try:
         request = PromotionRequest.parse(
             candidate, alias=alias, gate=gate, requirements=require, overrides=overrides or []

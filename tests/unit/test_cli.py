@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,21 @@ def test_the_cli_loads_no_engine_code() -> None:
     check = "from welip.serving import CatalogLoraLoader, build_llm_config as b; print(b.__module__)"
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "welip.serving._engine"
+
+
+def test_the_cli_starts_without_engine_ray_or_evaluation_libraries() -> None:
+    # `welip keys create` once loaded torch, vLLM and Ray (~15 s) for one database insert.
+    heavy = (
+        "torch",
+        "vllm",
+        "ray",
+        "transformers",
+        "pandas",
+        "mlflow",
+        "redis",
+        "alembic",
+        "welip.evaluation",
+    )
+    code = f"import sys, welip.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

@@ -37,8 +37,6 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 DEFAULT_DATABASE_URL = "sqlite:///~/.welip/welip.db"
@@ -269,6 +267,9 @@ class Database:
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""
+        from alembic import command  # here: commands that migrate nothing start faster
+        from alembic.config import Config as AlembicConfig
+
         config = AlembicConfig()
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as connection, _migration_lock(connection):

@@ -23,14 +23,12 @@ import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.asyncio import Redis
-from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ConstantBackoff
+if TYPE_CHECKING:  # redis-py is imported where a client is made: commands that need none start faster
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
@@ -165,6 +163,9 @@ def _retry() -> Retry:
     # One more try, at once: a connection the failover broke reconnects (asking the
     # sentinels anew) within the same call; redis-py's default (10 tries, backoff up to
     # 1 s) would hold a request for seconds while the master is down.
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ConstantBackoff
+
     return Retry(ConstantBackoff(0.05), 1)
 
 
@@ -182,6 +183,10 @@ def redis_from_url(url: str, *, ca_file: str | None = None, timeout_s: float = 2
         ValueError: a malformed URL, an option that turns certificate verification off, or a
             CA file that is not there.
     """
+    from redis.asyncio import Redis
+    from redis.asyncio.connection import parse_url
+    from redis.asyncio.sentinel import Sentinel
+
     if not 0 < timeout_s <= 60:
         raise ValueError(f"timeout_s must be in (0, 60], not {timeout_s}")
     timeouts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
