@@ -115,9 +115,9 @@ class CallerJsonLimits(StrictModel):
     """Bounds on the free-form JSON a caller stores or hands to a graph.
 
     Each of thread ``metadata`` (as created, and as merged by a PATCH), the ``metadata`` filter
-    of a thread search, run ``metadata``, run ``config``, ``command.update`` and
-    ``command.resume`` is checked on its own; past a bound the request is answered 422
-    ``invalid_input`` naming the field.
+    of a thread search, run ``metadata``, run ``config``, ``command.update``,
+    ``command.resume`` and the ``input`` of your own graphs is checked on its own; past a
+    bound the request is answered 422 ``invalid_input`` naming the field.
     """
 
     max_bytes: int = Field(16_384, gt=0, le=1_048_576, description="Size as compact UTF-8 JSON.")

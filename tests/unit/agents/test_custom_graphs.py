@@ -212,6 +212,11 @@ def test_input_state_updates_and_commands_are_checked_against_the_graphs_schemas
             assert "input.messages" in await refused(
                 alice.runs.create(tid, "compiled", input={"messages": [{"role": "user"}]})
             )
+            # Bounded as every free-form JSON a caller sends (128 keys by default).
+            many = {"messages": [{"role": "user", "content": str(i)} for i in range(70)]}
+            assert "input is over the bound of 128 keys" in await refused(
+                alice.runs.create(tid, "compiled", input=many)
+            )
             await alice.runs.wait(tid, "compiled", input=ORDER)
             assert "values.receipt" in await refused(alice.threads.update_state(tid, {"receipt": 7}))
             assert "values.steps" in await refused(alice.threads.update_state(tid, {"steps": 0}))
