@@ -2,12 +2,14 @@
 
 Referenced from Serve YAML and the KubeRay RayService as
 ``import_path: deployments.agents:build_app``, usually with ``route_prefix: /agents``
-beside the gateway app on the same port. The trust layer is the gateway's
-(:mod:`welip.trust`: API keys, OIDC, roles: route family ``agents``; request limits;
-audit log), configured under ``trust``. A run is admitted on its caller's own grants and
-limits, and its LLM and embeddings calls carry a caller token minted for the caller
-(``trust.auth.caller_token_secret_env``), so that the gateway counts and audits them
-under the caller, via the agents service.
+beside the gateway app on the same port. Assistants serve the shipped graphs or your own,
+imported from ``graph_paths`` (folders in the image or a mounted volume).
+
+The trust layer is the gateway's (:mod:`welip.trust`: API keys, OIDC, roles: route family
+``agents``; request limits; audit log), configured under ``trust``. A run is admitted on
+its caller's own grants and limits, and its LLM and embeddings calls carry a caller token
+minted for the caller (``trust.auth.caller_token_secret_env``), so that the gateway counts
+and audits them under the caller, via the agents service.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from welip.agents import (
     RunRow,
     build_agents_app,
     compile_graphs,
+    import_graph,
     open_checkpointer,
     resolve_agents,
+    resolve_graph_paths,
 )
 from welip.observability import install_log_context, setup_tracing
 from welip.store import Database
@@ -115,7 +119,7 @@ class AgentServer:
         database = Database()
         await asyncio.to_thread(database.upgrade)
         checkpointer = await self._stack.enter_async_context(open_checkpointer(database.url))
-        graphs = compile_graphs(self._agents, checkpointer)
+        graphs = compile_graphs(self._agents, checkpointer, graph_paths=config.graph_paths)
         try:
             replica: str | None = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside a replica (tests)
@@ -160,6 +164,15 @@ def build_app(args: dict[str, Any]) -> Application:
     """Build the agents app from ``args`` (validated as :class:`AgentsAppConfig`)."""
     config = AgentsAppConfig.model_validate(args)
     agents = resolve_agents(config)
+    # Absolute, so that every replica imports from the same folders; each graph imported
+    # here too, so that a wrong path fails the deploy naming the assistant, not a replica.
+    config = config.model_copy(update={"graph_paths": resolve_graph_paths(config)})
+    for agent in agents:
+        if not agent.builtin:
+            try:
+                import_graph(agent.graph, config.graph_paths)
+            except ValueError as exc:
+                raise ValueError(f"assistant {agent.assistant_id!r}: {exc}") from exc
     deployment = serve.deployment(
         name="WelipAgents",
         num_replicas=config.num_replicas,

@@ -76,7 +76,12 @@ RRN = "900101-1234567"
 AGENTS_APP = "agents"
 # Where the session's jobs and the agents app keep artifacts (the RAG table among them).
 STORAGE_DIR = Path(f"/tmp/welip-it-storage-{SESSION}")
-AGENT_CONFIGS = ["configs/agents/welip_docs_rag.yaml", "configs/agents/tools_react.yaml"]
+AGENT_CONFIGS = [
+    "configs/agents/welip_docs_rag.yaml",
+    "configs/agents/tools_react.yaml",
+    "tests/fixtures/agents/orders.yaml",  # a graph of the test suite's own, by import path
+]
+GRAPH_PATHS = ["tests/fixtures/agents"]
 
 
 def _free_port() -> int:
@@ -177,6 +182,7 @@ def agents_args(database_url: str, jwks_url: str, gateway_url: str) -> dict[str,
         agents.append(AgentConfig.model_validate(agent).model_dump())
     return {
         "agents": agents,
+        "graph_paths": GRAPH_PATHS,
         "num_replicas": 2,
         "num_cpus": 0.1,
         "trust": {k: trust[k] for k in ("auth", "limits", "audit")},

@@ -274,7 +274,7 @@ def test_langgraph_sdk_client_creates_a_thread_and_streams_a_run(base_url: str) 
     updates = [p.data for p in parts if p.event == "updates"]
     assert updates and "agent" in updates[0]
     assert state["values"]["messages"][0]["content"] == "What is 12 * 12?"
-    assert {a["assistant_id"] for a in extra["assistants"]} == {"welip-docs", "tools"}
+    assert {a["assistant_id"] for a in extra["assistants"]} == {"welip-docs", "tools", "orders"}
 
 
 def test_agent_runs_are_audited_and_counted(agents: httpx.Client, http: httpx.Client) -> None:

@@ -29,6 +29,7 @@ from langgraph.errors import InvalidUpdateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from welip.agents._config import CallerJsonLimits
+from welip.agents._custom import check_values, graph_schemas
 from welip.agents._graphs import AgentInput, caller_command
 from welip.agents._runtime import AgentRuntime, new_id
 from welip.agents._store import RunRow, ThreadBusy, ThreadRow
@@ -382,6 +383,17 @@ def build_agents_router(
             raise _not_found("thread", thread_id)
         return thread
 
+    schemas: dict[str, dict[str, Any]] = {}
+
+    def schemas_of(assistant_id: str) -> dict[str, Any]:
+        """The graph's JSON schemas (a shipped graph's input is :class:`AgentInput`), computed once."""
+        if assistant_id not in schemas:
+            found = graph_schemas(runtime.graphs[assistant_id])
+            if runtime.agents[assistant_id].builtin:
+                found["input_schema"] = AgentInput.model_json_schema()
+            schemas[assistant_id] = found
+        return schemas[assistant_id]
+
     def assistant_json(assistant_id: str) -> dict[str, Any]:
         agent = runtime.agents[assistant_id]
         return {
@@ -439,19 +451,13 @@ def build_agents_router(
             raise _not_found("assistant", assistant_id)
         return assistant_json(assistant_id)
 
-    @router.get("/assistants/{assistant_id}/schemas", summary="An assistant's input and state schemas")
+    @router.get(
+        "/assistants/{assistant_id}/schemas", summary="An assistant's input, output and state schemas"
+    )
     async def assistant_schemas(assistant_id: str) -> dict[str, Any]:
         if assistant_id not in runtime.agents:
             raise _not_found("assistant", assistant_id)
-        graph = runtime.graphs[assistant_id]
-        return {
-            "graph_id": runtime.agents[assistant_id].graph,
-            "input_schema": AgentInput.model_json_schema(),
-            "output_schema": graph.get_output_jsonschema(),
-            "state_schema": graph.get_output_jsonschema(),
-            "config_schema": None,
-            "context_schema": None,
-        }
+        return {"graph_id": runtime.agents[assistant_id].graph, **schemas_of(assistant_id)}
 
     # -- threads --------------------------------------------------------------------
 
@@ -581,7 +587,10 @@ def build_agents_router(
             )
         try:
             # The same model as a run's `command.update`: what the graph lets a caller write.
-            checked = caller_command(agent, {"update": values}).get("update", {})
+            checked = caller_command(
+                agent, {"update": values}, schemas_of(agent.assistant_id)["state_schema"]
+            )
+            checked = checked.get("update", {})
         except ValidationError as exc:
             raise _validation_error(exc, "values") from None
         if thread.active_run_id is not None:
@@ -642,10 +651,17 @@ def build_agents_router(
             )
         if (body.input is None) == (body.command is None):
             raise _invalid("Give exactly one of `input` and `command`.", "input")
+        agent = runtime.agents[body.assistant_id]
         graph_input = None
         if body.input is not None:
             try:
-                graph_input = AgentInput.model_validate(body.input).model_dump()
+                if agent.builtin:
+                    graph_input = AgentInput.model_validate(body.input).model_dump()
+                else:  # your own graph: keys and values of its input schema, within the JSON bounds
+                    _check_json(body.input, limits, "input")
+                    graph_input = check_values(
+                        schemas_of(agent.assistant_id)["input_schema"], body.input, "input"
+                    )
             except ValidationError as exc:
                 raise _validation_error(exc, "input") from None
         _check_json(body.metadata, limits, "metadata")
@@ -664,7 +680,7 @@ def build_agents_router(
                 if key in given:
                     _check_json(given[key], limits, f"command.{key}")
             try:
-                command = caller_command(runtime.agents[body.assistant_id], given)
+                command = caller_command(agent, given, schemas_of(agent.assistant_id)["state_schema"])
             except ValidationError as exc:
                 raise _validation_error(exc, "command.update") from None
             except ValueError as exc:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from welip.agents._api import Admit, OutputGuard, OwnerOf, body_schemas, build_agents_router
 from welip.agents._caller import send_caller_token
 from welip.agents._config import AgentConfig, ChatModelConfig, RetrievalConfig
+from welip.agents._custom import load_graph
 from welip.agents._graphs import GRAPHS
 from welip.agents._runtime import AgentRuntime
 from welip.agents._store import checkpoint_serde
@@ -133,6 +134,21 @@ def chat_model(config: ChatModelConfig, transport: httpx.AsyncBaseTransport | No
     )
 
 
+def gateway_chat_model(llm: ChatModelConfig | None = None, **overrides: Any) -> Any:
+    """The chat model for your own graph: LangChain's ``ChatOpenAI`` on the WeLIP gateway.
+
+    Its calls carry the agents' service key and the current run's caller token, so the
+    gateway applies the caller's quotas and guardrails and audits them under the caller.
+    ``llm`` is the assistant's ``llm`` config (a factory taking the ``AgentConfig`` gets it);
+    ``overrides`` are :class:`ChatModelConfig` fields (``model=...``, ``max_tokens=...``).
+
+    Raises:
+        pydantic.ValidationError: an override that is not a valid ``ChatModelConfig`` field.
+    """
+    base = (llm or ChatModelConfig()).model_dump()
+    return chat_model(ChatModelConfig.model_validate({**base, **overrides}))
+
+
 class LazyRetriever:
     """A retriever over a LanceDB table opened on first use (the table may be ingested later)."""
 
@@ -166,11 +182,24 @@ class LazyRetriever:
 
 
 def compile_graphs(
-    agents: list[AgentConfig], checkpointer: Any, models: dict[str, Any] | None = None
+    agents: list[AgentConfig],
+    checkpointer: Any,
+    models: dict[str, Any] | None = None,
+    graph_paths: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Each agent's graph compiled with the checkpointer; ``models`` overrides chat models by id."""
+    """Each agent's graph compiled with the checkpointer.
+
+    ``models`` overrides the shipped graphs' chat models by assistant id; your own graphs are
+    imported from ``graph_paths`` (:func:`welip.agents.load_graph`).
+
+    Raises:
+        ValueError: naming the assistant and the path, for a graph that cannot be loaded.
+    """
     graphs = {}
     for agent in agents:
+        if not agent.builtin:
+            graphs[agent.assistant_id] = load_graph(agent, checkpointer, graph_paths)
+            continue
         model = (models or {}).get(agent.assistant_id) or chat_model(agent.llm)
         retriever = LazyRetriever(agent.retrieval, agent.llm) if agent.retrieval else None
         graph = GRAPHS[agent.graph](agent, model, retriever)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from welip.config import StrictModel, load_config
 
@@ -44,13 +44,28 @@ class RetrievalConfig(StrictModel):
     max_context_chars: int = Field(3000, gt=0, le=200_000, description="Retrieved text given to the LLM.")
 
 
+BUILTIN_GRAPHS = ("rag", "react")
+GRAPH_PATH = r"^(rag|react|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
+
+
 class AgentConfig(StrictModel):
-    """One assistant: a graph from :data:`welip.agents.GRAPHS` with its model, tools and prompts."""
+    """One assistant: a shipped graph (``rag``, ``react``) or your own, with its model, tools and prompts.
+
+    Your own graph is named by import path, ``package.module:attr``, as in LangGraph's
+    ``langgraph.json`` (see :func:`welip.agents.load_graph`); it is imported from the app's
+    ``graph_paths``. ``llm`` is the model its factory may hand to
+    :func:`welip.agents.gateway_chat_model`; ``retrieval``, ``tools`` and ``sensitive_tools``
+    configure the shipped graphs only.
+    """
 
     assistant_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     name: str = Field(min_length=1, max_length=128)
     description: str = Field("", max_length=2000)
-    graph: Literal["rag", "react"]
+    graph: str = Field(
+        pattern=GRAPH_PATH,
+        max_length=256,
+        description="`rag`, `react`, or your graph's import path `package.module:attr`.",
+    )
     llm: ChatModelConfig = Field(default_factory=ChatModelConfig)
     retrieval: RetrievalConfig | None = None
     system_prompt: str | None = Field(None, max_length=20_000)
@@ -72,8 +87,18 @@ class AgentConfig(StrictModel):
         description="Latest conversation sent to the LLM (the last message always), to fit its context.",
     )
 
+    @property
+    def builtin(self) -> bool:
+        """Whether the graph is one WeLIP ships (``rag``, ``react``), not an import path."""
+        return self.graph in BUILTIN_GRAPHS
+
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
+        if not self.builtin and (self.tools or self.sensitive_tools or self.retrieval):
+            raise ValueError(
+                "`tools`, `sensitive_tools` and `retrieval` configure the shipped graphs; "
+                f"graph {self.graph} brings its own"
+            )
         if self.graph == "rag" and self.retrieval is None:
             raise ValueError("graph rag needs `retrieval`")
         if "retrieve" in self.tools and self.retrieval is None:
@@ -90,9 +115,9 @@ class CallerJsonLimits(StrictModel):
     """Bounds on the free-form JSON a caller stores or hands to a graph.
 
     Each of thread ``metadata`` (as created, and as merged by a PATCH), the ``metadata`` filter
-    of a thread search, run ``metadata``, run ``config``, ``command.update`` and
-    ``command.resume`` is checked on its own; past a bound the request is answered 422
-    ``invalid_input`` naming the field.
+    of a thread search, run ``metadata``, run ``config``, ``command.update``,
+    ``command.resume`` and the ``input`` of your own graphs is checked on its own; past a
+    bound the request is answered 422 ``invalid_input`` naming the field.
     """
 
     max_bytes: int = Field(16_384, gt=0, le=1_048_576, description="Size as compact UTF-8 JSON.")
@@ -118,6 +143,12 @@ class AgentsConfig(StrictModel):
     cleanup_interval_s: float = Field(300, gt=0, le=86_400)
     run_timeout_s: float = Field(600, gt=0, le=86_400, description="A run still going after this: timeout.")
     max_pending_runs_per_thread: int = Field(16, gt=0, le=1000, description="Queue bound for `enqueue`.")
+    graph_paths: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Local folders your graphs are imported from (prepended to sys.path), relative "
+        "to the working directory: shipped in the image or a mounted volume, never a URL.",
+    )
     env_vars: dict[str, str] = Field(
         default_factory=dict,
         description="Environment of the replicas (database, storage, the service key's variable).",
@@ -129,6 +160,14 @@ class AgentsConfig(StrictModel):
         default_factory=CallerJsonLimits,
         description="Bounds on metadata, run config and commands a caller sends.",
     )
+
+    @field_validator("graph_paths")
+    @classmethod
+    def _local_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not path or "://" in path or path.startswith(("git@", "http:", "https:")):
+                raise ValueError(f"graph_paths are local folders, not {path!r}")
+        return paths
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AgentsConfig:
@@ -153,3 +192,18 @@ def resolve_agents(config: AgentsConfig, root: Path | None = None) -> list[Agent
     if len(ids) != len(set(ids)):
         raise ValueError(f"assistant ids must be unique: {ids}")
     return agents
+
+
+def resolve_graph_paths(config: AgentsConfig, root: Path | None = None) -> list[str]:
+    """The app's ``graph_paths`` as absolute folders (relative to ``root``, default the working directory).
+
+    Raises:
+        ValueError: a path is not a folder here.
+    """
+    folders = []
+    for path in config.graph_paths:
+        folder = ((root or Path.cwd()) / path).resolve()
+        if not folder.is_dir():
+            raise ValueError(f"graph_paths: {path!r} is not a folder ({folder})")
+        folders.append(str(folder))
+    return folders

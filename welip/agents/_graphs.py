@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from typing_extensions import TypedDict
 
 from welip.agents._config import AgentConfig
+from welip.agents._custom import check_values
 from welip.agents._telemetry import llm_span, record_usage, traced_node
 from welip.agents._tools import Retrieving, Tool, build_tools, format_chunks
 
@@ -354,19 +355,22 @@ COMMANDS: dict[str, CallerCommands] = {
 }
 
 
-def caller_command(config: AgentConfig, command: dict[str, Any]) -> dict[str, Any]:
+def caller_command(
+    config: AgentConfig, command: dict[str, Any], state_schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A caller's ``command`` (``resume``, ``update``, ``goto``), checked against what the agent's
-    graph declares in :data:`COMMANDS`.
+    graph declares: a shipped graph's :data:`COMMANDS`; for your own graph, an ``update`` of
+    keys of its state (``state_schema``, values matching it) and no ``goto``.
 
     Returns:
-        The command to run: ``update`` as its validated model dumped, ``goto`` only where allowed.
+        The command to run: ``update`` as checked, ``goto`` only where allowed.
 
     Raises:
         ValueError: a ``goto`` the graph does not allow.
-        pydantic.ValidationError: an ``update`` outside the graph's update model (its ``loc``
-            names the field).
+        pydantic.ValidationError: an ``update`` outside the graph's update model or state (its
+            ``loc`` names the field).
     """
-    allowed = COMMANDS[config.graph]
+    allowed = COMMANDS.get(config.graph, CallerCommands(goto=(), update=RagUpdate))
     checked: dict[str, Any] = {}
     if "resume" in command:
         checked["resume"] = command["resume"]
@@ -381,8 +385,11 @@ def caller_command(config: AgentConfig, command: dict[str, Any]) -> dict[str, An
             )
         checked["goto"] = targets
     if command.get("update") is not None:
-        update = allowed.update.model_validate(command["update"], context={"max_steps": config.max_steps})
-        checked["update"] = update.model_dump(exclude_none=True)
+        if config.builtin:
+            update = allowed.update.model_validate(command["update"], context={"max_steps": config.max_steps})
+            checked["update"] = update.model_dump(exclude_none=True)
+        else:
+            checked["update"] = check_values(state_schema or {}, command["update"], "state")
     return checked
 
 
