@@ -11,6 +11,7 @@ the migrated schema equal to this metadata.
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 metadata = sa.MetaData()
 
@@ -184,4 +185,24 @@ files = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True, index=True),
     comment="Files uploaded through /v1/files; their content lives in the artifact storage.",
+)
+
+# An embedding: PostgreSQL's float4[] (4 bytes a dimension), a JSON array on SQLite.
+Vector = sa.JSON().with_variant(postgresql.ARRAY(sa.REAL), "postgresql")
+
+agent_store_items = sa.Table(
+    "agent_store_items",
+    metadata,
+    sa.Column("owner", sa.String(256), primary_key=True, comment="Principal that put it."),
+    sa.Column("namespace", sa.Text, primary_key=True, comment="Its labels joined with `.`."),
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column(
+        "value", sa.JSON, nullable=False, comment="The JSON object, or its AES-256-GCM ciphertext (a string)."
+    ),
+    sa.Column("embedding", Vector, nullable=True, comment="Unit vector of its indexed text, if indexed."),
+    sa.Column("ttl_minutes", sa.Float, nullable=True, comment="Life after a write (or a refreshing read)."),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    comment="LangGraph's store (/store API): items under namespaces, per owner.",
 )
