@@ -1,8 +1,8 @@
 """Agents: LangGraph graphs served with the Agent Protocol (threads, runs, streams, interrupts).
 
 State is durable and shared by every replica: LangGraph's checkpointer on WeLIP's
-database (PostgreSQL, or the SQLite file by default), threads and runs in the
-metadata tables. The agents' LLM calls go through the WeLIP gateway.
+database (PostgreSQL, or the SQLite file by default), threads, runs and the ``/store``
+API's items in the metadata tables. The agents' LLM calls go through the WeLIP gateway.
 """
 
 from welip.agents._api import OutputGuard, build_agents_router
@@ -14,10 +14,12 @@ from welip.agents._config import (
     CallerJsonLimits,
     ChatModelConfig,
     RetrievalConfig,
+    StoreConfig,
     load_agent_config,
     resolve_agents,
 )
 from welip.agents._graphs import GRAPHS, AgentInput, build_rag_graph, build_react_graph
+from welip.agents._kvstore import ItemStore, StoreItem, build_store_router
 from welip.agents._runtime import AgentRuntime, snapshot_json
 from welip.agents._store import AgentStore, RunRow
 from welip.agents._tools import Tool, build_tools, calculate
@@ -32,14 +34,18 @@ __all__ = [
     "AgentsConfig",
     "CallerJsonLimits",
     "ChatModelConfig",
+    "ItemStore",
     "OutputGuard",
     "RetrievalConfig",
     "RunRow",
+    "StoreConfig",
+    "StoreItem",
     "Tool",
     "build_agents_app",
     "build_agents_router",
     "build_rag_graph",
     "build_react_graph",
+    "build_store_router",
     "build_tools",
     "calculate",
     "caller_token",
