@@ -11,7 +11,6 @@ the migrated schema equal to this metadata.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 metadata = sa.MetaData()
 
@@ -187,9 +186,6 @@ files = sa.Table(
     comment="Files uploaded through /v1/files; their content lives in the artifact storage.",
 )
 
-# An embedding: PostgreSQL's float4[] (4 bytes a dimension), a JSON array on SQLite.
-Vector = sa.JSON().with_variant(postgresql.ARRAY(sa.REAL), "postgresql")
-
 agent_store_items = sa.Table(
     "agent_store_items",
     metadata,
@@ -199,7 +195,12 @@ agent_store_items = sa.Table(
     sa.Column(
         "value", sa.JSON, nullable=False, comment="The JSON object, or its AES-256-GCM ciphertext (a string)."
     ),
-    sa.Column("embedding", Vector, nullable=True, comment="Unit vector of its indexed text, if indexed."),
+    sa.Column(
+        "embedding",
+        sa.LargeBinary,
+        nullable=True,
+        comment="Unit vector of its indexed text as little-endian float32s, if indexed.",
+    ),
     sa.Column("ttl_minutes", sa.Float, nullable=True, comment="Life after a write (or a refreshing read)."),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True, index=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -405,7 +406,7 @@ def test_values_are_encrypted_at_rest_and_filter_and_query_still_work(db: Databa
     assert len(rows) == 3
     for value, embedding in rows:
         assert isinstance(value, str) and value.startswith("wlpenc:v1:k1:") and "pizza" not in value
-        assert len(embedding) == DIMENSIONS  # what search can still see: the vector, not the value
+        assert len(embedding) == 4 * DIMENSIONS  # what search can still see: the vector, not the value
     # A sealed value moved onto another item's row does not decrypt.
     with db.engine.begin() as conn:
         m1 = conn.execute(
@@ -432,7 +433,7 @@ def test_search_over_a_thousand_items_stays_fast(db: Database) -> None:
                     "namespace": "bulk",
                     "key": f"k{i}",
                     "value": {"n": i},
-                    "embedding": [rng.gauss(0, 1) for _ in range(384)],
+                    "embedding": struct.pack("<384f", *(rng.gauss(0, 1) for _ in range(384))),
                     "created_at": now,
                     "updated_at": now,
                 }

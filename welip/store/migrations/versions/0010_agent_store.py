@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision = "0010"
 down_revision = "0008"
@@ -30,9 +29,9 @@ def upgrade() -> None:
         ),
         sa.Column(
             "embedding",
-            sa.JSON().with_variant(postgresql.ARRAY(sa.REAL), "postgresql"),
+            sa.LargeBinary,
             nullable=True,
-            comment="Unit vector of its indexed text, if indexed.",
+            comment="Unit vector of its indexed text as little-endian float32s, if indexed.",
         ),
         sa.Column(
             "ttl_minutes", sa.Float, nullable=True, comment="Life after a write (or a refreshing read)."
