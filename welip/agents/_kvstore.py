@@ -270,31 +270,62 @@ class ItemStore:
                     conn.execute(_ITEM_COLUMNS.where(*where).order_by(*newest).limit(limit).offset(offset))
                 )
                 found = [(r, None) for r in rows]
-            else:
-                query = _ITEM_COLUMNS.where(*where)
-                if query_vector is not None:
-                    query = query.add_columns(agent_store_items.c.embedding).where(
-                        agent_store_items.c.embedding.is_not(None)
-                    )
-                candidates = list(conn.execute(query.order_by(*newest)))
-                scores: list[float | None] = [None] * len(candidates)
-                order = list(range(len(candidates)))
-                if query_vector is not None:
-                    vectors = [bytes(r._mapping["embedding"]) for r in candidates]
-                    scores, order = _rank(_unit(query_vector), vectors)
+            elif query_vector is None:
                 matched = 0
-                for i in order:
-                    row = candidates[i]
-                    if value_filter and not _matches(self._value(owner, row), value_filter):
-                        continue
-                    matched += 1
-                    if matched > offset:
-                        found.append((row, scores[i]))
-                    if len(found) == limit:
-                        break
+                for row in conn.execute(_ITEM_COLUMNS.where(*where).order_by(*newest)):
+                    if _matches(self._value(owner, row), value_filter):
+                        matched += 1
+                        if matched > offset:
+                            found.append((row, None))
+                        if len(found) == limit:
+                            break
+            else:
+                found = self._ranked(conn, owner, where, newest, query_vector, value_filter, limit, offset)
             if refresh_ttl:
                 self._refresh(conn, owner, [r for r, _ in found], now)
         return [self._item(owner, row, score) for row, score in found]
+
+    def _ranked(
+        self,
+        conn: sa.Connection,
+        owner: str,
+        where: list[Any],
+        newest: tuple[Any, ...],
+        query_vector: list[float],
+        value_filter: dict[str, Any],
+        limit: int,
+        offset: int,
+    ) -> list[tuple[Any, float | None]]:
+        """The page of indexed items best ranked for the query: the vectors are read first, then
+        the rows in rank order, a batch at a time, until the page is full (values are the costly
+        part of a row to read: 10,000 of them take about twice as long as their vectors)."""
+        c = agent_store_items.c
+        vectors = list(
+            conn.execute(
+                sa.select(c.namespace, c.key, c.embedding)
+                .where(*where, c.embedding.is_not(None))
+                .order_by(*newest)
+            )
+        )
+        scores, order = _rank(_unit(query_vector), [bytes(v[2]) for v in vectors])
+        found: list[tuple[Any, float | None]] = []
+        matched, start, batch = 0, 0, offset + limit
+        while start < len(order) and len(found) < limit:
+            chosen = [(vectors[i][0], vectors[i][1], scores[i]) for i in order[start : start + batch]]
+            start, batch = start + batch, _RANK_BATCH
+            pairs = [(ns, key) for ns, key, _ in chosen]
+            rows = conn.execute(_ITEM_COLUMNS.where(*where, sa.tuple_(c.namespace, c.key).in_(pairs)))
+            by_address = {(r._mapping["namespace"], r._mapping["key"]): r for r in rows}
+            for ns, key, score in chosen:
+                row = by_address.get((ns, key))
+                if row is None or (value_filter and not _matches(self._value(owner, row), value_filter)):
+                    continue  # deleted since, or filtered out
+                matched += 1
+                if matched > offset:
+                    found.append((row, score))
+                if len(found) == limit:
+                    break
+        return found
 
     def namespaces(
         self,
@@ -356,6 +387,8 @@ class ItemStore:
                     .values(expires_at=now + timedelta(minutes=m["ttl_minutes"]))
                 )
 
+
+_RANK_BATCH = 256  # rows read at a time past the first page of a ranked search
 
 _ITEM_COLUMNS = sa.select(
     agent_store_items.c.namespace,

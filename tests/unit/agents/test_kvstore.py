@@ -451,3 +451,45 @@ def test_search_over_a_thousand_items_stays_fast(db: Database) -> None:
     elapsed = time.perf_counter() - started
     assert len(found) == 10 and [f.score for f in found] == sorted([f.score for f in found], reverse=True)  # type: ignore[type-var]
     assert elapsed < 1.0, f"ranked search over 1000 items took {elapsed:.3f} s"
+
+
+def test_a_ranked_search_pages_in_rank_order_past_filtered_out_items(db: Database) -> None:
+    """600 items whose similarity to the query falls with their number; a filter keeps the even
+    ones: page 41 of 5 is the 201st to 205th even item (read past several batches of rows)."""
+    import math
+
+    items = ItemStore(db, StoreConfig())
+    now = utcnow()
+    rows = []
+    for i in range(600):
+        angle = i * math.pi / 1200  # item i is i/1200 of a half turn away from the query
+        rows.append(
+            {
+                "owner": "alice",
+                "namespace": "ranked",
+                "key": f"k{i}",
+                "value": {"n": i, "even": i % 2 == 0},
+                "embedding": struct.pack("<2f", math.cos(angle), math.sin(angle)),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    with db.engine.begin() as conn:
+        conn.execute(agent_store_items.insert(), rows)
+
+    def page(value_filter: dict[str, Any], limit: int, offset: int) -> list[int]:
+        found = items.search(
+            "alice",
+            ["ranked"],
+            value_filter=value_filter,
+            limit=limit,
+            offset=offset,
+            query_vector=[1.0, 0.0],
+            refresh_ttl=False,
+        )
+        return [f.value["n"] for f in found]
+
+    assert page({"even": True}, 5, 200) == [400, 402, 404, 406, 408]
+    assert page({}, 3, 300) == [300, 301, 302]
+    assert page({"even": True}, 10, 295) == [590, 592, 594, 596, 598]
+    assert page({"n": {"$gt": 597}}, 10, 0) == [598, 599]
