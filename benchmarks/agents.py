@@ -5,6 +5,7 @@ graph in-process. Part ``ingest``: RAG ingestion, WeLIP's Ray Data job against a
     python benchmarks/agents.py --part runs --rounds 4 --runs-per-round 50
     python benchmarks/agents.py --part ingest --copies 30 --repeats 2
     python benchmarks/agents.py --part ingest --dry-run       # print the corpus size and commands
+    python benchmarks/agents.py --part store --store-items 1000  # the /store API over PostgreSQL
 
 ``ingest``: the shipped documents (``data/docs``) replicated ``--copies`` times into a
 temporary folder, each copy in its own sub-folder with one line of its own appended to
@@ -460,10 +461,138 @@ def _bench_database(url: str | None) -> tuple[str, Callable[[], None]]:
     return f"postgresql://postgres@127.0.0.1:5432/{name}", drop
 
 
+def bench_store(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``/store`` API over PostgreSQL: put, get and search latency with ``--store-items`` items.
+
+    In-process, no Ray: the agents app with the store router over httpx's ASGI transport (routing,
+    JSON, bounds, the database thread), one request at a time, one principal holding every item.
+    Each item has a 384-dimension vector (all-MiniLM-L6-v2's size); the embedder returns random
+    vectors at once, so the figures leave out the embeddings call (the gateway's, measured in
+    tests/integration/test_agents_store.py). A search with a query ranks every item under the
+    prefix: the replica reads their vectors (float32 ``bytea``) and computes the cosines (numpy).
+    """
+    import asyncio
+    import random
+
+    import httpx
+    from fastapi import Request
+
+    from welip.agents import (
+        AgentRuntime,
+        AgentsConfig,
+        ItemStore,
+        StoreConfig,
+        build_agents_app,
+        build_store_router,
+        load_agent_config,
+    )
+    from welip.store import Database
+
+    n, searches = args.store_items, args.store_searches
+    if args.dry_run:
+        print(f"store: {n} items, {searches} searches of each kind")
+        return {}
+    rng = random.Random(7)
+
+    class RandomEmbeddings:
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            return [[rng.gauss(0, 1) for _ in range(384)] for _ in texts]
+
+    url, drop = _bench_database(args.database_url)
+    database = Database(url)
+    try:
+        database.upgrade()
+        config = StoreConfig(max_items_per_owner=max(n, 1))
+        items = ItemStore(database, config, embeddings=RandomEmbeddings())
+        agent = load_agent_config(REPO / "configs" / "agents" / "tools_react.yaml")
+        runtime = AgentRuntime({}, {}, None, None, AgentsConfig(agents=[agent]))  # type: ignore[arg-type]
+
+        def owner(request: Request) -> str:
+            return "bench"
+
+        app = build_agents_app(runtime, owner, store_router=build_store_router(items, owner))
+
+        async def timed(client: httpx.AsyncClient, method: str, path: str, **kw: Any) -> float:
+            started = time.perf_counter()
+            response = await client.request(method, path, **kw)
+            elapsed = time.perf_counter() - started
+            response.raise_for_status()
+            return elapsed
+
+        async def go() -> dict[str, Any]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://agents") as client:
+                puts = [
+                    await timed(
+                        client,
+                        "PUT",
+                        "/store/items",
+                        json={
+                            "namespace": ["memories", f"topic{i % 10}"],
+                            "key": f"k{i}",
+                            "value": {"text": f"memory number {i}", "kind": f"kind{i % 4}", "n": i},
+                        },
+                    )
+                    for i in range(n)
+                ]
+                kinds: dict[str, Callable[[int], tuple[str, str, dict[str, Any]]]] = {
+                    "get": lambda i: (
+                        "GET",
+                        "/store/items",
+                        {"params": {"namespace": "memories.topic1", "key": "k1"}},
+                    ),
+                    "search_query": lambda i: (
+                        "POST",
+                        "/store/items/search",
+                        {"json": {"namespace_prefix": ["memories"], "query": f"query {i}", "limit": 10}},
+                    ),
+                    "search_query_filter": lambda i: (
+                        "POST",
+                        "/store/items/search",
+                        {
+                            "json": {
+                                "namespace_prefix": ["memories"],
+                                "query": "q",
+                                "filter": {"kind": "kind1"},
+                            }
+                        },
+                    ),
+                    "search_filter": lambda i: (
+                        "POST",
+                        "/store/items/search",
+                        {"json": {"namespace_prefix": ["memories"], "filter": {"kind": "kind2"}}},
+                    ),
+                    "search_newest": lambda i: (
+                        "POST",
+                        "/store/items/search",
+                        {"json": {"namespace_prefix": ["memories"], "limit": 10}},
+                    ),
+                }
+                result: dict[str, Any] = {"items": n, "put": _percentiles(puts)}
+                for name, request in kinds.items():
+                    times = []
+                    for i in range(searches):
+                        method, path, kw = request(i)
+                        times.append(await timed(client, method, path, **kw))
+                    result[name] = _percentiles(times)
+                return result
+
+        result = asyncio.run(go())
+    finally:
+        database.dispose()
+        drop()
+    rows = [(name, v["p50_ms"], v["p95_ms"]) for name, v in result.items() if isinstance(v, dict)]
+    print(f"store, {n} items (latency in ms):")
+    for name, p50, p95 in rows:
+        print(f"  {name:<22} p50 {p50:>8.2f}   p95 {p95:>8.2f}")
+    return result
+
+
 # Each part of the benchmark: a function of the parsed arguments; `all` runs them in this order.
 PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "runs": bench_runs,
     "ingest": bench_ingest,
+    "store": bench_store,
 }
 
 
@@ -483,6 +612,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--database-url", default=None, help="runs: database (default: a fresh PostgreSQL database here)."
     )
+    parser.add_argument("--store-items", type=int, default=1000, help="store: items the principal holds.")
+    parser.add_argument("--store-searches", type=int, default=100, help="store: requests of each kind.")
     parser.add_argument("--out", default=None, help="Results JSON (default benchmarks/results/...).")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--plain", metavar="SPEC", help=argparse.SUPPRESS)  # the plain loop, in a child

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from pydantic import Field
@@ -30,13 +31,16 @@ from welip.agents import (
     AgentRuntime,
     AgentsConfig,
     AgentStore,
+    ItemStore,
     RunRow,
     build_agents_app,
+    build_store_router,
     compile_graphs,
     import_graph,
     open_checkpointer,
     resolve_agents,
     resolve_graph_paths,
+    send_caller_token,
 )
 from welip.observability import install_log_context, setup_tracing
 from welip.store import Database
@@ -50,6 +54,9 @@ from welip.trust import (
     principal_of,
     record_error,
 )
+
+if TYPE_CHECKING:
+    from welip.rag import GatewayEmbeddings
 
 logger = logging.getLogger("welip.agents")
 
@@ -79,6 +86,23 @@ def delegation(
         return trust.mint_caller_token(principal, run_timeout_s)
 
     return admit, mint
+
+
+def store_embeddings(config: AgentsConfig) -> GatewayEmbeddings | None:
+    """The gateway's embeddings endpoint for the ``/store`` API (None: no model configured)."""
+    store = config.store
+    if store.embeddings_model is None:
+        return None
+    from welip.rag import GatewayEmbeddings
+
+    key = os.environ.get(store.api_key_env, "") if store.api_key_env else ""
+    return GatewayEmbeddings(
+        store.embeddings_base_url,
+        store.embeddings_model,
+        key or None,
+        timeout_s=store.embeddings_timeout_s,
+        request_hooks=[send_caller_token],
+    )
 
 
 class AgentsAppConfig(AgentsConfig):
@@ -134,8 +158,9 @@ class AgentServer:
                 "are counted and audited under the agents service key, not their callers"
             )
         store = AgentStore(database, stale_run_s=config.stale_run_s)
+        items = ItemStore(database, config.store, embeddings=store_embeddings(config))
         runtime = AgentRuntime(
-            graphs, agents, store, checkpointer, config, replica=replica, mint_caller_token=mint
+            graphs, agents, store, checkpointer, config, replica=replica, mint_caller_token=mint, items=items
         )
         runtime.start_cleanup()
         self._runtime = runtime
@@ -143,8 +168,17 @@ class AgentServer:
         def owner_of(request: Request) -> str:
             return principal_of(request).id
 
+        def store_caller_token(request: Request) -> str | None:
+            # Lasts one embeddings call: the store's search and put embed as their caller.
+            return trust.mint_caller_token(principal_of(request), config.store.embeddings_timeout_s + 30)
+
         app = build_agents_app(
-            runtime, owner_of, admit, on_error=record_error, output_guard=CallerOutputGuard(trust)
+            runtime,
+            owner_of,
+            admit,
+            on_error=record_error,
+            output_guard=CallerOutputGuard(trust),
+            store_router=build_store_router(items, owner_of, config.caller_json, store_caller_token),
         )
         app.add_middleware(TrustMiddleware, trust=trust)
         logger.info("agents replica %s serving %s", replica, sorted(graphs))

@@ -186,6 +186,8 @@ def agents_args(database_url: str, jwks_url: str, gateway_url: str) -> dict[str,
         "num_replicas": 2,
         "num_cpus": 0.1,
         "trust": {k: trust[k] for k in ("auth", "limits", "audit")},
+        # The /store API embeds through the session gateway, with the service key and the caller's token.
+        "store": {"embeddings_base_url": f"{gateway_url}/v1", "api_key_env": "WELIP_IT_AGENTS_KEY"},
         "env_vars": {
             "WELIP_DATABASE_URL": database_url,
             "WELIP_REDIS_URL": REDIS_URL,

@@ -547,6 +547,7 @@ def test_agents_share_the_gateways_auth_and_reach_it_through_the_local_proxy() -
         assert agents.trust.auth.model_dump() == GatewayConfig.model_validate(gateway).auth.model_dump()
         port = serve_config(objects)["http_options"]["port"]
         assert {a.llm.base_url for a in resolve_agents(agents)} == {f"http://127.0.0.1:{port}/v1"}
+        assert agents.store.embeddings_base_url == f"http://127.0.0.1:{port}/v1"
     # Whole agents app off: one app.
     (app,) = serve_config(render_chart([], {"serve": {"agents": {"enabled": False}}}))["applications"]
     assert app["import_path"] == "deployments.gateway:build_app"

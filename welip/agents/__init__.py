@@ -1,8 +1,8 @@
 """Agents: LangGraph graphs served with the Agent Protocol (threads, runs, streams, interrupts).
 
 State is durable and shared by every replica: LangGraph's checkpointer on WeLIP's
-database (PostgreSQL, or the SQLite file by default), threads and runs in the
-metadata tables. The agents' LLM calls go through the WeLIP gateway.
+database (PostgreSQL, or the SQLite file by default), threads, runs and the ``/store``
+API's items in the metadata tables. The agents' LLM calls go through the WeLIP gateway.
 
 Besides the shipped graphs (``rag``, ``react``), an assistant serves your own graph,
 named by import path (``package.module:attr``) and imported from the app's
@@ -24,12 +24,14 @@ from welip.agents._config import (
     CallerJsonLimits,
     ChatModelConfig,
     RetrievalConfig,
+    StoreConfig,
     load_agent_config,
     resolve_agents,
     resolve_graph_paths,
 )
 from welip.agents._custom import PerRunGraph, graph_schemas, import_graph, load_graph
 from welip.agents._graphs import GRAPHS, AgentInput, build_rag_graph, build_react_graph
+from welip.agents._kvstore import ItemStore, StoreItem, build_store_router
 from welip.agents._runtime import AgentRuntime, snapshot_json
 from welip.agents._store import AgentStore, RunRow
 from welip.agents._tools import Tool, build_tools, calculate
@@ -44,15 +46,19 @@ __all__ = [
     "AgentsConfig",
     "CallerJsonLimits",
     "ChatModelConfig",
+    "ItemStore",
     "OutputGuard",
     "PerRunGraph",
     "RetrievalConfig",
     "RunRow",
+    "StoreConfig",
+    "StoreItem",
     "Tool",
     "build_agents_app",
     "build_agents_router",
     "build_rag_graph",
     "build_react_graph",
+    "build_store_router",
     "build_tools",
     "calculate",
     "caller_token",

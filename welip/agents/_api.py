@@ -226,11 +226,6 @@ NOT_IMPLEMENTED_ROUTES: tuple[tuple[str, str], ...] = (
     ("DELETE", "/runs/crons/{cron_id}"),
     ("POST", "/runs/crons/search"),
     ("POST", "/runs/crons/count"),
-    ("PUT", "/store/items"),
-    ("GET", "/store/items"),
-    ("DELETE", "/store/items"),
-    ("POST", "/store/items/search"),
-    ("POST", "/store/namespaces"),
 )
 
 

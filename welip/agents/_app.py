@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from welip.agents._api import Admit, OutputGuard, OwnerOf, body_schemas, build_agents_router
@@ -213,11 +213,13 @@ def build_agents_app(
     admit: Admit | None = None,
     on_error: OnError | None = None,
     output_guard: OutputGuard | None = None,
+    store_router: APIRouter | None = None,
 ) -> FastAPI:
     """The FastAPI app of one agents replica (wrap it in the trust middleware to protect it).
 
     ``on_error`` sees every error answered (the trust layer records its code);
-    ``output_guard`` checks every graph value the API returns (the caller's output guardrail).
+    ``output_guard`` checks every graph value the API returns (the caller's output guardrail);
+    ``store_router`` serves LangGraph's ``/store`` (:func:`build_store_router`).
     """
     import welip
 
@@ -232,6 +234,8 @@ def build_agents_app(
         return {"status": "ok"}
 
     app.include_router(build_agents_router(runtime, owner_of, admit, output_guard))
+    if store_router is not None:
+        app.include_router(store_router)
     add_error_handlers(app, service="agents service", logger=logger, on_error=on_error)
 
     def openapi() -> dict[str, Any]:

@@ -116,13 +116,47 @@ class CallerJsonLimits(StrictModel):
 
     Each of thread ``metadata`` (as created, and as merged by a PATCH), the ``metadata`` filter
     of a thread search, run ``metadata``, run ``config``, ``command.update``,
-    ``command.resume`` and the ``input`` of your own graphs is checked on its own; past a
-    bound the request is answered 422 ``invalid_input`` naming the field.
+    ``command.resume``, the ``input`` of your own graphs, a store item's ``value`` and a store
+    search's ``filter`` is checked on its own; past a bound the request is answered 422
+    ``invalid_input`` naming the field.
     """
 
     max_bytes: int = Field(16_384, gt=0, le=1_048_576, description="Size as compact UTF-8 JSON.")
     max_keys: int = Field(128, gt=0, le=10_000, description="Object keys, counted at every depth.")
     max_depth: int = Field(8, gt=0, le=64, description="Nesting of objects and arrays (a flat object is 1).")
+
+
+class StoreConfig(StrictModel):
+    """LangGraph's ``/store`` API: bounds per owner, TTLs, and the embeddings semantic search uses.
+
+    Items put with ``index`` (by default: ``index_fields``) are embedded through
+    ``embeddings_base_url`` as their caller (a caller token, as a run's LLM calls are).
+    """
+
+    max_items_per_owner: int = Field(10_000, gt=0, le=1_000_000, description="Live items of one principal.")
+    max_namespace_depth: int = Field(8, gt=0, le=32, description="Labels in a namespace.")
+    max_label_chars: int = Field(64, gt=0, le=256, description="Characters in one namespace label.")
+    max_key_chars: int = Field(256, gt=0, le=1024)
+    default_ttl_minutes: float | None = Field(
+        None, gt=0, le=5_256_000, description="TTL of an item put without one; None: none."
+    )
+    max_ttl_minutes: float = Field(525_600, gt=0, le=5_256_000, description="Longest TTL a caller may set.")
+    refresh_on_read: bool = Field(True, description="Reads renew TTLs unless the caller says.")
+    embeddings_model: str | None = Field(
+        "all-minilm-l6-v2", max_length=128, description="Served embeddings model; None: no semantic search."
+    )
+    embeddings_base_url: str = Field("http://127.0.0.1:8000/v1", description="The gateway's /v1.")
+    api_key_env: str | None = Field(
+        "WELIP_AGENTS_API_KEY", description="Environment variable holding the agents' service key."
+    )
+    embeddings_timeout_s: float = Field(30, gt=0, le=600)
+    index_fields: list[str] = Field(
+        default_factory=lambda: ["$"],
+        min_length=1,
+        max_length=16,
+        description="Fields embedded when a put gives no `index` (`$`: the whole value as JSON).",
+    )
+    max_index_chars: int = Field(4000, gt=0, le=100_000, description="Text embedded per item, cut past this.")
 
 
 class AgentsConfig(StrictModel):
@@ -160,6 +194,7 @@ class AgentsConfig(StrictModel):
         default_factory=CallerJsonLimits,
         description="Bounds on metadata, run config and commands a caller sends.",
     )
+    store: StoreConfig = Field(default_factory=StoreConfig, description="The `/store` API (items per owner).")
 
     @field_validator("graph_paths")
     @classmethod

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage
 from langgraph.types import Command
@@ -29,6 +29,9 @@ from welip.agents._caller import caller_token
 from welip.agents._config import AgentConfig, AgentsConfig
 from welip.agents._store import ACTIVE_RUN_STATUSES, AgentStore, RunRow, ThreadRow
 from welip.agents._telemetry import agent_metrics, tracer
+
+if TYPE_CHECKING:
+    from welip.agents._kvstore import ItemStore
 
 logger = logging.getLogger("welip.agents")
 
@@ -124,11 +127,13 @@ class AgentRuntime:
         replica: str | None = None,
         call_store: Callable[..., Any] | None = None,
         mint_caller_token: Callable[[RunRow], str | None] | None = None,
+        items: ItemStore | None = None,
     ) -> None:
         """
         Args:
             mint_caller_token: Called in a run's task as the run starts: the token its LLM
                 and embeddings calls send for the run's caller (``None``: they send none).
+            items: The ``/store`` API's items, whose expired ones the clean-up deletes.
         """
         self.graphs = graphs
         self.agents = agents
@@ -143,6 +148,7 @@ class AgentRuntime:
         # Store calls are blocking SQLAlchemy: off the event loop by default.
         self._call = call_store or asyncio.to_thread
         self._mint_caller_token = mint_caller_token
+        self.items = items
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self._call(fn, *args, **kwargs)
@@ -412,7 +418,7 @@ class AgentRuntime:
     # -- retention ----------------------------------------------------------------
 
     def start_cleanup(self) -> None:
-        """Delete threads idle past ``thread_ttl_s``, every ``cleanup_interval_s``."""
+        """Delete threads idle past ``thread_ttl_s`` and expired store items, every ``cleanup_interval_s``."""
         self._cleanup = asyncio.get_running_loop().create_task(self._cleanup_loop())
 
     async def cleanup_once(self) -> int:
@@ -421,6 +427,10 @@ class AgentRuntime:
             await self.delete_thread(key)
         if keys:
             logger.info("deleted %d threads idle for more than %s s", len(keys), self.config.thread_ttl_s)
+        if self.items is not None:
+            swept = await self.db(self.items.sweep)
+            if swept:
+                logger.info("deleted %d expired store items", swept)
         return len(keys)
 
     async def _cleanup_loop(self) -> None:

@@ -18,7 +18,7 @@ from welip.store._eval_runs import EvalRunRecord, EvalRunStore
 from welip.store._files import FileRecord, FileStore
 from welip.store._keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
 from welip.store._redis import redis_from_env
-from welip.store._schema import agent_runs, agent_threads
+from welip.store._schema import agent_runs, agent_store_items, agent_threads
 from welip.store._storage import (
     filesystem,
     join_url,
@@ -49,6 +49,7 @@ __all__ = [
     "KeyStore",
     "Keyring",
     "agent_runs",
+    "agent_store_items",
     "agent_threads",
     "as_utc",
     "backup_database",

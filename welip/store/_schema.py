@@ -185,3 +185,25 @@ files = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True, index=True),
     comment="Files uploaded through /v1/files; their content lives in the artifact storage.",
 )
+
+agent_store_items = sa.Table(
+    "agent_store_items",
+    metadata,
+    sa.Column("owner", sa.String(256), primary_key=True, comment="Principal that put it."),
+    sa.Column("namespace", sa.Text, primary_key=True, comment="Its labels joined with `.`."),
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column(
+        "value", sa.JSON, nullable=False, comment="The JSON object, or its AES-256-GCM ciphertext (a string)."
+    ),
+    sa.Column(
+        "embedding",
+        sa.LargeBinary,
+        nullable=True,
+        comment="Unit vector of its indexed text as little-endian float32s, if indexed.",
+    ),
+    sa.Column("ttl_minutes", sa.Float, nullable=True, comment="Life after a write (or a refreshing read)."),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    comment="LangGraph's store (/store API): items under namespaces, per owner.",
+)

@@ -53,6 +53,7 @@ ROUTE_PERMISSIONS: tuple[tuple[str, RoutePermission], ...] = (
     ("/agents", "agents"),
     ("/threads", "agents"),
     ("/runs", "agents"),
+    ("/store", "agents"),
     ("/eval", "eval_submit"),
     ("/finetune", "finetune_submit"),
 )

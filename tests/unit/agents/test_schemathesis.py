@@ -29,11 +29,15 @@ from welip.agents import (
     AgentRuntime,
     AgentsConfig,
     AgentStore,
+    ItemStore,
+    StoreConfig,
     build_agents_app,
     build_rag_graph,
+    build_store_router,
     compile_graphs,
     open_checkpointer,
 )
+from welip.rag import GatewayEmbeddings
 from welip.store import Database, KeyStore
 from welip.trust import Trust, TrustConfig, TrustMiddleware, context_of, principal_of, record_error
 
@@ -60,21 +64,37 @@ def _models() -> dict[str, Any]:
     }
 
 
-def _app(runtime: AgentRuntime, trust: Trust | None) -> FastAPI:
-    """The agents app as deployments/agents.py builds it."""
+def _fake_embeddings(request: httpx.Request) -> httpx.Response:
+    texts = json.loads(request.content)["input"]
+    vectors = [[float(len(t) % 7), 1.0, float(t.count("a"))] for t in texts]
+    return httpx.Response(200, json={"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)]})
+
+
+def _app(runtime: AgentRuntime, trust: Trust | None, items: ItemStore) -> FastAPI:
+    """The agents app as deployments/agents.py builds it (the store's embeddings faked)."""
     if trust is None:
-        return build_agents_app(runtime, lambda request: "anyone")
+        store = build_store_router(items, lambda request: "anyone")
+        return build_agents_app(runtime, lambda request: "anyone", store_router=store)
 
     async def admit(request: Request, assistant_id: str) -> None:
         await trust.admit_run(context_of(request), assistant_id)
 
-    app = build_agents_app(runtime, lambda request: principal_of(request).id, admit, on_error=record_error)
+    def owner_of(request: Request) -> str:
+        return principal_of(request).id
+
+    app = build_agents_app(
+        runtime, owner_of, admit, on_error=record_error, store_router=build_store_router(items, owner_of)
+    )
     app.add_middleware(TrustMiddleware, trust=trust)
     return app
 
 
 SCHEMA = schemathesis.openapi.from_dict(
-    _app(AgentRuntime({}, {}, None, None, AgentsConfig(agents=[RAG, REACT])), None).openapi()  # type: ignore[arg-type]
+    _app(
+        AgentRuntime({}, {}, None, None, AgentsConfig(agents=[RAG, REACT])),  # type: ignore[arg-type]
+        None,
+        ItemStore(Database("sqlite://"), StoreConfig()),
+    ).openapi()
 )
 OPERATIONS = operations(SCHEMA)
 
@@ -122,7 +142,11 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             return runtime, stack
 
         runtime, stack = portal.call(start)
-        target = Target(portal, _app(runtime, trust), {"admin": ADMIN_KEY, "limited": limited})
+        embeddings = GatewayEmbeddings(
+            "http://gateway/v1", "all-minilm-l6-v2", transport=httpx.MockTransport(_fake_embeddings)
+        )
+        items = ItemStore(database, StoreConfig(max_items_per_owner=50), embeddings=embeddings)
+        target = Target(portal, _app(runtime, trust, items), {"admin": ADMIN_KEY, "limited": limited})
         yield target
 
         async def stop() -> None:
@@ -179,5 +203,7 @@ def test_the_spec_declares_the_bodies_the_routes_read() -> None:
         "POST /threads/search",
         "PATCH /threads/{thread_id}",
         "POST /threads/{thread_id}/runs",
+        "PUT /store/items",
+        "POST /store/items/search",
     ):
         assert len(OPERATIONS[label].body) > 0, label

@@ -157,11 +157,6 @@ def test_every_route_the_sdk_calls_that_welip_lacks_answers_501_naming_it(tmp_pa
                 "PATCH /runs/crons/{cron_id}": alice.crons.update("c", schedule="* * * * *"),
                 "POST /runs/crons/search": alice.crons.search(),
                 "POST /runs/crons/count": alice.crons.count(),
-                "PUT /store/items": alice.store.put_item(["a"], "k", {"v": 1}),
-                "GET /store/items": alice.store.get_item(["a"], "k"),
-                "DELETE /store/items": alice.store.delete_item(["a"], "k"),
-                "POST /store/items/search": alice.store.search_items(["a"]),
-                "POST /store/namespaces": alice.store.list_namespaces(),
             }
             for route, call in calls.items():
                 message = await _refused(call)
