@@ -80,6 +80,7 @@ from pathlib import Path
 from statistics import mean
 from typing import IO, TYPE_CHECKING, Any
 
+import _cpu as cpu  # benchmarks/_cpu.py (benchmarks/ is on sys.path: this script's folder)
 import yaml
 
 from welip.models import resolve_model_path
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if spans:
         summary["traced_spans"] = spans
     print_table(summary, args.label)
+    print_cpu_table(summary)
     results_path = RESULTS_DIR / f"serve-{stamp}.json"
     write_results(results_path, args, model, model_dir, sessions, runs, summary, error)
     print(f"results: {results_path}")
@@ -982,8 +984,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def run_bench(bench: Bench, work_dir: Path, output_len: int) -> dict[str, Any]:
     """Run one ``vllm bench serve`` and return its saved result, tagged with where it came from."""
     log_path = work_dir / f"bench-{bench.result_file.stem}.log"
+    before, children = cpu.snapshot(), cpu.children_cpu_s()
     with open(log_path, "wb") as log:
         rc = _call(bench.command, log, BENCH_TIMEOUT_S)
+    cpu_s = cpu.cpu_by_role(before, cpu.snapshot())
+    # The load generator has ended (reaped by us): its CPU is in our children's.
+    cpu_s[cpu.LOAD_GENERATOR] = cpu.children_cpu_s() - children
     if rc != 0 or not bench.result_file.is_file():
         raise BenchmarkError(f"{bench.server}: vllm bench serve exited with {rc}\n{_tail(log_path)}")
     result = json.loads(bench.result_file.read_text())
@@ -1004,6 +1010,7 @@ def run_bench(bench: Bench, work_dir: Path, output_len: int) -> dict[str, Any]:
         "run": bench.run,
         "warmup": bench.run == 0,
         "result": result,
+        "cpu_s": cpu_s,
     }
 
 
@@ -1058,6 +1065,9 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
             "median_ttft_ms": mean(r["median_ttft_ms"] for r in measured),
             "median_tpot_ms": mean(r["median_tpot_ms"] for r in measured),
             "failed": sum(r["failed"] for r in measured),
+            "cpu_s_per_1000_requests": _cpu_per_1000(
+                [r for r in runs if r["server"] == name and not r["warmup"]]
+            ),
         }
     summary: dict[str, Any] = {"servers": servers}
     for numerator, denominator in RATIOS:
@@ -1072,6 +1082,33 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
                 "median_ttft_delta_ms": top["median_ttft_ms"] - bottom["median_ttft_ms"],
             }
     return summary
+
+
+def _cpu_per_1000(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """CPU seconds per 1,000 completed requests, by process role, over ``runs`` together."""
+    completed = sum(r["result"]["completed"] for r in runs)
+    spent: dict[str, float] = {}
+    for run in runs:
+        for role, cpu_s in run.get("cpu_s", {}).items():
+            spent[role] = spent.get(role, 0.0) + cpu_s
+    if not completed:
+        return {}
+    return {role: 1000 * cpu_s / completed for role, cpu_s in sorted(spent.items(), key=lambda i: -i[1])}
+
+
+def print_cpu_table(summary: dict[str, Any]) -> None:
+    """CPU seconds per 1,000 requests by process role (rows) and server (columns)."""
+    servers = {name: row["cpu_s_per_1000_requests"] for name, row in summary["servers"].items()}
+    roles = sorted(
+        {role for by_role in servers.values() for role in by_role}, key=lambda r: (r.startswith("other"), r)
+    )
+    if not roles:
+        return
+    print("\nCPU seconds per 1,000 requests, by process (during the measured runs):")
+    print(f"{'process':<32}" + "".join(f"{name:>18}" for name in servers))
+    for role in roles:
+        print(f"{role:<32}" + "".join(f"{by_role.get(role, 0.0):>18.1f}" for by_role in servers.values()))
+    print(f"{'all':<32}" + "".join(f"{sum(by_role.values()):>18.1f}" for by_role in servers.values()))
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
