@@ -8,9 +8,9 @@ starts one): the batch's Ray Job sends its lines back through the same gateway.
 
 Online: ``--requests`` chat requests at ``--concurrency`` in flight (the OpenAI SDK's
 async client). Batch: the same requests as one input file, ``client.batches.create``,
-polled every 0.25 s until it ends. Each request asks for exactly ``--max-tokens`` tokens
-(``ignore_eos``); the online and batch prompts differ in one word so the response cache
-answers neither from the other.
+polled every 0.25 s until it runs, then every ``--poll-s`` until it ends. Each request
+asks for exactly ``--max-tokens`` tokens (``ignore_eos``); the online and batch prompts
+differ in one word so the response cache answers neither from the other.
 
 Reported: output tokens per second of each (completion tokens summed from the answers,
 over the wall time from the first request sent, or from ``create``, to the last answer,
@@ -86,7 +86,7 @@ async def run_batch(client: openai.AsyncOpenAI, args: argparse.Namespace) -> dic
     )
     running_s = None
     while batch.status not in ("completed", "failed", "cancelled", "expired"):
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.25 if running_s is None else args.poll_s)
         batch = await client.batches.retrieve(batch.id)
         if running_s is None and batch.status != "validating":
             running_s = time.monotonic() - start

@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -54,6 +55,10 @@ MAX_METADATA_VALUE_CHARS = 512
 _CREATE_FIELDS = ("input_file_id", "endpoint", "completion_window", "metadata")
 # Ray Job statuses after which a batch still unfinished never will be.
 _JOB_ENDED = ("FAILED", "STOPPED", "SUCCEEDED")
+# Ray is asked about a running batch's job at most this often (per replica): clients poll
+# a batch every second or faster, and each question is an HTTP call to the dashboard.
+JOB_CHECK_INTERVAL_S = 10.0
+_MAX_CHECKED = 10_000
 # Environment a batch job needs from the gateway's: the database and storage it shares.
 _SHARED_ENV = ("WELIP_DATABASE_URL", "WELIP_S3_ENDPOINT_URL", "WELIP_S3_CA_BUNDLE")
 
@@ -153,6 +158,7 @@ def build_batches_router(
     router = APIRouter(prefix="/v1/batches", tags=["batches"])
     batch_store = _Opened(batches, BatchStore)
     file_store = _Opened(files, FileStore)
+    checked: dict[str, float] = {}  # batch id -> when its job was last asked about
 
     @router.post("", summary="Create a batch from an uploaded file of requests")
     async def create(request: Request) -> dict[str, Any]:
@@ -252,10 +258,18 @@ def build_batches_router(
         principal = principal_of(request)
         record = await _owned(store, batch_id, principal)
         if record.status not in ACTIVE_BATCH_STATUSES:
+            checked.pop(batch_id, None)
             return record
+        now = time.monotonic()
         if record.status == "validating" and utcnow() >= record.expires_at:
             await _call(store.move, batch_id, "expired", when=("validating",))
-        elif record.job_id is not None:
+        elif (
+            record.job_id is not None
+            and now - checked.get(batch_id, -JOB_CHECK_INTERVAL_S) >= JOB_CHECK_INTERVAL_S
+        ):
+            if len(checked) >= _MAX_CHECKED:
+                checked.clear()
+            checked[batch_id] = now
             status = await asyncio.to_thread(launcher.job_status, record.job_id)
             if status in _JOB_ENDED:
                 error = {"code": "batch_job_failed", "message": f"The batch job ended ({status}) first."}
