@@ -132,6 +132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=64, help="Output tokens per request (default 64).")
     parser.add_argument("--concurrency", type=int, default=32, help="Online requests in flight (default 32).")
     parser.add_argument(
+        "--poll-s", type=float, default=1.0, help="Batch polling once it runs (default 1 s; 0.25 s before)."
+    )
+    parser.add_argument(
         "--api-key-env", default=None, help="Variable holding an API key (with batch, inference)."
     )
     return parser.parse_args(argv)
