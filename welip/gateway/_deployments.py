@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 
 from welip.gateway._app import build_gateway_app
+from welip.gateway._batches import RayJobLauncher
 from welip.gateway._cards import ModelCard
 from welip.gateway._catalog import Catalog
 from welip.gateway._config import GatewayConfig
@@ -35,7 +36,7 @@ from welip.gateway._core import (
 )
 from welip.observability import install_log_context, setup_tracing
 from welip.serving import PreparedLLMServer
-from welip.store import Database, FileStore, storage_url_from_env
+from welip.store import BatchStore, Database, FileStore, storage_url_from_env
 from welip.trust import Trust, build_trust
 
 
@@ -77,6 +78,8 @@ class Gateway:
                 embedders=self._embedders,
                 embedding_cards=self._embedding_cards,
                 files=_file_store(trust),
+                batches=_batch_store(trust),
+                launcher=RayJobLauncher(self._config.batches),
             )
         )
 
@@ -122,6 +125,8 @@ class EngineGateway(PreparedLLMServer):
             embedders=_embedding_clients(embedders),
             embedding_cards=embedding_cards,
             files=_file_store(trust),
+            batches=_batch_store(trust),
+            launcher=RayJobLauncher(gateway_config.batches),
         )
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
@@ -146,6 +151,19 @@ def _file_store(trust: Trust) -> FileStore | Callable[[], FileStore]:
         database = Database()
         database.upgrade()
         return FileStore(database, storage_url)
+
+    return open_store
+
+
+def _batch_store(trust: Trust) -> BatchStore | Callable[[], BatchStore]:
+    """/v1/batches' store, on the trust layer's database or (auth and audit off) opened on first use."""
+    if trust.database is not None:
+        return BatchStore(trust.database)
+
+    def open_store() -> BatchStore:
+        database = Database()
+        database.upgrade()
+        return BatchStore(database)
 
     return open_store
 

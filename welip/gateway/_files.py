@@ -2,9 +2,11 @@
 
 The route family admits a caller holding any of ``batch``, ``finetune_submit`` or
 ``eval_submit``; each purpose then needs its own (``batch``, ``fine-tune``, ``evals``).
-A file is its uploader's: anyone else gets 404 ``file_not_found``, as for a file that
-does not exist. Uploads are bounded by :class:`FilesConfig`, not by the JSON body
-limit, and checked line by line before they are stored.
+Batches store their output and error files as their creator's, with purpose
+``batch_output``: read like any other file, never uploaded. A file is its uploader's:
+anyone else gets 404 ``file_not_found``, as for a file that does not exist. Uploads are
+bounded by :class:`FilesConfig`, not by the JSON body limit, and checked line by line
+before they are stored.
 """
 
 from __future__ import annotations
@@ -183,6 +185,8 @@ def _fields(form: FormData, principal: Principal) -> tuple[str, UploadFile]:
         raise invalid_request(f"`purpose` is required: one of {', '.join(PURPOSES)}.", param="purpose")
     if purpose not in PURPOSES:
         known = " (an OpenAI purpose this gateway does not serve)" if purpose in _OPENAI_ONLY_PURPOSES else ""
+        if purpose == "batch_output":
+            known = " (batches write their output files; nobody uploads them)"
         raise invalid_request(
             f"`purpose` {purpose!r}{known} is not supported: use one of {', '.join(PURPOSES)}.",
             param="purpose",

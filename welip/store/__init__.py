@@ -2,6 +2,7 @@
 
 from welip.store._audit import AuditStore
 from welip.store._backup import BackupError, BackupInfo, backup_database, find_tool, restore_database
+from welip.store._batches import ACTIVE_BATCH_STATUSES, BatchRecord, BatchStore
 from welip.store._catalog import AdapterRecord, AliasRecord, CatalogStore
 from welip.store._crypto import DecryptionError, Keyring, keyring_from_env
 from welip.store._database import (
@@ -30,6 +31,7 @@ from welip.store._storage import (
 from welip.store._tracking import DEFAULT_MLFLOW_URI, mlflow_uri, use_mlflow
 
 __all__ = [
+    "ACTIVE_BATCH_STATUSES",
     "DEFAULT_DATABASE_URL",
     "DEFAULT_MLFLOW_URI",
     "KEY_PREFIX",
@@ -38,6 +40,8 @@ __all__ = [
     "AuditStore",
     "BackupError",
     "BackupInfo",
+    "BatchRecord",
+    "BatchStore",
     "CatalogStore",
     "Database",
     "DecryptionError",

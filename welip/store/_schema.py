@@ -186,6 +186,35 @@ files = sa.Table(
     comment="Files uploaded through /v1/files; their content lives in the artifact storage.",
 )
 
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True, comment="OpenAI-style id: batch_<hex>."),
+    sa.Column("owner", sa.String(256), nullable=False, index=True, comment="Principal that created it."),
+    sa.Column("endpoint", sa.String(64), nullable=False, comment="/v1/chat/completions | /v1/embeddings"),
+    sa.Column("input_file_id", sa.String(64), nullable=False),
+    sa.Column("completion_window", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, comment="validating | in_progress | ... | cancelled"),
+    sa.Column("output_file_id", sa.String(64), nullable=True),
+    sa.Column("error_file_id", sa.String(64), nullable=True),
+    sa.Column("request_total", sa.Integer, nullable=False),
+    sa.Column("request_completed", sa.Integer, nullable=False),
+    sa.Column("request_failed", sa.Integer, nullable=False),
+    sa.Column("batch_metadata", sa.JSON, nullable=True, comment="The caller's metadata (16 pairs at most)."),
+    sa.Column("errors", sa.JSON, nullable=True, comment="Why it failed: OpenAI's errors.data."),
+    sa.Column("job_id", sa.String(128), nullable=True, comment="The Ray Job running it."),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("in_progress_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finalizing_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("expired_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("cancelling_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+    comment="Batches (/v1/batches): one Ray Job each runs an input file's requests through the gateway.",
+)
+
 agent_store_items = sa.Table(
     "agent_store_items",
     metadata,

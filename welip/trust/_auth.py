@@ -46,6 +46,7 @@ RoutePermission = str | tuple[str, ...]
 ROUTE_PERMISSIONS: tuple[tuple[str, RoutePermission], ...] = (
     ("/v1/chat/completions", "inference"),
     ("/v1/files", ("batch", "finetune_submit", "eval_submit")),  # by purpose: batch, fine-tune, evals
+    ("/v1/batches", "batch"),
     ("/v1/completions", "inference"),
     ("/v1/models", "inference"),
     ("/v1/embeddings", "embeddings"),
