@@ -539,6 +539,20 @@ def test_gateway_replicas_take_effect() -> None:
         )
 
 
+def test_batch_jobs_go_to_this_clusters_jobs_api_and_send_through_the_local_proxy() -> None:
+    objects = rendered("default")
+    (service,) = [o for o in objects if o["kind"] == "RayService"]
+    batches = ServingConfig.model_validate(app_args(objects, "deployments.gateway:build_app")).gateway.batches
+    port = serve_config(objects)["http_options"]["port"]
+    # KubeRay names the head Service <RayService>-head-svc, in the release's namespace.
+    assert batches.ray_dashboard_url == f"http://{service['metadata']['name']}-head-svc.{NAMESPACE}.svc:8265"
+    assert batches.gateway_url == f"http://127.0.0.1:{port}"
+    mine = {"ray_dashboard_url": "http://jobs.example:8265"}
+    given = render_chart([], {"serve": {"gateway": {"args": {"gateway": {"batches": mine}}}}})
+    gateway = ServingConfig.model_validate(app_args(given, "deployments.gateway:build_app")).gateway
+    assert gateway.batches.ray_dashboard_url == "http://jobs.example:8265"
+
+
 def test_agents_share_the_gateways_auth_and_reach_it_through_the_local_proxy() -> None:
     for profile in ("default", "gpu", "two-node"):
         objects = rendered(profile)
