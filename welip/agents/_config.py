@@ -180,7 +180,7 @@ class AgentsConfig(StrictModel):
     graph_paths: list[str] = Field(
         default_factory=list,
         max_length=32,
-        description="Local folders your graphs are imported from (prepended to sys.path), relative "
+        description="Local folders your graphs are imported from (appended to sys.path), relative "
         "to the working directory: shipped in the image or a mounted volume, never a URL.",
     )
     env_vars: dict[str, str] = Field(

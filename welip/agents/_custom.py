@@ -34,7 +34,10 @@ from welip.agents._config import AgentConfig
 
 
 def import_graph(path: str, graph_paths: Sequence[str] = ()) -> Any:
-    """The object ``package.module:attr`` names, ``graph_paths`` put first on ``sys.path``.
+    """The object ``package.module:attr`` names, ``graph_paths`` added at the end of ``sys.path``.
+
+    At the end: a graph folder cannot shadow the standard library, WeLIP or any installed
+    package (a module of its own named ``json`` or ``welip`` is never imported in their place).
 
     Raises:
         ValueError: the path is malformed, or its module or attribute cannot be imported
@@ -43,9 +46,9 @@ def import_graph(path: str, graph_paths: Sequence[str] = ()) -> Any:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ValueError(f"graph {path!r} is not an import path `package.module:attr`")
-    for folder in reversed(graph_paths):
+    for folder in graph_paths:
         if folder not in sys.path:
-            sys.path.insert(0, folder)
+            sys.path.append(folder)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from welip.agents import (
     AgentStore,
     build_agents_app,
     compile_graphs,
+    import_graph,
     load_graph,
     open_checkpointer,
     resolve_agents,
@@ -310,3 +312,16 @@ def test_the_example_deploys_by_editing_the_serve_config_and_refunds_after_appro
     asyncio.run(go())
     (call,) = gateway
     assert call.headers["x-welip-caller-token"] == "token-of-alice"
+
+
+def test_a_graph_folder_cannot_shadow_an_installed_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder's own `colorsys` (a standard library module nothing here has imported yet).
+    (tmp_path / "colorsys.py").write_text("SHADOWED = True\n")
+    (tmp_path / "shadow_graph.py").write_text("import colorsys\n\ngraph = colorsys\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    imported = import_graph("shadow_graph:graph", [str(tmp_path)])
+    assert not hasattr(imported, "SHADOWED")  # the standard library's colorsys
+    assert sys.path[-1] == str(tmp_path)
