@@ -19,6 +19,7 @@ as the gateway refuses logprobs: a match split across tokens would pass it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, Literal, Protocol
@@ -204,7 +205,6 @@ NOT_IMPLEMENTED_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/assistants"),
     ("PATCH", "/assistants/{assistant_id}"),
     ("DELETE", "/assistants/{assistant_id}"),
-    ("GET", "/assistants/{assistant_id}/graph"),
     ("GET", "/assistants/{assistant_id}/subgraphs"),
     ("GET", "/assistants/{assistant_id}/subgraphs/{namespace}"),
     ("POST", "/assistants/{assistant_id}/versions"),
@@ -299,6 +299,18 @@ def _query(request: Request, served: tuple[str, ...], unsupported: dict[str, tup
                 raise _not_implemented(f"Query parameter `{key}` (given `{value}`)", key)
             continue
         raise _invalid(f"Unknown query parameter `{key}`.", key)
+
+
+MAX_XRAY = 16
+
+
+def _xray(value: str) -> bool | int:
+    """``xray`` as LangGraph takes it: true/false, or the depth of subgraphs to draw (0..16)."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value.isdigit() and int(value) <= MAX_XRAY:
+        return int(value)
+    raise _invalid(f"xray must be true, false or a depth from 0 to {MAX_XRAY}.", "xray")
 
 
 def _check_page(limit: int, offset: int = 0) -> None:
@@ -453,6 +465,16 @@ def build_agents_router(
         if assistant_id not in runtime.agents:
             raise _not_found("assistant", assistant_id)
         return {"graph_id": runtime.agents[assistant_id].graph, **schemas_of(assistant_id)}
+
+    @router.get("/assistants/{assistant_id}/graph", summary="An assistant's graph: its nodes and edges")
+    async def assistant_graph(assistant_id: str, request: Request) -> dict[str, Any]:
+        _query(request, ("xray",), {})
+        xray = _xray(request.query_params.get("xray", "false"))
+        if assistant_id not in runtime.agents:
+            raise _not_found("assistant", assistant_id)
+        graph = runtime.graphs[assistant_id]
+        drawn = await asyncio.to_thread(getattr(graph, "base", graph).get_graph, xray=xray)
+        return dict(drawn.to_json())
 
     # -- threads --------------------------------------------------------------------
 

@@ -170,6 +170,25 @@ def test_a_declined_order_is_not_placed_and_resume_needs_an_interrupt(
     assert not gateway
 
 
+def test_the_sdk_draws_an_assistants_graph_with_its_subgraph_on_request(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with sdk(tmp_path, [ORDERS]) as (alice, _, _):
+            drawn = await alice.assistants.get_graph("orders")
+            nodes = {node["id"] for node in drawn["nodes"]}
+            assert {"pricing", "approve", "act", "confirm"} <= nodes
+            assert {"source": "__start__", "target": "pricing"} in [
+                {k: e[k] for k in ("source", "target")} for e in drawn["edges"]
+            ]
+            deep = {node["id"] for node in (await alice.assistants.get_graph("orders", xray=True))["nodes"]}
+            assert {"pricing:normalize", "pricing:price"} <= deep and "pricing:price" not in nodes
+            with pytest.raises(UnprocessableEntityError, match="xray"):
+                await alice.assistants.get_graph("orders", xray=99)
+            with pytest.raises(NotFoundError):
+                await alice.assistants.get_graph("nope")
+
+    asyncio.run(go())
+
+
 def test_a_per_run_factory_gets_the_runs_config_and_a_compiled_graph_gets_welips_checkpointer(
     tmp_path: Path,
 ) -> None:

@@ -133,7 +133,6 @@ def test_every_route_the_sdk_calls_that_welip_lacks_answers_501_naming_it(tmp_pa
                 "POST /assistants": alice.assistants.create("rag"),
                 "PATCH /assistants/{assistant_id}": alice.assistants.update("docs", name="x"),
                 "DELETE /assistants/{assistant_id}": alice.assistants.delete("docs"),
-                "GET /assistants/{assistant_id}/graph": alice.assistants.get_graph("docs"),
                 "GET /assistants/{assistant_id}/subgraphs": alice.assistants.get_subgraphs("docs"),
                 "POST /assistants/{assistant_id}/versions": alice.assistants.get_versions("docs"),
                 "POST /assistants/{assistant_id}/latest": alice.assistants.set_latest("docs", 1),
