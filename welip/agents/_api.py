@@ -205,8 +205,6 @@ NOT_IMPLEMENTED_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/assistants"),
     ("PATCH", "/assistants/{assistant_id}"),
     ("DELETE", "/assistants/{assistant_id}"),
-    ("GET", "/assistants/{assistant_id}/subgraphs"),
-    ("GET", "/assistants/{assistant_id}/subgraphs/{namespace}"),
     ("POST", "/assistants/{assistant_id}/versions"),
     ("POST", "/assistants/{assistant_id}/latest"),
     ("POST", "/threads/prune"),
@@ -475,6 +473,33 @@ def build_agents_router(
         graph = runtime.graphs[assistant_id]
         drawn = await asyncio.to_thread(getattr(graph, "base", graph).get_graph, xray=xray)
         return dict(drawn.to_json())
+
+    @router.get("/assistants/{assistant_id}/subgraphs", summary="An assistant's subgraphs and their schemas")
+    async def assistant_subgraphs(assistant_id: str, request: Request) -> dict[str, Any]:
+        return await subgraphs_of(assistant_id, None, request)
+
+    @router.get(
+        "/assistants/{assistant_id}/subgraphs/{namespace}",
+        summary="The schemas of an assistant's subgraph at one namespace (and below, with recurse)",
+    )
+    async def assistant_subgraph(assistant_id: str, namespace: str, request: Request) -> dict[str, Any]:
+        return await subgraphs_of(assistant_id, namespace, request)
+
+    async def subgraphs_of(assistant_id: str, namespace: str | None, request: Request) -> dict[str, Any]:
+        _query(request, ("recurse",), {})
+        recurse = request.query_params.get("recurse", "false").lower()
+        if recurse not in ("true", "false"):
+            raise _invalid("recurse must be true or false.", "recurse")
+        if assistant_id not in runtime.agents:
+            raise _not_found("assistant", assistant_id)
+        graph = runtime.graphs[assistant_id]
+        graph = getattr(graph, "base", graph)
+
+        def found() -> dict[str, Any]:
+            pairs = graph.get_subgraphs(namespace=namespace, recurse=recurse == "true")
+            return {ns: graph_schemas(subgraph) for ns, subgraph in pairs}
+
+        return await asyncio.to_thread(found)
 
     # -- threads --------------------------------------------------------------------
 

@@ -170,7 +170,7 @@ def test_a_declined_order_is_not_placed_and_resume_needs_an_interrupt(
     assert not gateway
 
 
-def test_the_sdk_draws_an_assistants_graph_with_its_subgraph_on_request(tmp_path: Path) -> None:
+def test_the_sdk_draws_an_assistants_graph_and_describes_its_subgraphs(tmp_path: Path) -> None:
     async def go() -> None:
         async with sdk(tmp_path, [ORDERS]) as (alice, _, _):
             drawn = await alice.assistants.get_graph("orders")
@@ -185,6 +185,12 @@ def test_the_sdk_draws_an_assistants_graph_with_its_subgraph_on_request(tmp_path
                 await alice.assistants.get_graph("orders", xray=99)
             with pytest.raises(NotFoundError):
                 await alice.assistants.get_graph("nope")
+            # The subgraph's own schemas, by namespace.
+            subgraphs = await alice.assistants.get_subgraphs("orders")
+            assert list(subgraphs) == ["pricing"]
+            assert {"item", "quantity", "draft"} <= set(subgraphs["pricing"]["state_schema"]["properties"])
+            assert list(await alice.assistants.get_subgraphs("orders", namespace="pricing")) == ["pricing"]
+            assert await alice.assistants.get_subgraphs("orders", namespace="nope") == {}
 
     asyncio.run(go())
 
