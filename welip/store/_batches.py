@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from welip.store._database import Database, as_utc, utcnow
+from welip.store._pages import owner_page
 from welip.store._schema import batches
 
 ACTIVE_BATCH_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
@@ -149,23 +150,8 @@ class BatchStore:
         """
         query = batches.select().where(batches.c.owner == owner)
         with self._engine.connect() as conn:
-            cursor = None
-            if after is not None:
-                cursor = conn.execute(
-                    sa.select(batches.c.created_at, batches.c.id).where(
-                        batches.c.id == after, batches.c.owner == owner
-                    )
-                ).first()
-            if cursor is not None:
-                at, last = cursor
-                query = query.where(
-                    sa.or_(
-                        batches.c.created_at < at, sa.and_(batches.c.created_at == at, batches.c.id < last)
-                    )
-                )
-            query = query.order_by(batches.c.created_at.desc(), batches.c.id.desc()).limit(limit + 1)
-            rows = [_record(r) for r in conn.execute(query).mappings()]
-        return rows[:limit], len(rows) > limit
+            rows, more = owner_page(conn, batches, query, owner, limit=limit, after=after)
+        return [_record(r) for r in rows], more
 
     def count_active(self, owner: str) -> int:
         """How many of ``owner``'s batches have not ended."""

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, Literal
 import sqlalchemy as sa
 
 from welip.store._database import Database, as_utc, utcnow
+from welip.store._pages import owner_page
 from welip.store._schema import files
 from welip.store._storage import filesystem, join_url
 
@@ -131,30 +132,8 @@ class FileStore:
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
         with self._engine.connect() as conn:
-            cursor = None
-            if after is not None:
-                cursor = conn.execute(
-                    sa.select(files.c.created_at, files.c.id).where(
-                        files.c.id == after, files.c.owner == owner
-                    )
-                ).first()
-            if cursor is not None:
-                # (created_at, id) orders files uploaded in the same instant too.
-                at, last = cursor
-                if order == "desc":
-                    query = query.where(
-                        sa.or_(files.c.created_at < at, sa.and_(files.c.created_at == at, files.c.id < last))
-                    )
-                else:
-                    query = query.where(
-                        sa.or_(files.c.created_at > at, sa.and_(files.c.created_at == at, files.c.id > last))
-                    )
-            columns = (files.c.created_at, files.c.id)
-            query = query.order_by(*(c.desc() if order == "desc" else c.asc() for c in columns)).limit(
-                limit + 1
-            )
-            rows = [_record(r) for r in conn.execute(query).mappings()]
-        return rows[:limit], len(rows) > limit
+            rows, more = owner_page(conn, files, query, owner, limit=limit, after=after, order=order)
+        return [_record(r) for r in rows], more
 
     def open_content(self, record: FileRecord) -> BinaryIO:
         """The file's content, opened for reading (the caller closes it).
