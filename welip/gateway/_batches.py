@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Query, Request
 
@@ -34,6 +34,7 @@ from welip.gateway._admin import _call
 from welip.gateway._config import BatchesConfig, FilesConfig
 from welip.gateway._file_formats import BATCH_URLS
 from welip.gateway._files import file_not_found
+from welip.gateway._lazy import LazyStore
 from welip.store import (
     ACTIVE_BATCH_STATUSES,
     BatchRecord,
@@ -47,7 +48,6 @@ from welip.trust import Principal, Trust, context_of, principal_of
 
 logger = logging.getLogger("welip.gateway")
 
-S = TypeVar("S")
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -119,26 +119,6 @@ class RayJobLauncher:
             return None
 
 
-class _Opened(Generic[S]):
-    """A store, or what opens it (off the event loop, once, on first use)."""
-
-    def __init__(self, store: S | Callable[[], S] | None, kind: type[S]) -> None:
-        self._store: S | None = store if isinstance(store, kind) else None
-        self._open = None if isinstance(store, kind) else store
-        self._lock = asyncio.Lock()
-
-    async def __call__(self) -> S:
-        if self._store is None and self._open is not None:
-            async with self._lock:
-                if self._store is None:
-                    self._store = await _call(self._open)  # type: ignore[arg-type] # an unreachable database is a 503
-        if self._store is None:
-            raise OpenAIError(
-                501, "This gateway has no database for batches.", type="server_error", code="not_configured"
-            )
-        return self._store
-
-
 def batch_not_found(batch_id: str) -> OpenAIError:
     """404 ``batch_not_found``: no such batch, or not the caller's."""
     return OpenAIError(404, f"No such Batch object: {batch_id}", param="batch_id", code="batch_not_found")
@@ -156,8 +136,8 @@ def build_batches_router(
 ) -> APIRouter:
     """Routes under ``/v1/batches``; the trust middleware has already required ``batch``."""
     router = APIRouter(prefix="/v1/batches", tags=["batches"])
-    batch_store = _Opened(batches, BatchStore)
-    file_store = _Opened(files, FileStore)
+    batch_store = LazyStore(batches, BatchStore, "This gateway has no database for batches.")
+    file_store = LazyStore(files, FileStore, "This gateway has no database for batches.")
     checked: dict[str, float] = {}  # batch id -> when its job was last asked about
 
     @router.post("", summary="Create a batch from an uploaded file of requests")

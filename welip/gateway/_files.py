@@ -24,6 +24,7 @@ from welip.api import OpenAIError, invalid_request
 from welip.gateway._admin import _call
 from welip.gateway._config import FilesConfig
 from welip.gateway._file_formats import PURPOSES, check_jsonl, invalid_file
+from welip.gateway._lazy import LazyStore
 from welip.store import FileRecord, FileStore
 from welip.trust import Principal, body_too_large, permission_denied, principal_of
 
@@ -55,23 +56,7 @@ def build_files_router(files: FileStore | Callable[[], FileStore] | None, config
     trust layer needs no database then starts without one.
     """
     router = APIRouter(prefix="/v1/files", tags=["files"])
-    opened: list[FileStore] = [files] if isinstance(files, FileStore) else []
-    open_store = None if isinstance(files, FileStore) else files
-    opening = asyncio.Lock()
-
-    async def store() -> FileStore:
-        if open_store is not None and not opened:
-            async with opening:
-                if not opened:
-                    opened.append(await _call(open_store))  # an unreachable database is a 503
-        if not opened:
-            raise OpenAIError(
-                501,
-                "This gateway has no file store (no database).",
-                type="server_error",
-                code="not_configured",
-            )
-        return opened[0]
+    store = LazyStore(files, FileStore, "This gateway has no file store (no database).")
 
     @router.post("", summary="Upload a JSON Lines file (batch, fine-tune or evals)", openapi_extra=_UPLOAD)
     async def upload(request: Request) -> dict[str, Any]:
